@@ -1,0 +1,209 @@
+"""The client side: a Transport interface, the ZeroMQ one, and an in-process fake.
+
+``ZmqTransport`` keeps one DEALER socket per server address, many requests in flight on it, and
+one reader task that matches replies to requests by id. Every call has its own timeout. libzmq
+reconnects by itself, so a transport outlives a server restart: calls in flight when the server
+died time out, later ones are served once it is back. All calls of one transport must come from
+one event loop (sync code: see wire.loop.BackgroundLoop).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from abc import ABC, abstractmethod
+from typing import Mapping, Sequence
+
+import torch
+import zmq
+import zmq.asyncio
+
+from .dispatch import Handler, Reply, Request, run_handler
+from .envelope import Message, decode_message, encode_message
+from .errors import BadHeader, ProtocolError, RequestTimeout, TransportClosed, remote_error_from_reply
+from .limits import DEFAULT_LIMITS, Limits
+from .sockets import configure_socket
+
+__all__ = ["Transport", "ZmqTransport", "MockTransport", "Reply"]
+
+logger = logging.getLogger(__name__)
+
+
+class Transport(ABC):
+    @abstractmethod
+    async def call(self, address: str, method: str, meta: dict | None = None,
+                   tensors: Sequence[torch.Tensor] = (), *, timeout: float) -> Reply:
+        """Send one request and wait for its reply; raise RequestTimeout, RemoteError,
+        ProtocolError or TransportClosed."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+def _reply_or_error(msg: Message):
+    if msg.kind == "reply":
+        return Reply(msg.meta, msg.tensors)
+    if msg.kind == "error":
+        code, message = msg.meta.get("code"), msg.meta.get("message")
+        if isinstance(code, str) and isinstance(message, str):
+            return remote_error_from_reply(code, message)
+        return BadHeader(f"error reply without a string code and message: {msg.meta!r:.200}")
+    return BadHeader(f"expected a reply, got a {msg.kind!r}")
+
+
+class _Connection:
+    """One DEALER to one address, its reader task and its requests in flight."""
+
+    def __init__(self, sock: zmq.asyncio.Socket, address: str, limits: Limits):
+        self.sock, self.address, self.limits = sock, address, limits
+        self.pending: dict[int, asyncio.Future] = {}
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        sock, pending, limits = self.sock, self.pending, self.limits
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            try:
+                msg = decode_message(frames, limits)
+            except ProtocolError as exc:
+                fut = pending.get(getattr(exc, "request_id", 0))
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+                else:
+                    logger.warning("unreadable reply from %s: %s", self.address, exc)
+                continue
+            fut = pending.get(msg.request_id)
+            if fut is None or fut.done():
+                logger.debug("late reply %d from %s dropped", msg.request_id, self.address)
+                continue
+            outcome = _reply_or_error(msg)
+            if isinstance(outcome, Reply):
+                fut.set_result(outcome)
+            else:
+                fut.set_exception(outcome)
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        await asyncio.gather(self.reader, return_exceptions=True)
+        self.sock.close(linger=0)
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(TransportClosed(f"transport to {self.address} closed"))
+
+
+def _expire(fut: asyncio.Future, send: asyncio.Future, what: str, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(RequestTimeout(f"{what}: no reply within {timeout:g} s"))
+    if not send.done():
+        send.cancel()
+
+
+class ZmqTransport(Transport):
+    def __init__(self, *, limits: Limits = DEFAULT_LIMITS, compression: str = "auto",
+                 context: zmq.asyncio.Context | None = None):
+        self.limits = limits
+        self.compression = compression
+        self._context = context
+        self._connections: dict[str, _Connection] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def _connect(self, address: str) -> _Connection:
+        ctx = self._context or zmq.asyncio.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        configure_socket(sock, self.limits)
+        try:
+            sock.connect(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise ValueError(f"bad address {address!r}: {exc}") from exc
+        conn = self._connections[address] = _Connection(sock, address, self.limits)
+        return conn
+
+    async def call(self, address: str, method: str, meta: dict | None = None,
+                   tensors: Sequence[torch.Tensor] = (), *, timeout: float) -> Reply:
+        if self._closed:
+            raise TransportClosed("transport is closed")
+        conn = self._connections.get(address) or self._connect(address)
+        rid = next(self._ids)
+        frames = encode_message(Message(method, meta if meta is not None else {}, list(tensors), rid),
+                                compression=self.compression)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        conn.pending[rid] = fut
+        send = conn.sock.send_multipart(frames, copy=False)  # waits only if the queue is full
+        timer = loop.call_later(timeout, _expire, fut, send, f"{method} to {address}", timeout)
+        try:
+            if not send.done():
+                try:
+                    await send
+                except asyncio.CancelledError:
+                    if fut.done() and not fut.cancelled():  # cancelled by our own timeout
+                        return fut.result()
+                    raise
+            return await fut
+        finally:
+            timer.cancel()
+            del conn.pending[rid]
+
+    async def close(self) -> None:
+        self._closed = True
+        connections, self._connections = list(self._connections.values()), {}
+        for conn in connections:
+            await conn.close()
+
+
+class MockTransport(Transport):
+    """Routes calls to in-process handlers, through the real envelope encode/decode (so meta
+    must be msgpack-able and tensors are copied, as over a socket). An address with no server
+    behaves like a dead one: the call raises RequestTimeout (at once, to keep tests fast)."""
+
+    def __init__(self, servers: Mapping[str, Mapping[str, Handler]] | None = None, *,
+                 limits: Limits = DEFAULT_LIMITS):
+        self.servers: dict[str, dict[str, Handler]] = {a: dict(h) for a, h in (servers or {}).items()}
+        self.limits = limits
+        self.calls: list[tuple[str, str]] = []  # (address, method), for assertions in tests
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def add_server(self, address: str, handlers: Mapping[str, Handler]) -> None:
+        self.servers[address] = dict(handlers)
+
+    def remove_server(self, address: str) -> None:
+        self.servers.pop(address, None)
+
+    def _through_wire(self, msg: Message) -> Message:
+        frames = [bytes(f) for f in encode_message(msg, compression="none")]
+        return decode_message(frames, self.limits)
+
+    async def call(self, address: str, method: str, meta: dict | None = None,
+                   tensors: Sequence[torch.Tensor] = (), *, timeout: float) -> Reply:
+        if self._closed:
+            raise TransportClosed("transport is closed")
+        self.calls.append((address, method))
+        sent = self._through_wire(Message(method, meta if meta is not None else {}, list(tensors),
+                                          next(self._ids)))
+        handlers = self.servers.get(address)
+        if handlers is None:
+            raise RequestTimeout(f"{method} to {address}: no server there (mock)")
+        handler = handlers.get(method)
+        if handler is None:
+            raise remote_error_from_reply("unknown_method", f"unknown method {method!r} (mock)")
+        request = Request(sent.method, sent.meta, sent.tensors, b"mock", sent.request_id)
+        try:
+            reply = await asyncio.wait_for(run_handler(handler, request), timeout)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"{method} to {address}: no reply within {timeout:g} s") from None
+        outcome = _reply_or_error(self._through_wire(reply))
+        if isinstance(outcome, Reply):
+            return outcome
+        raise outcome
+
+    async def close(self) -> None:
+        self._closed = True
