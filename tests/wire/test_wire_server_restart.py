@@ -1,0 +1,79 @@
+"""A client keeps working while its server process is killed and restarted on the same port."""
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wire import RequestTimeout, ZmqTransport
+
+SERVER_SCRIPT = Path(__file__).with_name("echo_server_process.py")
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, port: int):
+        self.proc = subprocess.Popen([sys.executable, str(SERVER_SCRIPT), str(port)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # bounded: the process prints or dies
+        if not line.startswith("ready"):
+            self.kill()
+            raise RuntimeError(f"echo server did not start: {line!r}")
+        self.address = line.split()[1]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def server_processes():
+    started = []
+    try:
+        yield lambda port: started.append(ServerProcess(port)) or started[-1]
+    finally:
+        for server in started:
+            server.kill()
+
+
+def test_client_survives_server_kill_and_restart(server_processes):
+    port = free_port()
+    first = server_processes(port)
+    x = torch.randn(1, 4, 64).half()
+
+    async def main():
+        async with ZmqTransport() as transport:
+            reply = await transport.call(first.address, "echo", {"n": 1}, [x], timeout=START_TIMEOUT)
+            assert reply.meta["pid"] == first.proc.pid and torch.equal(reply.tensors[0], x)
+
+            first.kill()
+            with pytest.raises(RequestTimeout):
+                await transport.call(first.address, "echo", {"n": 2}, [x], timeout=0.3)
+
+            second = await asyncio.to_thread(server_processes, port)
+            for attempt in range(60):  # reconnect backoff is at most 1 s
+                try:
+                    reply = await transport.call(second.address, "echo", {"n": 3}, [x], timeout=1.0)
+                    break
+                except RequestTimeout:
+                    continue
+            else:
+                pytest.fail("client never reached the restarted server")
+            assert reply.meta["pid"] == second.proc.pid != first.proc.pid
+            assert torch.equal(reply.tensors[0], x)
+            assert len(transport._connections) == 1  # the same DEALER, reconnected by libzmq
+
+    asyncio.run(asyncio.wait_for(main(), 120))
