@@ -1,0 +1,33 @@
+"""DHTConfig: every tunable of a DHT node, with its default written once, here."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DHTConfig:
+    # How many of the closest nodes hold each key. Reads ask all of them and union the answers;
+    # 8 keeps a key alive with a quarter of the nodes dead (0.25**8 ~ 2e-5) while keeping an
+    # 80-block lookup to a few hundred small datagrams.
+    replicas: int = 8
+    # Kademlia's k (bucket size) and alpha; kademlia's own refresh crawls use them.
+    ksize: int = 20
+    alpha: int = 3
+    # kademlia waits a fixed 5 s for a dead contact; a shorter wait keeps lookups fast under churn.
+    rpc_timeout: float = 2.0
+    # Bulk requests (find_entries, store_entries) in flight at once: their replies must fit the
+    # socket's receive buffer (Linux default ~200 KB, replies up to 8 KB each).
+    max_inflight: int = 24
+    # A contact that timed out is skipped for this long, even when other peers still list it.
+    dead_contact_ttl: float = 60.0
+    # Entries expiring further ahead than this are rejected: a record cannot pin itself forever.
+    max_ttl: float = 24 * 3600.0
+    # Tolerated clock difference between signer and verifier, seconds.
+    max_clock_skew: float = 60.0
+    # Bounds on what one node stores for others.
+    max_keys: int = 100_000
+    max_entries_per_key: int = 256
+    # Wall-clock bounds for start() and for sync calls made from other threads.
+    start_timeout: float = 30.0
+    call_timeout: float = 60.0
+    # Rounds of an iterative lookup before giving up on finding closer nodes.
+    max_lookup_rounds: int = 12

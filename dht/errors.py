@@ -1,0 +1,38 @@
+"""Errors raised by dht/, one tree:
+
+    DHTError
+    ├── IdentityError       an identity file that cannot be read or is not an ed25519 key
+    ├── InvalidEntry        a signed entry that fails decoding, size, expiry or signature checks
+    │   └── ExpiredEntry    an entry whose expiration time has passed (routine, not an attack)
+    ├── RecordError         a ServerRecord of the wrong schema or version
+    ├── BadRequest          a DHT datagram or RPC argument that is malformed
+    └── BootstrapError      none of the initial peers answered
+"""
+
+
+class DHTError(Exception):
+    """Base of every error dht/ raises on purpose."""
+
+
+class IdentityError(DHTError):
+    pass
+
+
+class InvalidEntry(DHTError):
+    pass
+
+
+class ExpiredEntry(InvalidEntry):
+    pass
+
+
+class RecordError(DHTError):
+    pass
+
+
+class BadRequest(DHTError):
+    pass
+
+
+class BootstrapError(DHTError):
+    pass
