@@ -1,0 +1,94 @@
+"""SpanCache: the keys and values of one inference session over a span of blocks.
+
+Buffers are preallocated per layer ([batch, heads, capacity, head_dim]) and grown by doubling,
+so a decode step writes one position in place instead of concatenating the whole history (as
+transformers' DynamicCache does). Transformers' attention layers call `update(...)` exactly as
+they would on their own Cache; `length` advances only when a whole step has succeeded, so a
+step that fails half way leaves the session where it was.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .errors import SpanInputError
+
+
+class SpanCache:
+    def __init__(self, start: int, end: int, batch_size: int, *, capacity: int = 0):
+        self.start, self.end = start, end
+        self.batch_size = batch_size
+        self.length = 0  # tokens held, the same for every layer
+        self._capacity_hint = capacity
+        self._keys: dict[int, torch.Tensor] = {}
+        self._values: dict[int, torch.Tensor] = {}
+        self._write_at: int | None = None
+
+    # ---- the transformers Cache protocol, as the layers use it -----------------------------------
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        pos = self._write_at
+        if pos is None:
+            raise RuntimeError("SpanCache.update called outside BlockSpan.inference_step")
+        end = pos + key_states.shape[-2]
+        keys = self._keys.get(layer_idx)
+        if keys is None or keys.shape[-2] < end:
+            keys = self._keys[layer_idx] = self._grown(keys, key_states, pos, end)
+            self._values[layer_idx] = self._grown(self._values.get(layer_idx), value_states, pos, end)
+        values = self._values[layer_idx]
+        keys[:, :, pos:end].copy_(key_states)
+        values[:, :, pos:end].copy_(value_states)
+        return keys[:, :, :end], values[:, :, :end]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def _grown(self, old: torch.Tensor | None, new: torch.Tensor, pos: int, end: int) -> torch.Tensor:
+        old_capacity = 0 if old is None else old.shape[-2]
+        capacity = max(end, self._capacity_hint, 2 * old_capacity)
+        batch, heads, _, dim = new.shape
+        buffer = torch.empty(batch, heads, capacity, dim, dtype=new.dtype, device=new.device)
+        if old is not None and pos > 0:
+            buffer[:, :, :pos].copy_(old[:, :, :pos])
+        return buffer
+
+    # ---- session control, called by BlockSpan and the server -------------------------------------
+    def _begin_step(self, batch: int) -> int:
+        if batch != self.batch_size:
+            raise SpanInputError(f"hidden states have batch {batch} but the cache holds batch {self.batch_size}")
+        self._write_at = self.length
+        return self.length
+
+    def _end_step(self, new_length: int | None) -> None:
+        if new_length is not None:
+            self.length = new_length
+        self._write_at = None
+
+    def rollback(self, n: int) -> None:
+        """Keep only the first `n` tokens (0 <= n <= length); later steps continue from position n."""
+        if not 0 <= int(n) <= self.length:
+            raise SpanInputError(f"cannot roll back to {n} tokens: the cache holds {self.length}")
+        self.length = int(n)
+
+    def reorder(self, hypo_ids: torch.Tensor | Sequence[int]) -> None:
+        """Make row i of the cache a copy of row hypo_ids[i] (beam search); the batch becomes len(hypo_ids)."""
+        ids = torch.as_tensor(hypo_ids)
+        if ids.ndim != 1 or ids.numel() == 0 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise SpanInputError("hypo_ids must be a non-empty 1-D integer tensor")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.batch_size:
+            raise SpanInputError(f"hypo_ids must lie in [0, {self.batch_size})")
+        ids = ids.to(torch.long)
+        with torch.inference_mode():
+            for store in (self._keys, self._values):
+                for layer_idx, buffer in store.items():
+                    store[layer_idx] = buffer.index_select(0, ids.to(buffer.device))
+        self.batch_size = int(ids.numel())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffers now (capacity, not just length)."""
+        return sum(t.numel() * t.element_size() for store in (self._keys, self._values) for t in store.values())
+
+    def __repr__(self) -> str:
+        return f"SpanCache(blocks=[{self.start}, {self.end}), batch={self.batch_size}, length={self.length})"

@@ -1,0 +1,212 @@
+"""BlockSpan: blocks [start, end) of a model, run exactly as the whole model would run them."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .cache import SpanCache
+from .errors import ConfigMismatchError, SpanInputError
+
+if TYPE_CHECKING:
+    from .source import ModelSource
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"unsupported dtype {dtype}; use float32, float16 or bfloat16")
+        return dtype
+    try:
+        return DTYPES[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(DTYPES)}") from None
+
+
+def add_prompt(hidden: torch.Tensor, prompt: torch.Tensor, past: int) -> torch.Tensor:
+    """Add a deep prompt [batch, pre_seq_len, hidden] to the positions < pre_seq_len of this chunk."""
+    q = hidden.shape[1]
+    k = min(q, prompt.shape[1] - past)
+    if k <= 0:
+        return hidden
+    if k == q:
+        return hidden + prompt[:, past:past + q]
+    return torch.cat([hidden[:, :k] + prompt[:, past:past + k], hidden[:, k:]], dim=1)
+
+
+class BlockSpan(nn.Module):
+    """Blocks [start, end) with frozen weights. See docs/architecture.md for the contract."""
+
+    def __init__(self, source_family, config, start: int, end: int, blocks: nn.ModuleList,
+                 dtype: torch.dtype, device: torch.device, rotary=None, windows=None):
+        super().__init__()
+        self.family = source_family
+        self.config = config
+        self.start, self.end = start, end
+        self.blocks = blocks
+        self.dtype = dtype
+        self.device = device
+        self.rotary = rotary  # RotaryTable or None, shared with sub-spans
+        self.alibi = None     # AlibiTable, made lazily by families that use ALiBi
+        self.windows = windows if windows is not None else [
+            source_family.sliding_window(config, i) for i in range(start, end)]
+        self.windows_used = sorted(set(self.windows), key=lambda w: -1 if w is None else w)
+        self.hidden_size = int(config.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"BlockSpan({self.family.name}, blocks=[{self.start}, {self.end}), dtype={self.dtype}, device={self.device})"
+
+    # ---- public API ---------------------------------------------------------------------------
+    def sub(self, start: int, end: int) -> "BlockSpan":
+        """A view over blocks [start, end) within this span; shares weights and position tables."""
+        if not self.start <= start < end <= self.end:
+            raise SpanInputError(f"blocks [{start}, {end}) are not inside this span [{self.start}, {self.end})")
+        a, b = start - self.start, end - self.start
+        view = BlockSpan(self.family, self.config, start, end, nn.ModuleList(list(self.blocks)[a:b]),
+                         self.dtype, self.device, self.rotary, self.windows[a:b])
+        view.alibi = self.alibi
+        return view
+
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> SpanCache:
+        """A fresh KV cache for one session; `max_length` (optional) preallocates that many positions."""
+        if batch_size < 1:
+            raise SpanInputError("batch_size must be at least 1")
+        return SpanCache(self.start, self.end, int(batch_size), capacity=int(max_length or 0))
+
+    def cache_bytes_per_token(self, batch_size: int = 1) -> int:
+        heads, head_dim = self.family.cache_heads_and_dim(self.config)
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * heads * head_dim * element * (self.end - self.start) * batch_size
+
+    def inference_step(self, hidden: torch.Tensor, cache: SpanCache, *, prompts: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Run new tokens through the span; positions continue from `cache.length`."""
+        if not isinstance(cache, SpanCache) or (cache.start, cache.end) != (self.start, self.end):
+            raise SpanInputError(f"cache {cache!r} was not made for blocks [{self.start}, {self.end})")
+        hidden = self._check_hidden(hidden)
+        prompts = self._check_prompts(prompts, hidden)
+        with torch.inference_mode():
+            past = cache._begin_step(hidden.shape[0])
+            new_length = None
+            try:
+                out = self._run(hidden, past, cache, prompts)
+                new_length = past + hidden.shape[1]
+            finally:
+                cache._end_step(new_length)
+        return out
+
+    def forward(self, hidden: torch.Tensor, *, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Run a whole sequence without a cache (positions from 0)."""
+        hidden = self._check_hidden(hidden)
+        prompts = self._check_prompts(prompts, hidden)
+        with torch.inference_mode():
+            return self._run(hidden, 0, None, prompts)
+
+    def backward(self, hidden: torch.Tensor, grad_out: torch.Tensor, *, prompts: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gradients of <forward(hidden, prompts), grad_out> with respect to hidden (and prompts)."""
+        hidden = self._check_hidden(hidden)
+        prompts = self._check_prompts(prompts, hidden)
+        if not isinstance(grad_out, torch.Tensor) or grad_out.shape != hidden.shape:
+            raise SpanInputError(f"grad_out must have the shape of hidden {list(hidden.shape)}")
+        with torch.enable_grad():
+            leaf_hidden = hidden.detach().requires_grad_(True)
+            leaves = [leaf_hidden]
+            leaf_prompts = None
+            if prompts is not None:
+                leaf_prompts = prompts.detach().requires_grad_(True)
+                leaves.append(leaf_prompts)
+            out = self._run(leaf_hidden, 0, None, leaf_prompts)
+            grads = torch.autograd.grad(out, leaves, grad_out.to(device=self.device, dtype=self.dtype))
+        return grads[0], (grads[1] if prompts is not None else None)
+
+    # ---- internals ----------------------------------------------------------------------------
+    def _run(self, hidden: torch.Tensor, past: int, cache: SpanCache | None, prompts: torch.Tensor | None
+             ) -> torch.Tensor:
+        batch, q, _ = hidden.shape
+        family = self.family
+        inputs = family.step_inputs(self, past, q, batch)
+        for i, block in enumerate(self.blocks):
+            if prompts is not None:
+                hidden = add_prompt(hidden, prompts[i], past)
+            hidden = family.run_block(block, hidden, inputs, self.windows[i], cache)
+        return hidden
+
+    def _check_hidden(self, hidden) -> torch.Tensor:
+        if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3 or hidden.shape[-1] != self.hidden_size:
+            shape = list(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+            raise SpanInputError(f"hidden states must be [batch, seq, {self.hidden_size}], got {shape}")
+        if hidden.shape[0] == 0 or hidden.shape[1] == 0:
+            raise SpanInputError("hidden states must hold at least one token")
+        if not hidden.is_floating_point():
+            raise SpanInputError(f"hidden states must be floating point, got {hidden.dtype}")
+        return hidden.to(device=self.device, dtype=self.dtype)
+
+    def _check_prompts(self, prompts, hidden: torch.Tensor) -> torch.Tensor | None:
+        if prompts is None:
+            return None
+        n = self.end - self.start
+        if (not isinstance(prompts, torch.Tensor) or prompts.ndim != 4 or prompts.shape[0] != n
+                or prompts.shape[1] not in (1, hidden.shape[0]) or prompts.shape[3] != self.hidden_size
+                or not prompts.is_floating_point()):
+            shape = list(prompts.shape) if isinstance(prompts, torch.Tensor) else type(prompts).__name__
+            raise SpanInputError(
+                f"prompts must be [{n}, batch ({hidden.shape[0]}) or 1, pre_seq_len, {self.hidden_size}], got {shape}")
+        return prompts.to(device=self.device, dtype=self.dtype)
+
+
+def load_span(source: "ModelSource", start: int, end: int, *, dtype: torch.dtype | str = torch.float32,
+              device: torch.device | str = "cpu") -> BlockSpan:
+    """Build blocks [start, end) from transformers' own layer classes and assign only their tensors."""
+    if not 0 <= start < end <= source.num_blocks:
+        raise ValueError(f"blocks [{start}, {end}) are outside the model's [0, {source.num_blocks})")
+    dtype, device = as_dtype(dtype), torch.device(device)
+    family = source.family
+    config = copy.deepcopy(source.config)
+    config._attn_implementation = family.attn_implementation
+    if family.experts_implementation is not None:
+        config._experts_implementation = family.experts_implementation
+    index = source.weights
+    began = time.monotonic()
+    blocks = []
+    for layer_idx in range(start, end):
+        block = family.build_block(config, layer_idx)
+        tensors = index.load(family.block_tensors(index, block, layer_idx), dtype=dtype, device=device)
+        state = family.block_state_dict(tensors, index, layer_idx)
+        _assign(block, state, f"block {layer_idx}", index.files.description)
+        blocks.append(block)
+    span = BlockSpan(family, config, start, end, nn.ModuleList(blocks), dtype, device,
+                     rotary=family.build_rotary(config, dtype, device))
+    span.eval()
+    logger.info("loaded %s blocks [%d, %d) as %s on %s in %.1f s", source.model_id, start, end,
+                str(dtype).removeprefix("torch."), device, time.monotonic() - began)
+    return span
+
+
+def _assign(module: nn.Module, state: dict[str, torch.Tensor], what: str, description: str) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ConfigMismatchError(f"{description}: {what} lacks tensors {missing[:5]} / has extra {unexpected[:5]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ConfigMismatchError(f"{description}: {what} tensor {name!r} has shape {list(tensor.shape)}, "
+                                      f"config implies {list(expected[name].shape)}")
+    module.load_state_dict(state, strict=True, assign=True)
+    leftover = [name for name, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    if leftover:
+        raise ConfigMismatchError(f"{description}: {what} has tensors no checkpoint fills: {leftover[:5]}")
+    module.requires_grad_(False)
