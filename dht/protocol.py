@@ -56,13 +56,13 @@ class LogOnce:
         self._max = max_peers
 
     def __call__(self, peer, what: str, detail: str = "") -> None:
-        key = (tuple(peer)[:2] if isinstance(peer, (tuple, list)) else peer, what)
+        key = tuple(peer)[:2] if isinstance(peer, (tuple, list)) else peer
         if key in self._seen:
             return
         if len(self._seen) >= self._max:
             self._seen.clear()
         self._seen.add(key)
-        self._logger.warning("rejected %s from %s: %s (further ones from this peer not logged)", what, peer, detail)
+        self._logger.warning("rejected %s from %s: %s (further rejections from this peer not logged)", what, peer, detail)
 
 
 def check_node_id(x) -> bytes:
