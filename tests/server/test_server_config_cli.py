@@ -1,0 +1,67 @@
+"""ServerConfig holds every default; the CLI only parses into it."""
+import dataclasses
+
+import pytest
+
+from zswarm.server.cli import build_parser, field_help, parse_config
+from zswarm.server.config import ConfigError, ServerConfig
+
+
+def test_no_flags_gives_exactly_the_dataclass_defaults():
+    assert parse_config([]) == ServerConfig()
+
+
+def test_every_config_field_has_a_flag_and_a_help_text():
+    parser = build_parser()
+    dests = {action.dest for action in parser._actions}
+    helps = field_help()
+    for f in dataclasses.fields(ServerConfig):
+        if f.name == "extra":
+            continue
+        assert f.name in dests, f"no command-line flag for ServerConfig.{f.name}"
+        assert helps.get(f.name), f"ServerConfig.{f.name} has no comment to serve as --help"
+
+
+def test_flags_parse_into_the_fields_of_the_same_name():
+    config = parse_config([
+        "some/model", "--block-indices", "2:5", "--initial-peers", "10.0.0.1:31337", "h:1",
+        "--device", "cpu", "--dtype", "bfloat16", "--throughput", "12.5", "--attn-cache-tokens", "4096",
+        "--placement", "petals", "--no-rebalance", "--identity", "/tmp/key", "--log-level", "debug",
+    ])
+    assert config.model == "some/model"
+    assert config.block_indices == (2, 5)
+    assert config.initial_peers == ("10.0.0.1:31337", "h:1")
+    assert (config.device, config.dtype, config.throughput) == ("cpu", "bfloat16", 12.5)
+    assert (config.attn_cache_tokens, config.placement, config.rebalance) == (4096, "petals", False)
+    assert config.identity == "/tmp/key" and config.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--num-blocks", "2", "--block-indices", "0:2"], "not both"),
+    (["--block-indices", "3:3"], "start < end"),
+    (["--block-indices", "x"], "expected A:B"),
+    (["--new-swarm", "--initial-peers", "a:1"], "not both"),
+    (["--initial-peers", "nohost"], "HOST:PORT"),
+    (["--balance-quality", "1.5"], "balance_quality"),
+    (["--num-blocks", "0"], "num_blocks"),
+    (["--throughput", "-1"], "throughput"),
+    (["--quant", "int8", "--device", "cpu"], "cuda"),
+    (["--update-period", "0"], "update_period"),
+])
+def test_bad_flags_exit_with_a_message_naming_the_problem(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(argv)
+    assert info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_rebalancing_defaults_to_on_unless_blocks_are_pinned():
+    assert ServerConfig(num_blocks=2).rebalance_enabled
+    assert not ServerConfig(block_indices=(0, 2)).rebalance_enabled
+    assert ServerConfig(block_indices=(0, 2), rebalance=True).rebalance_enabled
+
+
+def test_config_refuses_bad_values_directly_too():
+    with pytest.raises(ConfigError, match="dtype"):
+        ServerConfig(dtype="float8")
+    assert ServerConfig(update_period=10, expiration_periods=3).record_ttl == 30

@@ -1,0 +1,83 @@
+"""Announcing: a ServerRecord under each hosted block, refreshed every update period.
+
+Each refresh also measures round-trip times to the servers of block `end` (the ones a client
+would go to next after us); they go into the record as `next_pings`, so clients can route by
+them. Records expire after `ttl` seconds, so a server that dies vanishes within a few periods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from dht import ServerRecord, ServerState, aannounce_blocks, afetch_block_servers
+
+logger = logging.getLogger(__name__)
+
+MAX_PINGED = 16  # servers of the next block we ping per period
+PING_TIMEOUT = 2.0
+
+
+class Announcer:
+    def __init__(self, node, transport, make_record: Callable[[ServerState], ServerRecord], *,
+                 num_blocks: int, ttl: float, period: float):
+        self.node = node
+        self.transport = transport
+        self.make_record = make_record
+        self.num_blocks = num_blocks
+        self.ttl = ttl
+        self.period = period
+        self.state = ServerState.JOINING
+        self.next_pings: dict[str, float] = {}
+
+    async def announce(self, state: ServerState | None = None, record: ServerRecord | None = None) -> bool:
+        """Publish now (with a new state, or an explicit record such as OFFLINE for old blocks)."""
+        explicit = state is not None or record is not None
+        if state is not None:
+            self.state = state
+        record = record or self.make_record(self.state)
+        record.next_pings = dict(self.next_pings) if record.state != ServerState.OFFLINE else {}
+        try:
+            stored = await aannounce_blocks(self.node, record, self.ttl, num_blocks=self.num_blocks)
+        except Exception as exc:  # the DHT being unreachable must not kill the server
+            logger.warning("announce of blocks %d:%d as %s failed: %s", record.start, record.end,
+                           record.state.name, exc)
+            return False
+        logger.log(logging.INFO if explicit else logging.DEBUG,
+                   "announced blocks %d:%d as %s (ttl %.0fs, %d cache tokens left)%s",
+                   record.start, record.end, record.state.name, self.ttl, record.cache_tokens_left,
+                   "" if stored else " -- no DHT peer accepted it yet")
+        return stored
+
+    async def measure_next_pings(self, my_peer_id: str, end: int, model_id: str) -> dict[str, float]:
+        if end >= self.num_blocks:
+            self.next_pings = {}
+            return self.next_pings
+        try:
+            (servers,) = await afetch_block_servers(self.node, model_id, end, end + 1)
+        except Exception as exc:
+            logger.debug("cannot fetch servers of block %d: %s", end, exc)
+            return self.next_pings
+        targets = [r for pid, r in servers.items() if pid != my_peer_id and r.state != ServerState.OFFLINE]
+        targets = targets[:MAX_PINGED]
+
+        async def rtt(record: ServerRecord):
+            began = time.perf_counter()
+            try:
+                await self.transport.call(record.address, "ping", timeout=PING_TIMEOUT)
+            except Exception:
+                return record.peer_id, None
+            return record.peer_id, time.perf_counter() - began
+
+        results = await asyncio.gather(*(rtt(r) for r in targets))
+        self.next_pings = {pid: round(t, 6) for pid, t in results if t is not None}
+        return self.next_pings
+
+    async def run(self, my_peer_id: str, current_end: Callable[[], int], model_id: str) -> None:
+        """Every period: ping the next servers, then re-announce in the current state."""
+        while True:
+            await asyncio.sleep(self.period)
+            await self.measure_next_pings(my_peer_id, current_end(), model_id)
+            await self.announce()

@@ -1,0 +1,118 @@
+"""`zswarm-server`: parse the command line into a `ServerConfig` and run the server.
+
+Every flag maps to one `ServerConfig` field of the same name. Flags default to "not given"
+(`argparse.SUPPRESS`), so the only defaults are the dataclass's; help texts are the comments
+written beside the fields in config.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import logging
+import re
+import sys
+from typing import Optional, Sequence
+
+from zswarm.server.config import (
+    DEVICES,
+    DTYPES,
+    LOG_LEVELS,
+    PLACEMENTS,
+    QUANTS,
+    ConfigError,
+    ServerConfig,
+)
+
+_CHOICES = {"device": DEVICES, "dtype": DTYPES, "quant": QUANTS, "placement": PLACEMENTS}
+_FLOATS = {"balance_quality", "rebalance_period", "min_move_interval", "throughput", "session_idle_timeout",
+           "max_wait_timeout", "update_period", "expiration_periods", "drain_timeout"}
+_INTS = {"num_blocks", "port", "dht_port", "attn_cache_tokens", "max_session_length", "max_batch_size",
+         "max_request_tokens", "prefill_chunk_tokens"}
+_STRINGS = {"host", "public_host", "identity", "public_name", "throughput_cache"}
+
+
+def field_help() -> dict[str, str]:
+    """The comment beside each field of ServerConfig, keyed by field name."""
+    try:
+        source = inspect.getsource(ServerConfig)
+    except (OSError, TypeError):
+        return {}
+    found = {}
+    for match in re.finditer(r"^\s+(\w+): [^\n=]+=[^\n#]+#\s*(.+)$", source, re.MULTILINE):
+        found[match.group(1)] = match.group(2).strip()
+    return found
+
+
+def _block_range(text: str) -> tuple[int, int]:
+    start, sep, end = text.partition(":")
+    if not sep or not start.strip().isdigit() or not end.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected A:B (block range [A, B)), got {text!r}")
+    return int(start), int(end)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    helps = field_help()
+    defaults = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
+
+    def described(name: str) -> str:
+        text = helps.get(name, "").replace("%", "%%")  # argparse formats help with %
+        default = defaults.get(name)
+        return f"{text} (default: {default})" if default not in (None, (), "", False) else text
+
+    parser = argparse.ArgumentParser(
+        prog="zswarm-server",
+        description="Host a range of transformer blocks of MODEL in a zswarm swarm.",
+        argument_default=argparse.SUPPRESS,
+    )
+    special = {
+        "model": dict(nargs="?"),
+        "block_indices": dict(type=_block_range, metavar="A:B"),
+        "initial_peers": dict(nargs="+", metavar="HOST:PORT"),
+        "new_swarm": dict(action="store_true"),
+        "rebalance": dict(action=argparse.BooleanOptionalAction),
+        "log_level": dict(type=str.upper, choices=LOG_LEVELS),
+    }
+    for f in dataclasses.fields(ServerConfig):  # in the dataclass's order, so --help reads like config.py
+        name = f.name
+        if name in special:
+            kwargs = special[name]
+        elif name in _CHOICES:
+            kwargs = dict(choices=_CHOICES[name])
+        elif name in _INTS or name in _FLOATS or name in _STRINGS:
+            kwargs = dict(type=int if name in _INTS else float if name in _FLOATS else str)
+        else:
+            continue  # not a command-line setting (e.g. `extra`)
+        flag = name if name == "model" else "--" + name.replace("_", "-")
+        parser.add_argument(flag, help=described(name), **kwargs)
+    return parser
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> ServerConfig:
+    """Command line -> ServerConfig; exits with a usage error for anything the config refuses."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    if "initial_peers" in given:
+        given["initial_peers"] = tuple(given["initial_peers"])
+    try:
+        return ServerConfig(**given)
+    except ConfigError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from zswarm.server.server import run_server  # heavy imports (torch) only after parsing
+
+    return run_server(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

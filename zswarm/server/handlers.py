@@ -1,0 +1,257 @@
+"""The RPC methods of a server (docs/architecture.md, "The RPC protocol"): `rpc_<method>`.
+
+Handlers validate on the event loop (cheap), then run the math on the compute thread. Hidden
+states come back in the request's dtype. `ServingState` is what the handlers read; the server
+owns it and swaps `span`, `start`, `end` when it loads or moves blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from wire.codec import to_wire_dtype
+from zswarm.errors import BadInputError, BadPositionError, BlocksNotServedError, ShuttingDownError, \
+    TooManyTokensError, UnknownAdapterError
+from zswarm.server import compute as priorities
+from zswarm.server.compute import ComputeClosed, ComputeQueue
+from zswarm.server.sessions import InferenceSession, SessionManager
+from zswarm.server.validation import block_range, check_hidden, check_hypo_ids, check_prompts, \
+    check_same, check_tokens, meta_float, meta_int, meta_str, named_tensors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingState:
+    """What the handlers need to know about the server right now."""
+
+    model_id: str
+    num_blocks: int  # of the whole model
+    hidden_size: int
+    dtype: str  # weights/compute dtype name
+    quant: str
+    peer_id: str
+    version: str
+    start: int = 0
+    end: int = 0
+    span: Any = None  # BlockSpan over [start, end); None while loading or moving
+    throughput: float = 0.0
+    inference_rps: float = 0.0
+    forward_rps: float = 0.0
+    adapters: tuple[str, ...] = ()
+    max_session_length: int = 8192
+    max_batch_size: int = 64
+    max_request_tokens: int = 8192
+    prefill_chunk_tokens: int = 1024
+    max_wait_timeout: float = 60.0
+    stats: dict = field(default_factory=lambda: {"inference_steps": 0, "forward": 0, "backward": 0})
+
+
+class ServerRPC:
+    def __init__(self, state: ServingState, sessions: SessionManager, compute: ComputeQueue):
+        self.state = state
+        self.sessions = sessions
+        self.compute = compute
+
+    def handlers(self) -> dict:
+        return {name[len("rpc_"):]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")}
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _span_for(self, start: int, end: int):
+        state = self.state
+        span = state.span
+        if span is None:
+            raise BlocksNotServedError(f"blocks {start}:{end} are not loaded here yet (loading or moving)")
+        if (start, end) == (state.start, state.end):
+            return span
+        return span.sub(start, end)
+
+    def _check_adapter(self, meta: dict) -> None:
+        adapter = meta_str(meta, "adapter")
+        if adapter and adapter not in self.state.adapters:
+            served = ", ".join(self.state.adapters) or "none"
+            raise UnknownAdapterError(f"adapter {adapter!r} is not served here (served: {served})")
+
+    async def _run(self, fn, priority: int):
+        try:
+            return await self.compute.run(fn, priority)
+        except ComputeClosed as exc:
+            raise ShuttingDownError(str(exc)) from None
+
+    # ---- info and ping -----------------------------------------------------------------------
+    async def rpc_ping(self, request):
+        return {}, []
+
+    async def rpc_info(self, request):
+        s = self.state
+        elapsed = max(1e-9, time.monotonic() - self.compute.started_at)
+        return {
+            "version": s.version, "model_id": s.model_id, "start": s.start, "end": s.end,
+            "num_blocks": s.num_blocks, "hidden_size": s.hidden_size, "dtype": s.dtype, "quant": s.quant,
+            "throughput": s.throughput, "inference_rps": s.inference_rps, "forward_rps": s.forward_rps,
+            "cache_tokens_left": self.sessions.budget.free, "sessions": len(self.sessions),
+            "load": {"queued": self.compute.pending, "busy_fraction": round(self.compute.busy_seconds / elapsed, 4),
+                     "waiting_for_cache": self.sessions.budget.waiting, **s.stats},
+            "adapters": list(s.adapters), "peer_id": s.peer_id, "ready": s.span is not None,
+            "max_session_length": s.max_session_length, "max_request_tokens": s.max_request_tokens,
+        }, []
+
+    # ---- inference sessions ------------------------------------------------------------------
+    async def rpc_open_session(self, request):
+        s, meta = self.state, request.meta
+        start, end = block_range(meta, s.start, s.end)
+        self._check_adapter(meta)
+        max_length = meta_int(meta, "max_length", low=1)
+        if max_length > s.max_session_length:
+            raise TooManyTokensError(f"max_length {max_length} exceeds this server's limit of {s.max_session_length}")
+        batch_size = meta_int(meta, "batch_size", low=1, default=1)
+        if batch_size > s.max_batch_size:
+            raise TooManyTokensError(f"batch_size {batch_size} exceeds this server's limit of {s.max_batch_size}")
+        wait = meta_float(meta, "wait_timeout", default=0.0, high=s.max_wait_timeout)
+        span = self._span_for(start, end)
+        session = await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
+                                           wait_timeout=wait, span=span, peer=request.peer)
+        return {"session_id": session.session_id}, []
+
+    async def rpc_close_session(self, request):
+        session_id = request.meta.get("session_id")
+        closed = isinstance(session_id, str) and self.sessions.close(session_id, why="was closed by its client")
+        if not closed and not self.sessions.ended(session_id):  # closing twice is fine; a made-up id is not
+            self.sessions.get(session_id)  # raises unknown_session
+        return {}, []
+
+    async def rpc_inference_step(self, request):
+        meta = request.meta
+        # Take the session's lock before any other await: steps pipelined on one connection are
+        # then served in the order they were sent (see wire/server.py).
+        session = self.sessions.get(meta.get("session_id"))
+        async with session.lock:
+            session = self.sessions.get(session.session_id)  # closed or expired while we queued?
+            return await self._inference_step(session, meta, request.tensors)
+
+    async def _inference_step(self, session: InferenceSession, meta: dict, tensors):
+        s = self.state
+        found = named_tensors(meta, tensors, ["hidden"], ["prompts", "hypo_ids"])
+        hidden = check_hidden(found["hidden"], s.hidden_size)
+        batch, seq, _ = hidden.shape
+        if batch != session.batch_size:
+            raise BadInputError(f"hidden states have batch {batch}, the session was opened with {session.batch_size}")
+        check_tokens(batch, seq, s.max_request_tokens, "inference step")
+        position = meta_int(meta, "position", default=None)
+        held = session.length
+        if position > held:
+            raise BadPositionError(
+                f"step at position {position}, but this session holds only {held} tokens (positions would be skipped)")
+        if position + seq > session.max_length:
+            raise TooManyTokensError(
+                f"position {position} + {seq} new tokens exceeds the session's max_length {session.max_length}")
+        prompts = found.get("prompts")
+        if prompts is not None:
+            check_prompts(prompts, session.end - session.start, hidden, session.max_length)
+        hypo_ids = found.get("hypo_ids")
+        if hypo_ids is not None:
+            hypo_ids = check_hypo_ids(hypo_ids, batch)
+        chunk = max(1, s.prefill_chunk_tokens // max(1, batch)) if seq > 1 else 1
+
+        def step():
+            return _run_inference(session, hidden, prompts, hypo_ids, position, chunk)
+
+        output = await self._run(step, priorities.INFERENCE)
+        session.steps += 1
+        session.last_used = self.sessions.clock()
+        s.stats["inference_steps"] += 1
+        return {}, [output]
+
+    # ---- forward and backward (no cache) ------------------------------------------------------
+    async def rpc_forward(self, request):
+        s, meta = self.state, request.meta
+        start, end = block_range(meta, s.start, s.end)
+        self._check_adapter(meta)
+        found = named_tensors(meta, request.tensors, ["hidden"], ["prompts"])
+        hidden = check_hidden(found["hidden"], s.hidden_size)
+        check_tokens(hidden.shape[0], hidden.shape[1], s.max_request_tokens, "forward")
+        check_batch(hidden, s.max_batch_size)
+        prompts = found.get("prompts")
+        if prompts is not None:
+            check_prompts(prompts, end - start, hidden, hidden.shape[1])
+        span = self._span_for(start, end)
+
+        def forward():
+            with torch.inference_mode():
+                out = span.forward(_to_span(hidden, span), prompts=_to_span(prompts, span))
+                return to_wire_dtype(out.to("cpu"), hidden.dtype)
+
+        output = await self._run(forward, priorities.FORWARD)
+        s.stats["forward"] += 1
+        return {}, [output]
+
+    async def rpc_backward(self, request):
+        s, meta = self.state, request.meta
+        start, end = block_range(meta, s.start, s.end)
+        self._check_adapter(meta)
+        found = named_tensors(meta, request.tensors, ["hidden", "grad_out"], ["prompts"])
+        hidden = check_hidden(found["hidden"], s.hidden_size)
+        grad_out = found["grad_out"]
+        check_same(grad_out, hidden, "grad_out")
+        check_tokens(hidden.shape[0], hidden.shape[1], s.max_request_tokens, "backward")
+        check_batch(hidden, s.max_batch_size)
+        prompts = found.get("prompts")
+        if prompts is not None:
+            check_prompts(prompts, end - start, hidden, hidden.shape[1])
+        span = self._span_for(start, end)
+
+        def backward():
+            grad_hidden, grad_prompts = span.backward(
+                _to_span(hidden, span), _to_span(grad_out, span), prompts=_to_span(prompts, span))
+            grads = [to_wire_dtype(grad_hidden.detach().to("cpu"), hidden.dtype)]
+            if prompts is not None and grad_prompts is not None:
+                grads.append(to_wire_dtype(grad_prompts.detach().to("cpu"), prompts.dtype))
+            elif prompts is not None:  # prompts that touched no position still get a (zero) gradient
+                grads.append(torch.zeros_like(prompts))
+            return grads
+
+        grads = await self._run(backward, priorities.BACKWARD)
+        s.stats["backward"] += 1
+        return {}, grads
+
+
+def check_batch(hidden: torch.Tensor, max_batch: int) -> None:
+    if hidden.shape[0] > max_batch:
+        raise TooManyTokensError(f"batch {hidden.shape[0]} exceeds this server's limit of {max_batch}")
+
+
+def _to_span(t: Optional[torch.Tensor], span) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    return t.to(device=span.device, dtype=span.dtype)
+
+
+def _run_inference(session: InferenceSession, hidden, prompts, hypo_ids, position: int, chunk: int):
+    """On the compute thread: roll back to `position`, reorder beams, run the new tokens in chunks."""
+    span = session.span
+    with torch.inference_mode():
+        if session.cache is None:
+            session.cache = span.new_cache(session.batch_size)
+        cache = session.cache
+        if position < cache.length:
+            cache.rollback(position)
+        if hypo_ids is not None:
+            cache.reorder(hypo_ids)
+        x = _to_span(hidden, span)
+        p = _to_span(prompts, span)
+        outputs = []
+        try:
+            for i in range(0, x.shape[1], chunk):
+                outputs.append(span.inference_step(x[:, i:i + chunk], cache, prompts=p))
+        except BaseException:
+            if cache.length > position:  # a later chunk failed: forget the earlier ones too
+                cache.rollback(position)
+            raise
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return to_wire_dtype(out.to("cpu"), hidden.dtype)
+

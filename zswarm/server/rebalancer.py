@@ -1,0 +1,102 @@
+"""Where to sit in the swarm: the first choice of blocks, and periodic checks whether to move.
+
+The decisions themselves are zswarm.placement's pure functions; this module turns DHT records
+into its `SwarmView` and runs the check on a randomised period. Hysteresis against servers
+flipping back and forth (Petals #389), on top of placement's own balance-quality rule:
+- a server does not move again within `min_move_interval` of starting or of its last move;
+- it announces its new blocks (JOINING) the moment it decides, so a peer checking a moment
+  later already sees the swarm as it will be, and does not make the same move;
+- check periods are random (uniform in 0.5x..1.5x the mean), so peers rarely check at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Awaitable, Callable, Optional
+
+from dht import ServerRecord, ServerState, afetch_block_servers
+
+logger = logging.getLogger(__name__)
+
+
+def swarm_view(num_blocks: int, blocks: list[dict[str, ServerRecord]], *, exclude: Optional[str] = None):
+    """DHT records (one dict per block) -> placement.SwarmView with one ServerSpan per live server."""
+    from zswarm.placement import ServerSpan, SwarmView
+
+    servers: dict[str, ServerRecord] = {}
+    for per_block in blocks:
+        for peer_id, record in per_block.items():
+            if peer_id == exclude or record.state == ServerState.OFFLINE:
+                continue
+            servers.setdefault(peer_id, record)
+    spans = [
+        ServerSpan(peer_id=r.peer_id, start=r.start, end=min(r.end, num_blocks), throughput=r.throughput,
+                   inference_rps=r.inference_rps, state=r.state, next_pings=dict(r.next_pings))
+        for r in servers.values() if r.start < num_blocks
+    ]
+    return SwarmView(num_blocks=num_blocks, servers=spans)
+
+
+async def fetch_swarm_view(node, model_id: str, num_blocks: int, *, exclude: Optional[str] = None):
+    blocks = await afetch_block_servers(node, model_id, 0, num_blocks)
+    return swarm_view(num_blocks, blocks, exclude=exclude)
+
+
+async def choose_initial_blocks(node, model_id: str, num_blocks: int, blocks_to_host: int,
+                                strategy: str, my_peer_id: str) -> tuple[int, int]:
+    from zswarm.placement import choose_blocks
+
+    view = await fetch_swarm_view(node, model_id, num_blocks, exclude=my_peer_id)
+    start, end = choose_blocks(view, blocks_to_host, strategy=strategy)
+    logger.info("chose blocks %d:%d (%s placement; %d other servers in the swarm)",
+                start, end, strategy, len(view.servers))
+    return int(start), int(end)
+
+
+class Rebalancer:
+    def __init__(self, *, node, model_id: str, num_blocks: int, peer_id: str, strategy: str,
+                 balance_quality: float, mean_period: float, min_move_interval: float,
+                 current_range: Callable[[], tuple[int, int]],
+                 move: Callable[[int, int], Awaitable[None]], rng: Optional[random.Random] = None):
+        self.node, self.model_id, self.num_blocks, self.peer_id = node, model_id, num_blocks, peer_id
+        self.strategy, self.balance_quality = strategy, balance_quality
+        self.mean_period, self.min_move_interval = mean_period, min_move_interval
+        self.current_range, self.move = current_range, move
+        self.rng = rng or random.Random()
+        self.last_move = time.monotonic()  # starting counts as a move: no move right after joining
+        self.moves = 0
+
+    async def check(self) -> Optional[tuple[int, int]]:
+        """One check: the range to move to, or None to stay."""
+        from zswarm.placement import should_move
+
+        if time.monotonic() - self.last_move < self.min_move_interval:
+            return None
+        view = await fetch_swarm_view(self.node, self.model_id, self.num_blocks)
+        if not any(s.peer_id == self.peer_id for s in view.servers):
+            return None  # our own record is not visible yet: no basis to decide on
+        target = should_move(view, self.peer_id, self.strategy, balance_quality=self.balance_quality)
+        if target is None or tuple(target) == tuple(self.current_range()):
+            return None
+        return int(target[0]), int(target[1])
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.mean_period * self.rng.uniform(0.5, 1.5))
+            try:
+                target = await self.check()
+            except Exception as exc:  # a DHT hiccup: try again next period
+                logger.warning("rebalance check failed: %s", exc)
+                continue
+            if target is None:
+                continue
+            start, end = self.current_range()
+            logger.info("rebalancing: moving from blocks %d:%d to %d:%d (the swarm's weakest blocks would gain)",
+                        start, end, *target)
+            self.last_move = time.monotonic()
+            self.moves += 1
+            await self.move(*target)
+            self.last_move = time.monotonic()

@@ -1,0 +1,284 @@
+"""The server: start-up, serving, moving blocks and shutting down, in that order.
+
+    start:    model -> DHT -> how many blocks -> throughput -> which blocks -> RPC server
+              -> announce JOINING -> load weights -> announce ONLINE
+    serve:    handlers.py (RPC), announcer.py (every period), rebalancer.py (random period),
+              session expiry
+    move:     stop taking sessions -> announce new blocks JOINING, old OFFLINE -> drain -> load
+              -> announce ONLINE
+    shutdown: (SIGTERM/SIGINT) stop taking sessions -> announce OFFLINE -> finish in-flight work
+              -> close everything -> exit 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Optional
+
+import zswarm
+from dht import DHTNode, Identity, ServerRecord, ServerState
+from wire import RpcServer, ZmqTransport
+from zswarm.server.announcer import Announcer
+from zswarm.server.cache_budget import CacheBudget
+from zswarm.server.compute import ComputeQueue
+from zswarm.server.config import ConfigError, ServerConfig
+from zswarm.server.handlers import ServerRPC, ServingState
+from zswarm.server.memory import BlockShape, default_cache_tokens, free_device_bytes, plan_num_blocks
+from zswarm.server.quant import check_quant_available
+from zswarm.server.rebalancer import Rebalancer, choose_initial_blocks
+from zswarm.server.sessions import SessionManager
+from zswarm.server.throughput import Rates, get_rates
+
+logger = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.node: Optional[DHTNode] = None
+        self.rpc_server: Optional[RpcServer] = None
+        self.transport: Optional[ZmqTransport] = None
+        self.compute: Optional[ComputeQueue] = None
+        self.sessions: Optional[SessionManager] = None
+        self.state: Optional[ServingState] = None
+        self.announcer: Optional[Announcer] = None
+        self.rebalancer: Optional[Rebalancer] = None
+        self.rates: Optional[Rates] = None
+        self.address = ""
+        self._tasks: list[asyncio.Task] = []
+        self._stop = asyncio.Event()
+        self._moving = asyncio.Lock()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop, sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests, tools)
+                pass
+        starting = loop.create_task(self.start(), name="start-up")
+        stopping = loop.create_task(self._stop.wait(), name="stop signal")
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():  # stopped while starting: leave at once
+                starting.cancel()
+            await asyncio.gather(starting, return_exceptions=not stopping.done())
+            await stopping
+        finally:
+            stopping.cancel()
+            await self.shutdown()
+        return 0
+
+    def request_stop(self, sig=None) -> None:
+        if not self._stop.is_set():
+            logger.info("received %s: shutting down", signal.Signals(sig).name if sig else "stop request")
+        self._stop.set()
+
+    async def start(self) -> None:
+        cfg = self.config
+        if not cfg.new_swarm and not cfg.initial_peers:
+            raise ConfigError("give --initial-peers HOST:PORT to join a swarm, or --new-swarm to start one")
+        loop = asyncio.get_running_loop()
+        from zswarm.models import resolve_model
+        from zswarm.server.loading import resolve_device, resolve_dtype
+
+        device = resolve_device(cfg.device)
+        check_quant_available(cfg.quant, device)
+        source = await loop.run_in_executor(None, resolve_model, cfg.model)
+        self.source = source
+        dtype = resolve_dtype(cfg.dtype, source.config, device)
+        dtype_name = str(dtype).removeprefix("torch.")
+        self.device, self.dtype = device, dtype
+
+        identity = Identity.load_or_create(cfg.identity) if cfg.identity else Identity.generate()
+        self.node = DHTNode(host=cfg.host, port=cfg.dht_port, initial_peers=cfg.initial_peers, identity=identity)
+        await loop.run_in_executor(None, self.node.start)
+        logger.info("DHT node %s at %s (others join this swarm with --initial-peers %s)",
+                    self.node.peer_id, self.node.address, self.node.address)
+
+        shape = BlockShape.from_source(source)
+        cache_tokens = cfg.attn_cache_tokens or default_cache_tokens(device)
+        blocks_to_host = self._plan_blocks(shape, dtype_name, cache_tokens, device, source.num_blocks)
+        self.rates = await loop.run_in_executor(None, self._get_rates, blocks_to_host)
+        throughput = cfg.throughput or self.rates.throughput(blocks_to_host)
+
+        if cfg.block_indices is not None:
+            start, end = cfg.block_indices
+            if end > source.num_blocks:
+                raise ConfigError(f"--block-indices {start}:{end}, but {source.model_id} has {source.num_blocks} blocks")
+        else:
+            start, end = await choose_initial_blocks(self.node, source.model_id, source.num_blocks, blocks_to_host,
+                                                     cfg.placement, self.node.peer_id)
+
+        self.compute = ComputeQueue()
+        self.sessions = SessionManager(CacheBudget(cache_tokens), cfg.session_idle_timeout)
+        self.state = ServingState(
+            model_id=source.model_id, num_blocks=source.num_blocks, hidden_size=int(source.config.hidden_size),
+            dtype=dtype_name, quant=cfg.quant, peer_id=self.node.peer_id, version=zswarm.__version__,
+            start=start, end=end, throughput=throughput, inference_rps=self.rates.inference_rps,
+            forward_rps=self.rates.forward_rps, max_session_length=cfg.max_session_length,
+            max_batch_size=cfg.max_batch_size, max_request_tokens=cfg.max_request_tokens,
+            prefill_chunk_tokens=cfg.prefill_chunk_tokens, max_wait_timeout=cfg.max_wait_timeout,
+        )
+        rpc = ServerRPC(self.state, self.sessions, self.compute)
+        self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port)
+        await self.rpc_server.start()
+        self.address = f"tcp://{cfg.public_host or cfg.host}:{self.rpc_server.port}"
+        self.transport = ZmqTransport()
+        self.announcer = Announcer(self.node, self.transport, self._record, num_blocks=source.num_blocks,
+                                   ttl=cfg.record_ttl, period=cfg.update_period)
+        await self.announcer.announce(ServerState.JOINING)
+
+        self.state.span = await self._load(start, end)
+        await self.announcer.measure_next_pings(self.node.peer_id, end, source.model_id)
+        await self.announcer.announce(ServerState.ONLINE)
+        logger.info("serving %s blocks %d:%d of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
+                    "%d cache tokens, at %s (peer %s)", source.model_id, start, end, source.num_blocks, device,
+                    dtype_name, cfg.quant, throughput, cache_tokens, self.address, self.node.peer_id)
+
+        self._spawn(self.announcer.run(self.node.peer_id, lambda: self.state.end, source.model_id), "announcer")
+        self._spawn(self.sessions.expiry_loop(), "session expiry")
+        if cfg.rebalance_enabled:
+            self.rebalancer = Rebalancer(
+                node=self.node, model_id=source.model_id, num_blocks=source.num_blocks, peer_id=self.node.peer_id,
+                strategy=cfg.placement, balance_quality=cfg.balance_quality, mean_period=cfg.rebalance_period,
+                min_move_interval=cfg.min_move_interval, current_range=lambda: (self.state.start, self.state.end),
+                move=self.move_to)
+            self._spawn(self.rebalancer.run(), "rebalancer")
+
+    async def shutdown(self) -> None:
+        cfg = self.config
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.sessions is not None:
+            self.sessions.stop_accepting("the server is shutting down")
+        if self.announcer is not None:
+            try:
+                await asyncio.wait_for(self.announcer.announce(ServerState.OFFLINE), timeout=5.0)
+            except asyncio.TimeoutError:
+                logger.warning("could not announce OFFLINE within 5s")
+        if self.compute is not None:
+            await self._drain(cfg.drain_timeout, sessions_too=False)
+        if self.sessions is not None:
+            self.sessions.close_all("was ended: the server shut down")
+        if self.rpc_server is not None:
+            await self.rpc_server.stop()
+        if self.transport is not None:
+            await self.transport.close()
+        if self.compute is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.compute.close)
+        if self.node is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.node.shutdown)
+        logger.info("server stopped")
+
+    # ---- moving blocks ---------------------------------------------------------------------
+    async def move_to(self, start: int, end: int) -> None:
+        """Serve blocks [start, end) instead: fail no one silently, announce every state change."""
+        async with self._moving:
+            old_start, old_end = self.state.start, self.state.end
+            self.sessions.stop_accepting(f"the server is moving from blocks {old_start}:{old_end} to {start}:{end}")
+            await self.announcer.announce(record=self._record(ServerState.OFFLINE))
+            self.state.start, self.state.end = start, end
+            await self.announcer.announce(ServerState.JOINING)
+            await self._drain(self.config.drain_timeout, sessions_too=True)
+            self.sessions.close_all(f"was ended: the server moved to blocks {start}:{end}")
+            self.state.span = None
+            self.state.span = await self._load(start, end)
+            self.sessions.resume_accepting()
+            await self.announcer.measure_next_pings(self.node.peer_id, end, self.state.model_id)
+            await self.announcer.announce(ServerState.ONLINE)
+            logger.info("moved from blocks %d:%d to %d:%d", old_start, old_end, start, end)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _record(self, state: ServerState) -> ServerRecord:
+        s = self.state
+        return ServerRecord(
+            peer_id=s.peer_id, address=self.address, model_id=s.model_id, start=s.start, end=s.end, state=state,
+            throughput=s.throughput, inference_rps=s.inference_rps, forward_rps=s.forward_rps, dtype=s.dtype,
+            quant=s.quant, cache_tokens_left=self.sessions.budget.free, adapters=tuple(s.adapters),
+            version=s.version, public_name=self.config.public_name,
+        )
+
+    def _plan_blocks(self, shape: BlockShape, dtype: str, cache_tokens: int, device: str, total: int) -> int:
+        cfg = self.config
+        if cfg.block_indices is not None:
+            return cfg.block_indices[1] - cfg.block_indices[0]
+        if cfg.num_blocks is not None:
+            if cfg.num_blocks > total:
+                logger.warning("--num-blocks %d > the model's %d blocks; hosting all of them", cfg.num_blocks, total)
+            return min(cfg.num_blocks, total)
+        if not device.startswith("cuda"):
+            raise ConfigError("on a CPU, give --num-blocks N or --block-indices A:B (free memory is not a limit there)")
+        free = free_device_bytes(device)
+        count = plan_num_blocks(free, shape, dtype, cfg.quant, cache_tokens, total)
+        logger.info("%.1f GiB free on %s: hosting %d blocks (%d cache tokens)", free / 2**30, device, count,
+                    cache_tokens)
+        return count
+
+    def _get_rates(self, blocks_to_host: int) -> Rates:
+        cfg = self.config
+        if cfg.throughput is not None:  # given: every per-block rate follows from it
+            per_block = cfg.throughput * blocks_to_host
+            return Rates(inference_rps=per_block, forward_rps=per_block)
+        from zswarm.server.loading import load_blocks
+
+        dtype_name = str(self.dtype).removeprefix("torch.")
+        return get_rates(self.source.model_id, self.device, dtype_name, cfg.quant,
+                         lambda: load_blocks(self.source, 0, 1, dtype=self.dtype, device=self.device,
+                                             quant=cfg.quant, progress=logger.debug),
+                         cfg.throughput_cache)
+
+    async def _load(self, start: int, end: int):
+        from zswarm.server.loading import load_blocks
+
+        began = time.monotonic()
+        logger.info("loading weights of blocks %d:%d (%s, %s, quant=%s) ...", start, end, self.device,
+                    str(self.dtype).removeprefix("torch."), self.config.quant)
+        span = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: load_blocks(self.source, start, end, dtype=self.dtype, device=self.device,
+                                      quant=self.config.quant))
+        logger.info("loaded blocks %d:%d in %.1fs", start, end, time.monotonic() - began)
+        return span
+
+    async def _drain(self, timeout: float, *, sessions_too: bool) -> None:
+        """Wait up to `timeout` for running steps (and, when moving, open sessions) to finish."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = self.compute.inflight or any(s.lock.locked() for s in self.sessions)
+            if not busy and not (sessions_too and len(self.sessions)):
+                return
+            await asyncio.sleep(0.05)
+        logger.info("drain: %d sessions still open after %.1fs; ending them", len(self.sessions), timeout)
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task %r crashed", task.get_name(), exc_info=task.exception())
+
+
+def run_server(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 on a configuration or start-up error."""
+    from zswarm.errors import ZswarmError
+    from zswarm.models import ModelError
+    from zswarm.server.memory import InsufficientMemoryError
+    from zswarm.server.quant import QuantizationUnavailable
+    from dht import DHTError
+
+    try:
+        return asyncio.run(Server(config).run())
+    except (ConfigError, ModelError, InsufficientMemoryError, QuantizationUnavailable, DHTError, ZswarmError) as exc:
+        logger.error("cannot start: %s", exc)
+        return 2
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,149 @@
+"""Inference sessions: server-generated ids, one KV cache each, cache budget and idle expiry.
+
+A session is opened for blocks [start, end) (any sub-range of what the server hosts) with a
+maximum length and a batch size; it reserves `batch_size * max_length` tokens of the cache
+budget until it closes or expires. Steps of one session are serialized by its `lock`; the
+manager never expires a session while a step holds that lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from zswarm.errors import CacheFullError, ShuttingDownError, TooManyTokensError, UnknownSessionError
+from zswarm.server.cache_budget import BudgetTimeout, CacheBudget
+
+logger = logging.getLogger(__name__)
+
+_REMEMBER_ENDED = 4096  # ended session ids kept to say "expired" rather than "unknown"
+
+
+@dataclass
+class InferenceSession:
+    session_id: str
+    start: int
+    end: int
+    max_length: int
+    batch_size: int
+    span: Any  # BlockSpan view over [start, end)
+    peer: bytes = b""
+    cache: Any = None  # SpanCache, created on the first step (on the compute thread)
+    last_used: float = 0.0
+    steps: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def tokens_reserved(self) -> int:
+        return self.batch_size * self.max_length
+
+    @property
+    def length(self) -> int:
+        """Tokens this session's cache holds."""
+        return 0 if self.cache is None else int(self.cache.length)
+
+
+class SessionManager:
+    def __init__(self, budget: CacheBudget, idle_timeout: float, clock: Callable[[], float] = time.monotonic):
+        self.budget = budget
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self.accepting = True
+        self.refusal = "the server is shutting down"
+        self._sessions: dict[str, InferenceSession] = {}
+        self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self):
+        return iter(list(self._sessions.values()))
+
+    async def open(self, *, start: int, end: int, max_length: int, batch_size: int, wait_timeout: float,
+                   span: Any, peer: bytes = b"") -> InferenceSession:
+        if not self.accepting:
+            raise ShuttingDownError(self.refusal)
+        tokens = batch_size * max_length
+        if tokens > self.budget.capacity:
+            raise TooManyTokensError(
+                f"batch_size {batch_size} x max_length {max_length} = {tokens} tokens exceeds this server's "
+                f"whole cache budget of {self.budget.capacity} tokens"
+            )
+        try:
+            await self.budget.reserve(tokens, wait_timeout)
+        except BudgetTimeout as exc:
+            raise CacheFullError(
+                f"cache full: {exc.asked} tokens asked, {exc.free} of {exc.capacity} free after waiting "
+                f"{exc.waited:.1f}s; try later or another server"
+            ) from None
+        if not self.accepting:  # began shutting down while we waited
+            self.budget.release(tokens)
+            raise ShuttingDownError(self.refusal)
+        session = InferenceSession(
+            session_id=secrets.token_hex(16), start=start, end=end, max_length=max_length,
+            batch_size=batch_size, span=span, peer=peer, last_used=self.clock(),
+        )
+        self._sessions[session.session_id] = session
+        logger.info("session %s opened: blocks %d:%d, batch %d, max_length %d (%d cache tokens left)",
+                    session.session_id[:8], start, end, batch_size, max_length, self.budget.free)
+        return session
+
+    def get(self, session_id) -> InferenceSession:
+        session = self._sessions.get(session_id) if isinstance(session_id, str) else None
+        if session is None:
+            why = self._ended.get(session_id) if isinstance(session_id, str) else None
+            shown = repr(session_id)[:40]
+            if why:
+                raise UnknownSessionError(f"session {shown} {why}; open a new one")
+            raise UnknownSessionError(f"session {shown} is unknown to this server; open a new one")
+        session.last_used = self.clock()
+        return session
+
+    def ended(self, session_id) -> bool:
+        """Was this a session of ours that has since closed or expired?"""
+        return isinstance(session_id, str) and session_id in self._ended
+
+    def close(self, session_id: str, why: str = "was closed") -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        session.cache = None  # frees the KV tensors as soon as no step holds them
+        self.budget.release(session.tokens_reserved)
+        self._ended[session_id] = why
+        while len(self._ended) > _REMEMBER_ENDED:
+            self._ended.popitem(last=False)
+        logger.info("session %s %s after %d steps (%d cache tokens left)",
+                    session_id[:8], why, session.steps, self.budget.free)
+        return True
+
+    def expire_idle(self) -> list[str]:
+        """Close sessions idle longer than idle_timeout (never one whose step is running)."""
+        deadline = self.clock() - self.idle_timeout
+        stale = [s.session_id for s in self._sessions.values() if s.last_used < deadline and not s.lock.locked()]
+        for session_id in stale:
+            self.close(session_id, why=f"expired after {self.idle_timeout:g}s idle")
+        return stale
+
+    def stop_accepting(self, refusal: str) -> None:
+        self.accepting = False
+        self.refusal = refusal
+
+    def resume_accepting(self) -> None:
+        self.accepting = True
+
+    def close_all(self, why: str) -> int:
+        ids = list(self._sessions)
+        for session_id in ids:
+            self.close(session_id, why=why)
+        return len(ids)
+
+    async def expiry_loop(self, period: Optional[float] = None) -> None:
+        period = period if period is not None else max(0.05, min(self.idle_timeout / 4, 10.0))
+        while True:
+            await asyncio.sleep(period)
+            self.expire_idle()

@@ -1,0 +1,139 @@
+"""Checks on everything a request carries, each failing with a typed error that names the problem.
+
+Requests are untrusted: meta values may be of any msgpack type, tensors of any dtype and shape
+(within wire's Limits). Nothing here allocates more than the tensors already hold.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from zswarm.errors import BadInputError, BlocksNotServedError, TooManyTokensError
+
+HIDDEN_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+
+
+def meta_int(meta: dict, name: str, *, low: int = 0, high: Optional[int] = None, default=None) -> int:
+    value = meta.get(name, default)
+    if value is None:
+        raise BadInputError(f"meta field {name!r} is required (an integer)")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadInputError(f"meta field {name!r} must be an integer, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise BadInputError(f"meta field {name!r} must be {bounds}, got {value}")
+    return value
+
+
+def meta_float(meta: dict, name: str, *, default: float, low: float = 0.0, high: float = math.inf) -> float:
+    value = meta.get(name, default)
+    if value is None:
+        value = default
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise BadInputError(f"meta field {name!r} must be a finite number, got {value!r}")
+    return float(min(max(value, low), high))
+
+
+def meta_str(meta: dict, name: str, *, max_len: int = 256) -> Optional[str]:
+    value = meta.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > max_len:
+        raise BadInputError(f"meta field {name!r} must be a string of at most {max_len} characters")
+    return value
+
+
+def block_range(meta: dict, hosted_start: int, hosted_end: int) -> tuple[int, int]:
+    """The request's [start, end); defaults to everything hosted; must lie within it."""
+    start = meta_int(meta, "start", default=hosted_start)
+    end = meta_int(meta, "end", default=hosted_end)
+    if start >= end:
+        raise BadInputError(f"empty block range {start}:{end}")
+    if start < hosted_start or end > hosted_end:
+        raise BlocksNotServedError(
+            f"blocks {start}:{end} asked, but this server holds blocks {hosted_start}:{hosted_end}"
+        )
+    return start, end
+
+
+def named_tensors(meta: dict, tensors: Sequence[torch.Tensor], required: Sequence[str],
+                  optional: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Name the request's tensors: by meta["tensor_names"] if given, else positionally."""
+    allowed = list(required) + list(optional)
+    names = meta.get("tensor_names")
+    if names is None:
+        if len(tensors) > len(allowed):
+            raise BadInputError(f"expected at most {len(allowed)} tensors ({', '.join(allowed)}), got {len(tensors)}")
+        names = allowed[: len(tensors)]
+    else:
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise BadInputError("meta field 'tensor_names' must be a list of strings")
+        if len(names) != len(tensors):
+            raise BadInputError(f"tensor_names lists {len(names)} names for {len(tensors)} tensors")
+        unknown = [n for n in names if n not in allowed]
+        if unknown or len(set(names)) != len(names):
+            raise BadInputError(f"tensor_names {list(names)!r}: each must be one of {allowed}, once")
+    found = dict(zip(names, tensors))
+    missing = [n for n in required if n not in found]
+    if missing:
+        raise BadInputError(f"missing tensor(s): {', '.join(missing)}")
+    return found
+
+
+def check_hidden(t: torch.Tensor, hidden_size: int, name: str = "hidden") -> torch.Tensor:
+    if t.dtype not in HIDDEN_DTYPES:
+        raise BadInputError(f"{name} must be float16, bfloat16 or float32, got {str(t.dtype).replace('torch.', '')}")
+    if t.dim() != 3:
+        raise BadInputError(f"{name} must be [batch, seq, hidden], got shape {list(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise BadInputError(f"{name} is empty (shape {list(t.shape)})")
+    if t.shape[2] != hidden_size:
+        raise BadInputError(f"{name} has hidden size {t.shape[2]}, this model's is {hidden_size}")
+    check_finite(t, name)
+    return t
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise BadInputError(f"{name} contains NaN or inf")
+
+
+def check_same(t: torch.Tensor, like: torch.Tensor, name: str, like_name: str = "hidden") -> None:
+    if t.dtype != like.dtype or t.shape != like.shape:
+        raise BadInputError(
+            f"{name} must match {like_name} ({str(like.dtype).replace('torch.', '')} {list(like.shape)}), "
+            f"got {str(t.dtype).replace('torch.', '')} {list(t.shape)}"
+        )
+    check_finite(t, name)
+
+
+def check_tokens(batch: int, seq: int, cap: int, what: str) -> None:
+    if batch * seq > cap:
+        raise TooManyTokensError(f"{what}: {batch} x {seq} = {batch * seq} tokens exceeds this server's cap of {cap}")
+
+
+def check_prompts(prompts: torch.Tensor, num_blocks: int, hidden: torch.Tensor, max_len: int) -> None:
+    """Deep prompts: [num_blocks, batch, pre_seq_len, hidden_size], in the hidden states' dtype."""
+    expected = f"[{num_blocks}, {hidden.shape[0]}, pre_seq_len, {hidden.shape[2]}]"
+    if prompts.dim() != 4:
+        raise BadInputError(f"prompts must be {expected}, got shape {list(prompts.shape)}")
+    blocks, batch, pre_seq_len, size = prompts.shape
+    if blocks != num_blocks or batch != hidden.shape[0] or size != hidden.shape[2] or pre_seq_len == 0:
+        raise BadInputError(f"prompts must be {expected}, got shape {list(prompts.shape)}")
+    if pre_seq_len > max_len:
+        raise TooManyTokensError(f"prompts pre_seq_len {pre_seq_len} exceeds the limit of {max_len}")
+    if prompts.dtype != hidden.dtype:
+        raise BadInputError(f"prompts must have the hidden states' dtype {hidden.dtype}, got {prompts.dtype}")
+    check_finite(prompts, "prompts")
+
+
+def check_hypo_ids(hypo_ids: torch.Tensor, batch: int) -> torch.Tensor:
+    if hypo_ids.dtype not in (torch.int64, torch.int32) or hypo_ids.dim() != 1 or hypo_ids.shape[0] != batch:
+        raise BadInputError(f"hypo_ids must be an int64 vector of length {batch} (the batch), "
+                            f"got {str(hypo_ids.dtype).replace('torch.', '')} {list(hypo_ids.shape)}")
+    if batch and (int(hypo_ids.min()) < 0 or int(hypo_ids.max()) >= batch):
+        raise BadInputError(f"hypo_ids must lie in [0, {batch})")
+    return hypo_ids.long()
