@@ -1,0 +1,72 @@
+"""The model class on an in-process swarm: chat sessions, sampling, streamers, autograd."""
+import torch
+from transformers import StoppingCriteriaList, TextStreamer
+
+from conftest import AtStep
+
+PROMPT = torch.tensor([[1, 5, 9, 33, 7]])
+
+
+def test_two_generate_calls_in_a_session_equal_one_of_the_concatenation(swarm, connect, llama_reference):
+    swarm.add(0, 3), swarm.add(3, 6)
+    model = connect()
+    more = torch.tensor([[4, 4, 90]])
+    with model.inference_session(max_length=40) as session:
+        first = model.generate(PROMPT, max_new_tokens=5, session=session, repetition_penalty=1.2)
+        second = model.generate(more, max_new_tokens=6, session=session, repetition_penalty=1.2)
+    expected = llama_reference.generate(torch.cat([first, more], dim=1), max_new_tokens=6, repetition_penalty=1.2)
+    assert torch.equal(torch.cat([first, second], dim=1), expected)
+    assert torch.equal(second[:, :3], more)
+
+
+def test_seeded_sampling_equals_local_seeded_sampling(swarm, connect, llama_reference):
+    swarm.add(0, 6)
+    model = connect()
+    args = dict(max_new_tokens=10, do_sample=True, temperature=0.9, top_k=30, top_p=0.8, repetition_penalty=1.3)
+    torch.manual_seed(7)
+    out = model.generate(PROMPT, **args)
+    torch.manual_seed(7)
+    assert torch.equal(out, llama_reference.generate(PROMPT, **args))
+
+
+def test_stop_strings_and_streamer_work_through_the_swarm(swarm, connect, llama_reference, capsys):
+    swarm.add(0, 6)
+    model = connect()
+
+    class Tok:   # the smallest tokenizer TextStreamer and stop_strings need: id n <-> chr(65 + n % 26)
+        def decode(self, ids, **kw):
+            return "".join(chr(65 + int(i) % 26) for i in ids)
+
+    model.generate(PROMPT, max_new_tokens=4, streamer=TextStreamer(Tok()))
+    expected = llama_reference.generate(PROMPT, max_new_tokens=4)
+    assert Tok().decode(expected[0]) in capsys.readouterr().out
+
+
+def test_forward_logits_and_input_gradients_equal_the_local_model(swarm, connect, llama_reference):
+    swarm.add(0, 2), swarm.add(2, 6)
+    model = connect()
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    embeds = model.parts.embed(ids).detach().requires_grad_(True)
+    out = model(inputs_embeds=embeds, labels=ids)
+    out.loss.backward()
+    ref_embeds = llama_reference.get_input_embeddings()(ids).detach().requires_grad_(True)
+    ref = llama_reference(inputs_embeds=ref_embeds, labels=ids)
+    ref.loss.backward()
+    torch.testing.assert_close(out.logits, ref.logits)
+    torch.testing.assert_close(embeds.grad, ref_embeds.grad)
+
+
+def test_forward_and_backward_route_around_a_vanished_server(swarm, connect, llama_reference):
+    swarm.add(0, 3)
+    doomed = swarm.add(3, 6)
+    model = connect()
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    embeds = model.parts.embed(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds).logits
+    swarm.kill(doomed)
+    swarm.add(3, 4), swarm.add(4, 6)         # backward must recompute the new inner boundary
+    logits.sum().backward()
+    ref_embeds = llama_reference.get_input_embeddings()(ids).detach().requires_grad_(True)
+    llama_reference(inputs_embeds=ref_embeds).logits.sum().backward()
+    torch.testing.assert_close(embeds.grad, ref_embeds.grad)
+    assert torch.equal(model(ids).logits, llama_reference(ids).logits)

@@ -1,0 +1,23 @@
+"""The public API is exactly what README shows: a short, deliberate list."""
+import zswarm
+
+
+def test_zswarm_exports_exactly_the_public_api():
+    assert sorted(zswarm.__all__) == [
+        "AutoDistributedModelForCausalLM", "ClientConfig", "NoRouteError", "ServerError",
+        "SessionClosedError", "SessionLengthError", "ZswarmError",
+    ]
+    for name in zswarm.__all__:
+        assert getattr(zswarm, name) is not None
+
+
+def test_client_config_splits_its_fields_from_other_keyword_arguments():
+    config, rest = zswarm.ClientConfig.from_kwargs({"max_retries": 2, "initial_peers": ["h:1"], "foo": 1})
+    assert config.max_retries == 2 and config.initial_peers == ("h:1",) and rest == {"foo": 1}
+
+
+def test_client_config_rejects_an_unknown_wire_dtype():
+    import pytest
+
+    with pytest.raises(ValueError, match="wire_dtype"):
+        zswarm.ClientConfig(wire_dtype="int8")

@@ -1,0 +1,107 @@
+"""SequenceManager on synthetic swarms: bans never remove the last server of a block, filters
+apply, routes come from the records, a dead last server fails its probe."""
+import asyncio
+
+import pytest
+
+from dht.records import ServerRecord, ServerState
+from wire import MockTransport
+from zswarm.client.config import ClientConfig
+from zswarm.client.failures import ServerUnavailable
+from zswarm.client.sequence_manager import SequenceManager
+from zswarm.errors import NoRouteError
+
+
+async def _pong(request):
+    return {}, []
+
+
+def _record(peer, start, end, **kw):
+    return ServerRecord(peer_id=peer, address=f"tcp://{peer}:1", model_id="m", start=start, end=end,
+                        state=kw.pop("state", ServerState.ONLINE), inference_rps=kw.pop("rps", 100.0),
+                        throughput=100.0, cache_tokens_left=kw.pop("cache", 10_000), **kw)
+
+
+def _manager(records, alive=None, **config):
+    transport = MockTransport()
+    for rec in records:
+        if alive is None or rec.peer_id in alive:
+            transport.add_server(rec.address, {"ping": _pong})
+    num_blocks = max(r.end for r in records)
+
+    async def fetch():
+        blocks = [{} for _ in range(num_blocks)]
+        for rec in records:
+            for b in range(rec.start, rec.end):
+                blocks[b][rec.peer_id] = rec
+        return blocks
+
+    cfg = ClientConfig(**{"ping_timeout": 0.5, **config})
+    return SequenceManager(cfg, model_id="m", num_blocks=num_blocks, transport=transport, fetch_records=fetch)
+
+
+def test_a_banned_server_is_avoided_when_another_holds_its_blocks():
+    async def main():
+        manager = _manager([_record("a", 0, 4), _record("b", 0, 4)])
+        await manager.update()
+        manager.on_failure("a")
+        route = await manager.make_inference_route(0, 4)
+        assert [s.peer_id for s in route] == ["b"]
+    asyncio.run(main())
+
+
+def test_a_ban_never_removes_the_last_server_of_a_block():
+    async def main():
+        manager = _manager([_record("a", 0, 2), _record("b", 2, 4), _record("c", 2, 4)])
+        await manager.update()
+        manager.on_failure("a")
+        manager.on_failure("b")
+        peers = {c.peer_id: (c.start, c.end) for c in manager.candidates(0, 4)}
+        assert peers == {"a": (0, 2), "c": (2, 4)}   # a stays as the last of 0-1; b has a stand-in
+        route = await manager.make_inference_route(0, 4)   # a answers its probe, so it is used
+        assert [(s.peer_id, s.start, s.end) for s in route] == [("a", 0, 2), ("c", 2, 4)]
+    asyncio.run(main())
+
+
+def test_a_dead_last_server_fails_its_probe_instead_of_being_routed_through():
+    async def main():
+        manager = _manager([_record("a", 0, 2), _record("b", 2, 4)], alive={"b"})
+        await manager.update()           # the first ping already bans a
+        assert manager.bans.is_banned("a")
+        with pytest.raises(ServerUnavailable, match="last one left for blocks 0-1"):
+            await manager.make_inference_route(0, 4)
+    asyncio.run(main())
+
+
+def test_blocked_offline_and_foreign_servers_are_not_candidates():
+    async def main():
+        records = [_record("a", 0, 4), _record("b", 0, 4, state=ServerState.JOINING), _record("c", 0, 4),
+                   _record("d", 0, 4)]
+        records[3].model_id = "other"
+        manager = _manager(records, blocked_servers=("c",))
+        await manager.update()
+        assert [c.peer_id for c in manager.candidates(0, 4)] == ["a"]
+        only = _manager(records, allowed_servers=("c",))
+        await only.update()
+        assert [c.peer_id for c in only.candidates(0, 4)] == ["c"]
+    asyncio.run(main())
+
+
+def test_candidates_are_cut_to_the_requested_range_and_know_their_cache_room():
+    async def main():
+        manager = _manager([_record("a", 0, 6, cache=100), _record("b", 3, 8, cache=10)])
+        await manager.update()
+        found = {c.peer_id: c for c in manager.candidates(2, 5, tokens_needed=50)}
+        assert (found["a"].start, found["a"].end, found["a"].cache_room) == (2, 5, True)
+        assert (found["b"].start, found["b"].end, found["b"].cache_room) == (3, 5, False)
+        assert found["a"].rtt_from_client is not None   # pinged on update
+    asyncio.run(main())
+
+
+def test_blocks_nobody_serves_raise_no_route_error_naming_them():
+    async def main():
+        manager = _manager([_record("a", 0, 2), _record("b", 3, 5)])
+        await manager.update()
+        with pytest.raises(NoRouteError, match="block 2 of m is served by no one"):
+            await manager.make_inference_route(0, 5)
+    asyncio.run(main())

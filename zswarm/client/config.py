@@ -1,0 +1,84 @@
+"""`ClientConfig`: every knob of the client, with its default, in one place.
+
+`AutoDistributedModelForCausalLM.from_pretrained(MODEL, initial_peers=[...], **fields)` fills it
+from keyword arguments; nothing else writes a default (Petals' class and CLI defaults drifted).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+WIRE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+@dataclass
+class ClientConfig:
+    # Where to join the swarm: DHT bootstrap addresses "host:port".
+    initial_peers: tuple[str, ...] = ()
+    # The name the servers announce the model under (the DHT key prefix). None: the resolved
+    # model's own `model_id` (a local directory's name, or the hub id).
+    model_id: str | None = None
+
+    # Hidden states on the wire. "auto": float16 for float16/float32 models, bfloat16 for
+    # bfloat16 ones (fp16 would overflow their activations). Exactness tests ask for float32.
+    wire_dtype: str = "auto"
+
+    # Seconds to wait for one inference step of one span. Past it the server counts as failed:
+    # the session bans it, reroutes and replays; so it bounds how long a dead server stalls us.
+    step_timeout: float = 30.0
+    # Seconds for open_session, forward, backward and a replay of the session's history.
+    request_timeout: float = 60.0
+    # Seconds for a ping; also the probe that decides whether a banned last server is back.
+    ping_timeout: float = 3.0
+    # While waiting for a reply longer than this, ping the server every this many seconds; one
+    # missed ping (ping_timeout) fails the request at once: how fast a kill -9 is noticed.
+    liveness_interval_s: float = 1.0
+    # Seconds a server may make us wait for cache room when a session opens (sent to it).
+    cache_wait_timeout: float = 1.0
+
+    # Retry budget: failed attempts in a row at one operation (a step, a forward of one span)
+    # before the client gives up with NoRouteError. Each failure bans the server it blamed.
+    max_retries: int = 5
+    # Ban of a failing server: ban_base_s, doubled on each failure in a row, at most ban_max_s.
+    ban_base_s: float = 1.0
+    ban_max_s: float = 60.0
+    # Sleep before a retry whose route can only use a just-failed server (the last one of its
+    # blocks): min(retry_backoff_s * 2**attempt, ban_max_s), so retries do not spin.
+    retry_backoff_s: float = 0.25
+
+    # Background refresh of the DHT records and of the client->server RTTs, in seconds.
+    refresh_period_s: float = 30.0
+
+    # Routing: the extra seconds per token one more hop costs beyond its RTT (serialisation,
+    # queueing), and the penalty for a server that said it has no cache room.
+    hop_overhead_s: float = 0.005
+    no_cache_penalty_s: float = 5.0
+    # RTT assumed for a server not pinged yet (seconds): far rather than near.
+    unknown_rtt_s: float = 0.2
+
+    # Only these peer ids (None: any), never these.
+    allowed_servers: tuple[str, ...] | None = None
+    blocked_servers: tuple[str, ...] = ()
+    # Log the chosen route at INFO (one line per route); DEBUG otherwise.
+    show_route: bool = True
+
+    def __post_init__(self):
+        self.initial_peers = tuple(self.initial_peers)
+        self.blocked_servers = tuple(self.blocked_servers)
+        if self.allowed_servers is not None:
+            self.allowed_servers = tuple(self.allowed_servers)
+        if self.wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {WIRE_DTYPES}, not {self.wire_dtype!r}")
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        for name in ("step_timeout", "request_timeout", "ping_timeout", "liveness_interval_s", "refresh_period_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> tuple["ClientConfig", dict]:
+        """Split `kwargs` into a ClientConfig (its fields) and the rest, untouched."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        mine = {k: kwargs[k] for k in kwargs if k in names}
+        rest = {k: v for k, v in kwargs.items() if k not in names}
+        return cls(**mine), rest

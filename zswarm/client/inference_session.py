@@ -1,0 +1,324 @@
+"""`InferenceSession`: one conversation with the swarm, which survives the death of its servers.
+
+The session keeps ONE global position (tokens every block has seen) and, for each boundary
+block `b` of its route, the hidden states it has sent into block `b` at every position
+(`history[b]`, `[batch, position, hidden]`). A route span `[start, end)` runs on one server
+session that holds `span.position` tokens. When a server dies, times out or answers an error,
+the session bans it, routes `[start, end)` again -- the replacement may split it differently,
+since any sub-range of a server's blocks can be asked for -- and sends each new server the
+history it lacks in the same request as the current step:
+
+    inputs = cat(history[start][:, span.position:position], new hidden)   position = span.position
+
+Positions are absolute (`position` in every inference_step), so a replacement's cache lines up
+with the others'. Petals' per-server sessions counted from zero and broke here (its #587).
+The outputs of a fresh span's replay become the history of a fresh internal boundary.
+
+Beam search reorders rows: the history is reordered at once; servers that hold a cache get the
+`hypo_ids` with their next step, servers rebuilt from the history need none.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from wire.codec import to_wire_dtype
+from zswarm.client.config import ClientConfig
+from zswarm.client.failures import (ServerUnavailable, backoff_delay, describe, is_server_fault,
+                                    retries_exhausted)
+from zswarm.client.sequence_manager import SequenceManager
+from zswarm.errors import NoRouteError, SessionClosedError, SessionLengthError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SpanSession:
+    """Blocks [start, end) of the route on one server's session."""
+
+    peer_id: str
+    address: str
+    start: int
+    end: int
+    session_id: str | None = None
+    position: int = 0                         # tokens the server holds for us
+    pending_hypo_ids: torch.Tensor | None = None
+
+
+class BoundaryHistory:
+    """The hidden states sent into one boundary block, `[batch, max_length, hidden]`,
+    preallocated so that a token step writes in place instead of copying the past."""
+
+    def __init__(self, batch: int, max_length: int, hidden_size: int, dtype: torch.dtype):
+        self.buffer = torch.empty(batch, max_length, hidden_size, dtype=dtype)
+        self.length = 0
+
+    def write(self, position: int, states: torch.Tensor) -> None:
+        if position > self.length:
+            raise RuntimeError(f"history gap: writing at {position}, holding {self.length}")  # a bug
+        end = position + states.shape[1]
+        self.buffer[:, position:end] = states
+        self.length = end
+
+    def read(self, start: int, end: int) -> torch.Tensor:
+        return self.buffer[:, start:end]
+
+    def truncate(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    def reorder(self, hypo_ids: torch.Tensor) -> None:
+        self.buffer[:, :self.length] = self.buffer[hypo_ids, :self.length]
+
+
+class InferenceSession:
+    """Async methods (`astep`, `aclose`) run on the client's event loop; their synchronous twins
+    (`step`, `close`, the context manager) hand them to it through `run`."""
+
+    def __init__(self, manager: SequenceManager, config: ClientConfig, *, max_length: int,
+                 wire_dtype: torch.dtype, run: Callable | None = None, start: int = 0, end: int | None = None):
+        if max_length < 1:
+            raise ValueError("max_length must be at least 1")
+        self.manager = manager
+        self._run_sync = run
+        self.config = config
+        self.max_length = int(max_length)
+        self.wire_dtype = wire_dtype
+        self.start = start
+        self.end = manager.num_blocks if end is None else end
+        self.position = 0
+        self.batch_size: int | None = None
+        self.spans: list[SpanSession] = []
+        self.history: dict[int, BoundaryHistory] = {}
+        self.closed = False
+        self.failovers = 0                     # servers replaced so far (for tests and benches)
+        self._pending_close: list[SpanSession] = []
+        # Token ids of earlier generate() calls, the last one not yet through the blocks:
+        # generate(session=...) prepends them so the next call continues the conversation.
+        self.output_ids: torch.Tensor | None = None
+
+    # ---- synchronous twins ----------------------------------------------------------------
+    def step(self, hidden: torch.Tensor, *, hypo_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self._sync(self.astep(hidden, hypo_ids=hypo_ids))
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sync(self.aclose())
+
+    def __enter__(self) -> "InferenceSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _sync(self, coro):
+        if self._run_sync is None:
+            coro.close()
+            raise RuntimeError("this session was made without a loop to run on; use its async methods")
+        return self._run_sync(coro)
+
+    # ---- public (async) -------------------------------------------------------------------
+    async def astep(self, hidden: torch.Tensor, *, hypo_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Run `hidden` ([batch, n, hidden_size]) through every block at positions
+        `position..position+n`; returns the last block's output in the input's dtype."""
+        if self.closed:
+            raise SessionClosedError("this inference session is closed")
+        if hidden.ndim != 3:
+            raise ValueError(f"hidden states must be [batch, seq, hidden], got {tuple(hidden.shape)}")
+        batch, n, _ = hidden.shape
+        if self.batch_size is None:
+            self.batch_size = batch
+        elif batch != self.batch_size:
+            raise ValueError(f"this session holds {self.batch_size} sequences; a step of {batch} cannot continue it "
+                             "(beam search and batch changes need a new session)")
+        if self.position + n > self.max_length:
+            raise SessionLengthError(f"the session would hold {self.position + n} tokens, over its max_length="
+                                     f"{self.max_length}; open it with a larger max_length")
+        if hypo_ids is not None:
+            self.reorder(hypo_ids)
+        out = await self._through_route(to_wire_dtype(hidden.detach().cpu(), self.wire_dtype))
+        self.position += n
+        return out.to(hidden.device, hidden.dtype)
+
+    def reorder(self, hypo_ids: torch.Tensor) -> None:
+        """Beam search picked rows `hypo_ids` (row i continues old row hypo_ids[i])."""
+        hypo_ids = hypo_ids.detach().to("cpu", torch.int64)
+        if self.batch_size is not None and hypo_ids.shape != (self.batch_size,):
+            raise ValueError(f"hypo_ids must have shape ({self.batch_size},), got {tuple(hypo_ids.shape)}")
+        if torch.equal(hypo_ids, torch.arange(len(hypo_ids))):
+            return
+        for past in self.history.values():
+            past.reorder(hypo_ids)
+        for span in self.spans:
+            if span.session_id is not None and span.position > 0:
+                # Two reorders before a step compose: cache[p1][p2] == cache[p1[p2]].
+                previous = span.pending_hypo_ids
+                span.pending_hypo_ids = hypo_ids if previous is None else previous[hypo_ids]
+
+    def rollback(self, position: int) -> None:
+        """Forget tokens from `position` on; servers roll back with the next step."""
+        if not 0 <= position <= self.position:
+            raise ValueError(f"cannot roll back to {position}: the session holds {self.position} tokens")
+        self.position = position
+        for past in self.history.values():
+            past.truncate(position)
+        for span in self.spans:
+            span.position = min(span.position, position)
+
+    async def aclose(self) -> None:
+        """Free the servers' caches (a client that vanishes is cleaned up by server timeouts)."""
+        if self.closed:
+            return
+        self.closed = True
+        await self._close_servers(self.spans + self._pending_close)
+        self.spans, self._pending_close = [], []
+
+    # ---- the step loop with failover ------------------------------------------------------
+    async def _through_route(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.spans:
+            self.spans = await self._route(self.start, self.end, attempt=0, cause=None)
+            self._log_route()
+        block, attempt = self.start, 0
+        while block < self.end:
+            index = self._span_index_at(block)
+            span = self.spans[index]
+            try:
+                replayed_from, replayed, out = await self._step_span(span, hidden)
+            except Exception as exc:
+                if not is_server_fault(exc):
+                    raise
+                attempt += 1
+                self.manager.on_failure(span.peer_id, exc)
+                await self._replace(index, attempt=attempt, cause=exc)
+                continue
+            self.manager.on_success(span.peer_id)
+            self._history_at(block, hidden).write(self.position, hidden)
+            if replayed.shape[1] and span.end < self.end:
+                # A fresh span's replay outputs are the history of a fresh boundary after it.
+                past = self._history_at(span.end, replayed)
+                if past.length < self.position:
+                    past.write(replayed_from, replayed)
+            hidden = out
+            block = span.end
+        await self._flush_pending_close()
+        return hidden
+
+    async def _step_span(self, span: SpanSession, hidden: torch.Tensor):
+        """One inference_step on `span`, preceded by the history it lacks. Returns
+        (replay start position, replay outputs, step outputs)."""
+        if span.session_id is None:
+            await self._open(span)
+        lagging_from = span.position
+        lag = self.position - lagging_from
+        if lag < 0:
+            raise RuntimeError("a span never holds more than the session")  # rollback keeps this true
+        if lag:
+            past = self.history.get(span.start)
+            if past is None or past.length < self.position:
+                raise RuntimeError(f"no history to rebuild blocks {span.start}-{span.end - 1} from")  # a bug
+            inputs = torch.cat([past.read(lagging_from, self.position), hidden], dim=1)
+        else:
+            inputs = hidden
+        meta = {"session_id": span.session_id, "position": lagging_from, "tensor_names": ["hidden"]}
+        tensors = [inputs]
+        if span.pending_hypo_ids is not None:
+            meta["tensor_names"].append("hypo_ids")
+            tensors.append(span.pending_hypo_ids)
+        timeout = self.config.step_timeout if (not lag and hidden.shape[1] == 1) else self.config.request_timeout
+        reply = await self.manager.call(span.address, "inference_step", meta, tensors, timeout=timeout)
+        out = _single_hidden(reply, expected=inputs.shape, peer=span.peer_id).to(self.wire_dtype)
+        span.pending_hypo_ids = None
+        span.position = self.position + hidden.shape[1]
+        return lagging_from, out[:, :lag], out[:, lag:]
+
+    async def _open(self, span: SpanSession) -> None:
+        meta = {"start": span.start, "end": span.end, "max_length": self.max_length,
+                "batch_size": self.batch_size, "wait_timeout": self.config.cache_wait_timeout}
+        reply = await self.manager.call(span.address, "open_session", meta, timeout=self.config.request_timeout)
+        session_id = reply.meta.get("session_id")
+        if not isinstance(session_id, (str, int)):
+            raise ServerUnavailable(f"{span.peer_id} answered open_session without a session_id")
+        span.session_id, span.position, span.pending_hypo_ids = session_id, 0, None
+
+    # ---- routing and replacement ----------------------------------------------------------
+    async def _route(self, start: int, end: int, *, attempt: int, cause: BaseException | None) -> list[SpanSession]:
+        """Route [start, end), retrying within the budget; returns the new span sessions."""
+        while True:
+            try:
+                route = await self.manager.make_inference_route(
+                    start, end, batch_size=self.batch_size or 1, max_length=self.max_length)
+                break
+            except (NoRouteError, ServerUnavailable) as exc:
+                attempt += 1
+                cause = exc
+                if attempt > self.config.max_retries:
+                    raise retries_exhausted(self.manager.model_id, start, end, attempt, cause) from exc
+                await asyncio.sleep(backoff_delay(self.config, attempt))
+                await self.manager.update()
+        return [SpanSession(r.peer_id, self.manager.address(r.peer_id), r.start, r.end) for r in route]
+
+    async def _replace(self, index: int, *, attempt: int, cause: BaseException) -> None:
+        failed = self.spans[index]
+        if attempt > self.config.max_retries:
+            raise retries_exhausted(self.manager.model_id, failed.start, failed.end, attempt, cause) from cause
+        self.failovers += 1
+        logger.warning("server %s failed on blocks %d-%d (%s); rerouting (attempt %d of %d)", failed.peer_id,
+                       failed.start, failed.end - 1, describe(cause), attempt, self.config.max_retries)
+        await self.manager.update()
+        new = await self._route(failed.start, failed.end, attempt=attempt, cause=cause)
+        if any(self.manager.bans.is_banned(s.peer_id) for s in new):
+            await asyncio.sleep(backoff_delay(self.config, attempt))  # only just-failed servers left
+        self.spans[index:index + 1] = new
+        self._pending_close.append(failed)
+        # Boundaries that no longer exist would go stale: drop their history.
+        starts = {span.start for span in self.spans}
+        self.history = {block: past for block, past in self.history.items() if block in starts}
+        self._log_route()
+
+    def _log_route(self) -> None:
+        level = logging.INFO if self.config.show_route else logging.DEBUG
+        if logger.isEnabledFor(level):
+            logger.log(level, "route for blocks %d-%d of %s: %s", self.start, self.end - 1, self.manager.model_id,
+                       " -> ".join(f"{s.start}-{s.end - 1} @ {s.peer_id[:12]} ({s.address})" for s in self.spans))
+
+    # ---- history --------------------------------------------------------------------------
+    def _span_index_at(self, block: int) -> int:
+        for i, span in enumerate(self.spans):
+            if span.start == block:
+                return i
+        raise RuntimeError(f"no route span starts at block {block}")  # a bug: spans tile [start, end)
+
+    def _history_at(self, block: int, like: torch.Tensor) -> "BoundaryHistory":
+        past = self.history.get(block)
+        if past is None:
+            past = self.history[block] = BoundaryHistory(like.shape[0], self.max_length, like.shape[2], like.dtype)
+        return past
+
+    # ---- cleanup --------------------------------------------------------------------------
+    async def _flush_pending_close(self) -> None:
+        if self._pending_close:
+            dead, self._pending_close = self._pending_close, []
+            await self._close_servers(dead)
+
+    async def _close_servers(self, spans: list[SpanSession]) -> None:
+        async def close_one(span: SpanSession):
+            if span.session_id is None:
+                return
+            try:
+                await self.manager.transport.call(span.address, "close_session", {"session_id": span.session_id},
+                                                  timeout=self.config.ping_timeout)
+            except Exception as exc:  # a dead server frees nothing; its timeouts clean up
+                logger.debug("close_session on %s failed: %s", span.peer_id, describe(exc))
+
+        await asyncio.gather(*(close_one(s) for s in spans))
+
+
+def _single_hidden(reply, *, expected: torch.Size, peer: str) -> torch.Tensor:
+    if len(reply.tensors) != 1 or tuple(reply.tensors[0].shape) != tuple(expected):
+        shapes = [tuple(t.shape) for t in reply.tensors]
+        raise ServerUnavailable(f"{peer} answered {shapes}, expected one tensor {tuple(expected)}")
+    return reply.tensors[0]
+

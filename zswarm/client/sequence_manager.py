@@ -1,0 +1,207 @@
+"""`SequenceManager`: what the client knows of the swarm, and the routes it picks from that.
+
+It reads block -> server records from the DHT (through a `fetch_records` coroutine, so unit
+tests can hand it synthetic swarms), refreshes them in the background and at once after a
+failure, pings servers for their RTT, and bans failing ones with exponential backoff. A ban
+never removes the last server of a block: a banned server comes back as a last resort (after a
+ping says it is alive), and the retry budget of the caller bounds how often that happens.
+Routes themselves come from the pure functions in `zswarm.routing`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Awaitable, Callable, Sequence
+
+from dht.records import ServerRecord, ServerState
+from wire.errors import RequestTimeout
+from wire.transport import Reply, Transport
+from zswarm.client.bans import BanList
+from zswarm.client.config import ClientConfig
+from zswarm.client.failures import ServerUnavailable
+from zswarm.routing import RouteCandidate, RouteSpan, find_forward_route, find_inference_route
+
+logger = logging.getLogger(__name__)
+
+RecordsFetcher = Callable[[], Awaitable[Sequence[dict[str, ServerRecord]]]]
+
+# Weight of a new RTT sample in the running average.
+RTT_SMOOTHING = 0.3
+
+
+class SequenceManager:
+    def __init__(self, config: ClientConfig, *, model_id: str, num_blocks: int, transport: Transport,
+                 fetch_records: RecordsFetcher, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None):
+        self.config = config
+        self.model_id = model_id
+        self.num_blocks = num_blocks
+        self.transport = transport
+        self.fetch_records = fetch_records
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.bans = BanList(config.ban_base_s, config.ban_max_s, clock)
+        self.blocks: list[dict[str, ServerRecord]] = [{} for _ in range(num_blocks)]
+        self.rtts: dict[str, float] = {}
+        self.updated_at: float | None = None
+        self._lock: asyncio.Lock | None = None
+        self._wake: asyncio.Event | None = None
+        self._refresh_task: asyncio.Task | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.update()
+        self._refresh_task = asyncio.ensure_future(self._refresh_loop())
+
+    async def close(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            try:
+                await self._refresh_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._refresh_task = None
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            self._wake_event().clear()
+            try:
+                await asyncio.wait_for(self._wake_event().wait(), timeout=self.config.refresh_period_s)
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.update(ping_all=True)
+            except Exception as exc:  # the DHT may be briefly unreachable; keep the old view
+                logger.warning("refreshing the servers of %s failed: %s", self.model_id, exc)
+
+    def _wake_event(self) -> asyncio.Event:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
+
+    # ---- the view of the swarm ---------------------------------------------------------------
+    async def update(self, *, ping_all: bool = False) -> None:
+        """Fetch the records again; ping servers not seen before (all of them if `ping_all`)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            fetched = list(await self.fetch_records())
+            fetched += [{}] * (self.num_blocks - len(fetched))
+            self.blocks = [{peer: rec for peer, rec in block.items() if self._usable(rec)}
+                           for block in fetched[: self.num_blocks]]
+            self.updated_at = self.clock()
+            peers = self.peers()
+            to_ping = peers if ping_all else [p for p in peers if p not in self.rtts]
+            await asyncio.gather(*(self.ping(p) for p in to_ping))
+
+    def _usable(self, rec: ServerRecord) -> bool:
+        if rec.state != ServerState.ONLINE or rec.model_id != self.model_id:
+            return False
+        if rec.peer_id in self.config.blocked_servers:
+            return False
+        return self.config.allowed_servers is None or rec.peer_id in self.config.allowed_servers
+
+    def peers(self) -> list[str]:
+        return sorted({peer for block in self.blocks for peer in block})
+
+    def record(self, peer_id: str) -> ServerRecord:
+        for block in self.blocks:
+            if peer_id in block:
+                return block[peer_id]
+        raise KeyError(f"no record of server {peer_id}")
+
+    def address(self, peer_id: str) -> str:
+        return self.record(peer_id).address
+
+    async def ping(self, peer_id: str) -> bool:
+        """Measure the RTT to `peer_id`; a server that does not answer is banned."""
+        try:
+            address = self.address(peer_id)
+            began = time.perf_counter()
+            await self.transport.call(address, "ping", {}, timeout=self.config.ping_timeout)
+        except Exception as exc:
+            self.on_failure(peer_id, exc)
+            return False
+        rtt = time.perf_counter() - began
+        old = self.rtts.get(peer_id)
+        self.rtts[peer_id] = rtt if old is None else (1 - RTT_SMOOTHING) * old + RTT_SMOOTHING * rtt
+        return True
+
+    async def call(self, address: str, method: str, meta: dict, tensors: Sequence = (), *,
+                   timeout: float) -> Reply:
+        """`transport.call`, but a server that stops answering pings while we wait counts as
+        failed at once, not after all of `timeout`: a kill -9 answers no ZeroMQ request, so
+        without this a dead server would stall every step for the whole timeout."""
+        call = asyncio.ensure_future(self.transport.call(address, method, meta, tensors, timeout=timeout))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=self.config.liveness_interval_s)
+                if done:
+                    return call.result()
+                try:
+                    await self.transport.call(address, "ping", {}, timeout=self.config.ping_timeout)
+                except Exception as exc:
+                    if call.done():
+                        return call.result()
+                    raise RequestTimeout(f"{method} to {address}: the server stopped answering pings "
+                                         f"({type(exc).__name__})") from exc
+        finally:
+            if not call.done():
+                call.cancel()
+                await asyncio.gather(call, return_exceptions=True)
+
+    # ---- failures ------------------------------------------------------------------------------
+    def on_failure(self, peer_id: str, exc: BaseException | None = None) -> None:
+        duration = self.bans.ban(peer_id)
+        logger.info("banned server %s for %.1f s (%s)", peer_id, duration, exc)
+        self._wake_event().set()
+
+    def on_success(self, peer_id: str) -> None:
+        self.bans.clear(peer_id)
+
+    # ---- routes --------------------------------------------------------------------------------
+    def candidates(self, start: int, end: int, *, tokens_needed: int = 0) -> list[RouteCandidate]:
+        """Servers for blocks [start, end), their spans cut to that range. Banned servers are left
+        out, except where a block would be left with no server at all."""
+        banned = self.bans.active()
+        chosen: set[str] = set()
+        for block in self.blocks[start:end]:
+            fine = {peer for peer in block if peer not in banned}
+            chosen |= fine if fine else set(block)
+        result = []
+        for peer in sorted(chosen):
+            rec = self.record(peer)
+            result.append(RouteCandidate(
+                peer_id=peer, start=max(start, rec.start), end=min(end, rec.end),
+                inference_rps=rec.inference_rps, rtt_from_client=self.rtts.get(peer),
+                next_pings=dict(rec.next_pings), cache_room=rec.cache_tokens_left >= tokens_needed,
+                throughput=rec.throughput))
+        return result
+
+    async def make_inference_route(self, start: int, end: int, *, batch_size: int = 1,
+                                   max_length: int = 0) -> list[RouteSpan]:
+        if self.updated_at is None:
+            await self.update()
+        route = find_inference_route(self.candidates(start, end, tokens_needed=batch_size * max_length),
+                                     start, end, hop_overhead=self.config.hop_overhead_s,
+                                     no_cache_penalty=self.config.no_cache_penalty_s,
+                                     unknown_rtt=self.config.unknown_rtt_s, model_id=self.model_id)
+        await self._probe_banned(route)
+        return route
+
+    async def make_forward_route(self, start: int, end: int) -> list[RouteSpan]:
+        if self.updated_at is None:
+            await self.update()
+        route = find_forward_route(self.candidates(start, end), start, end, rng=self.rng, model_id=self.model_id)
+        await self._probe_banned(route)
+        return route
+
+    async def _probe_banned(self, route: list[RouteSpan]) -> None:
+        """A banned server on a route is the last of its blocks: use it only if it answers."""
+        for span in route:
+            if self.bans.is_banned(span.peer_id):
+                if not await self.ping(span.peer_id):
+                    raise ServerUnavailable(f"server {span.peer_id}, the last one left for blocks "
+                                            f"{span.start}-{span.end - 1}, does not answer")

@@ -1,0 +1,62 @@
+"""`SwarmConnection`: the client's link to one model's swarm -- an event loop in a thread, a
+transport, a DHT node and the sequence manager -- shared by the model, its sessions and its
+remote blocks. Tests pass their own `transport` and `fetch_records` (a synthetic swarm)."""
+from __future__ import annotations
+
+import logging
+from typing import Coroutine, TypeVar
+
+from dht import DHTNode, afetch_block_servers
+from wire import BackgroundLoop, Transport, ZmqTransport
+from zswarm.client.config import ClientConfig
+from zswarm.client.sequence_manager import RecordsFetcher, SequenceManager
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class SwarmConnection:
+    def __init__(self, config: ClientConfig, *, model_id: str, num_blocks: int,
+                 transport: Transport | None = None, fetch_records: RecordsFetcher | None = None):
+        self.config = config
+        self.model_id = model_id
+        self.num_blocks = num_blocks
+        self.loop = BackgroundLoop("zswarm-client")
+        self.dht: DHTNode | None = None
+        try:
+            if fetch_records is None:
+                if not config.initial_peers:
+                    raise ValueError("initial_peers is empty: give the DHT address of a swarm (host:port)")
+                self.dht = DHTNode(initial_peers=config.initial_peers).start()
+                dht = self.dht
+
+                async def fetch_records():
+                    return await afetch_block_servers(dht, model_id, 0, num_blocks)
+
+            self.transport = transport if transport is not None else ZmqTransport()
+            self.manager = SequenceManager(config, model_id=model_id, num_blocks=num_blocks,
+                                           transport=self.transport, fetch_records=fetch_records)
+            self.run(self.manager.start())
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, coro: Coroutine[object, object, T]) -> T:
+        """Run `coro` on the client's loop and wait for it (every wait inside is bounded)."""
+        return self.loop.run(coro)
+
+    def close(self) -> None:
+        manager = getattr(self, "manager", None)
+        transport = getattr(self, "transport", None)
+        try:
+            if manager is not None:
+                self.run(manager.close())
+            if transport is not None:
+                self.run(transport.close())
+        except Exception as exc:  # closing must not raise over the error that made us close
+            logger.debug("closing the swarm connection: %s", exc)
+        self.loop.close()
+        if self.dht is not None:
+            self.dht.shutdown()
+            self.dht = None
