@@ -92,7 +92,10 @@ class BlockSpan(nn.Module):
 
     def inference_step(self, hidden: torch.Tensor, cache: SpanCache, *, prompts: torch.Tensor | None = None
                        ) -> torch.Tensor:
-        """Run new tokens through the span; positions continue from `cache.length`."""
+        """Run new tokens through the span; positions continue from `cache.length`.
+
+        Runs under torch.inference_mode (the decode hot path), so the result is an inference tensor.
+        """
         if not isinstance(cache, SpanCache) or (cache.start, cache.end) != (self.start, self.end):
             raise SpanInputError(f"cache {cache!r} was not made for blocks [{self.start}, {self.end})")
         hidden = self._check_hidden(hidden)
@@ -108,10 +111,10 @@ class BlockSpan(nn.Module):
         return out
 
     def forward(self, hidden: torch.Tensor, *, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        """Run a whole sequence without a cache (positions from 0)."""
+        """Run a whole sequence without a cache (positions from 0). Returns an ordinary (no-grad) tensor."""
         hidden = self._check_hidden(hidden)
         prompts = self._check_prompts(prompts, hidden)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: callers may feed the result to backward() later
             return self._run(hidden, 0, None, prompts)
 
     def backward(self, hidden: torch.Tensor, grad_out: torch.Tensor, *, prompts: torch.Tensor | None = None
@@ -122,11 +125,11 @@ class BlockSpan(nn.Module):
         if not isinstance(grad_out, torch.Tensor) or grad_out.shape != hidden.shape:
             raise SpanInputError(f"grad_out must have the shape of hidden {list(hidden.shape)}")
         with torch.enable_grad():
-            leaf_hidden = hidden.detach().requires_grad_(True)
+            leaf_hidden = _grad_leaf(hidden)
             leaves = [leaf_hidden]
             leaf_prompts = None
             if prompts is not None:
-                leaf_prompts = prompts.detach().requires_grad_(True)
+                leaf_prompts = _grad_leaf(prompts)
                 leaves.append(leaf_prompts)
             out = self._run(leaf_hidden, 0, None, leaf_prompts)
             grads = torch.autograd.grad(out, leaves, grad_out.to(device=self.device, dtype=self.dtype))
@@ -165,6 +168,13 @@ class BlockSpan(nn.Module):
             raise SpanInputError(
                 f"prompts must be [{n}, batch ({hidden.shape[0]}) or 1, pre_seq_len, {self.hidden_size}], got {shape}")
         return prompts.to(device=self.device, dtype=self.dtype)
+
+
+def _grad_leaf(tensor: torch.Tensor) -> torch.Tensor:
+    # inference tensors (e.g. an inference_step result) cannot require grad; a clone outside
+    # inference mode is an ordinary tensor
+    tensor = tensor.detach()
+    return (tensor.clone() if tensor.is_inference() else tensor).requires_grad_(True)
 
 
 def load_span(source: "ModelSource", start: int, end: int, *, dtype: torch.dtype | str = torch.float32,

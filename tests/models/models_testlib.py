@@ -1,0 +1,48 @@
+"""Shared pieces of the zswarm.models tests: the whole HF model as ground truth, and a 3-span pipeline."""
+
+from __future__ import annotations
+
+import torch
+
+from zswarm.models import load_client_parts, load_span, resolve_model
+from zswarm.models.testing import load_reference_model
+
+SPLITS = ((0, 2), (2, 3), (3, 6))  # three spans of a 6-block tiny model, uneven on purpose
+TOL = 1e-4
+
+
+class Pipeline:
+    """embeddings -> spans -> norm -> head, as a client and three servers would run it (in process)."""
+
+    def __init__(self, checkpoint_dir, splits=SPLITS, dtype=torch.float32):
+        self.source = resolve_model(str(checkpoint_dir))
+        self.spans = [load_span(self.source, a, b, dtype=dtype) for a, b in splits]
+        self.parts = load_client_parts(self.source, dtype=dtype)
+        self.caches = None
+
+    def new_session(self, batch_size: int):
+        self.caches = [span.new_cache(batch_size) for span in self.spans]
+
+    def step(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.parts.embed(input_ids)
+        for span, cache in zip(self.spans, self.caches):
+            hidden = span.inference_step(hidden, cache)
+        return self.parts.head(self.parts.norm(hidden))
+
+    def reorder(self, hypo_ids):
+        for cache in self.caches:
+            cache.reorder(hypo_ids)
+
+    def rollback(self, n: int):
+        for cache in self.caches:
+            cache.rollback(n)
+
+
+def reference(checkpoint_dir):
+    return load_reference_model(checkpoint_dir)
+
+
+@torch.no_grad()
+def reference_last_logits(model, token_history: torch.Tensor) -> torch.Tensor:
+    """What the whole model predicts after this exact history, computed from scratch (no cache)."""
+    return model(token_history).logits[:, -1]
