@@ -12,6 +12,9 @@
         ├── TooManyTokensError      too_many_tokens    over a per-request or per-session cap
         ├── UnknownAdapterError     unknown_adapter    an adapter this server does not serve
         └── ShuttingDownError       shutting_down      the server is leaving or moving its blocks
+    └── NoRouteError                    some blocks of the model are served by no (usable) server
+    └── SessionClosedError              an inference session used after close()
+    └── SessionLengthError (ValueError) a step past the session's max_length
 
 A `ServerError` is raised by a server handler (`CacheFullError("why")`; wire answers with its
 `code` and message) and re-raised by the client as the same class (`cls(code, message)`),
@@ -76,3 +79,30 @@ for _cls in (CacheFullError, UnknownSessionError, BadPositionError, BadInputErro
              TooManyTokensError, UnknownAdapterError, ShuttingDownError):
     register_remote_error(_cls.code, _cls)
 del _cls
+
+
+class NoRouteError(ZswarmError):
+    """No chain of servers covers the requested blocks: "blocks 47-48 of MODEL are served by no one".
+
+    `missing` holds the uncovered ranges as half-open `(start, end)` pairs; the message names
+    them inclusively, the way a person counts blocks.
+    """
+
+    def __init__(self, missing, model_id: str = "the model", detail: str = ""):
+        self.missing = [(int(a), int(b)) for a, b in missing]
+        self.model_id = model_id
+        parts = [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in self.missing]
+        several = len(self.missing) > 1 or any(b - a > 1 for a, b in self.missing)
+        noun, verb = ("blocks", "are") if several else ("block", "is")
+        message = f"{noun} {', '.join(parts)} of {model_id} {verb} served by no one"
+        super().__init__(message + (f" ({detail})" if detail else ""))
+
+
+# ---- client errors (zswarm.client) ----------------------------------------------------------------
+
+class SessionClosedError(ZswarmError):
+    """An inference session was used after it was closed."""
+
+
+class SessionLengthError(ZswarmError, ValueError):
+    """A step would make an inference session hold more tokens than its max_length."""

@@ -1,0 +1,228 @@
+"""Our placement: put a server where it most lowers the time per token clients will see.
+
+What makes a token slow in a swarm is, per token: the compute of every block on the servers
+the route uses, plus, per span of the route, one network leg and one call's overhead. Petals
+places a server where the swarm's throughput is weakest; that maximises the swarm's capacity
+but ignores where the server is and how routes will cut the model, so a client's route crosses
+continents and changes server more often than it needs to.
+
+Options we weighed (see docs/placement_results.md for the numbers):
+
+- Helix (max-flow placement over a heterogeneous cluster, solved as a MILP) and the joint
+  placement/routing program of arXiv 2512.21884 optimise the whole cluster at once. A volunteer
+  swarm never gets to re-place everyone: servers arrive one at a time, leave without notice, and
+  each decides alone from what the DHT shows. We keep their key idea, that placement must be
+  judged by the routes it enables (the same model the router minimises), and apply it per server.
+- HexGen searches over candidate placements scored by a cost model. We do the same, but the
+  search space for one server is small: the windows of its `n` blocks that start or end where
+  another span starts or ends (a route changes server only at such boundaries, so an unaligned
+  window buys an extra hop), plus the model's ends, the gaps and Petals' own choice.
+
+The rule (`latency_choose_blocks`), for each candidate window:
+
+1. coverage first: fewest blocks that nobody serves;
+2. throughput only as far as needed: keep the windows whose resulting minimum per-block
+   throughput is within `throughput_slack` (10%) of the best window's, or at least
+   `target_throughput` when the caller knows the demand;
+3. among those, the least expected time per token, averaged over representative clients (one
+   per region that has servers, or `client_weights`), each routed by `zswarm.routing` itself
+   over the swarm with this server added: fast servers, fewer hops and near-by servers in a
+   row all fall out of this one number. Unserved blocks count as served by a far, slow
+   stand-in, so even before the model is covered, a server extends the chain nearest to it.
+
+Ties go to Petals' order. Rebalancing (`latency_should_move`) re-runs the same choice with the
+server taken out and moves only for a real gain: fewer unserved blocks, or a minimum
+throughput that is now below `balance_quality` of what the move gives (Petals' test, but on
+this move alone), or a time per token lower by `min_gain` (15%) without losing more than
+`throughput_slack` of throughput. The margins are the hysteresis: the move back can never pass
+the same test; and of identical servers on the same blocks only the one with the smallest
+peer_id moves in a given check (see `has_senior_twin`).
+
+Distances: `region_rtt(a, b)` (a dict keyed by region pairs or a function) when the caller has
+them; else measured pings (`next_pings`, `pings` of the joining server); else defaults by
+whether regions match.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from zswarm.placement.petals import best_start
+from zswarm.placement.swarm import (ServerSpan, SwarmView, block_throughputs, check_request, clean_throughput,
+                                   has_senior_twin)
+from zswarm.routing import RouteCandidate, find_inference_route_with_cost
+
+__all__ = ["LatencyModel", "latency_choose_blocks", "latency_should_move"]
+
+SAME_REGION_RTT = 0.02  # s
+CROSS_REGION_RTT = 0.12  # s
+UNKNOWN_RTT = 0.06  # s: a server whose place is not known is assumed neither near nor far
+_GAP_PEER = "\x00gap"  # the stand-in for unserved blocks; not a valid peer id
+
+
+@dataclass
+class LatencyModel:
+    """How placement prices a route: the same knobs the client's router uses, plus distances."""
+
+    region_rtt: Mapping[tuple, float] | Callable[[str | None, str | None], float] | None = None
+    client_weights: Mapping[str | None, float] | None = None  # region -> share of clients
+    hop_overhead: float = 0.005
+    relay: str = "client"
+    throughput_slack: float = 0.10
+    target_throughput: float | None = None
+    min_gain: float = 0.15
+
+    def rtt(self, a: str | None, b: str | None) -> float:
+        if self.region_rtt is not None and a is not None and b is not None:
+            if callable(self.region_rtt):
+                value = self.region_rtt(a, b)
+            else:
+                value = self.region_rtt.get((a, b), self.region_rtt.get((b, a)))
+            if value is not None and math.isfinite(value) and value >= 0:
+                return float(value)
+        if a is None or b is None:
+            return UNKNOWN_RTT
+        return SAME_REGION_RTT if a == b else CROSS_REGION_RTT
+
+
+def _rps(s: ServerSpan) -> float:
+    rps = clean_throughput(s.inference_rps)
+    # Unknown per-block rate: a server that pushes `throughput` tokens/s through all its blocks.
+    return rps if rps > 0 else max(clean_throughput(s.throughput) * s.length, 1e-3)
+
+
+def _clients(spans: list[ServerSpan], model: LatencyModel) -> list[tuple[str | None, float]]:
+    if model.client_weights:
+        weights = [(r, float(w)) for r, w in model.client_weights.items() if w and w > 0]
+    else:  # where servers are, users are: weight regions by their number of servers
+        counts: dict = {}
+        for s in spans:
+            counts[s.region] = counts.get(s.region, 0) + 1
+        weights = sorted(counts.items(), key=lambda kv: str(kv[0]))
+    total = sum(w for _, w in weights) or 1.0
+    return [(r, w / total) for r, w in weights] or [(None, 1.0)]
+
+
+def expected_time_per_token(num_blocks: int, spans: list[ServerSpan], model: LatencyModel,
+                            clients: list[tuple[str | None, float]] | None = None) -> float:
+    """Mean over representative clients of their best route's seconds per token through all blocks."""
+    clients = clients if clients is not None else _clients(spans, model)
+    rates = [_rps(s) for s in spans]
+    gap_rate = min(rates) / 2 if rates else 1.0  # unserved blocks: slower than anyone here
+    covered = [False] * num_blocks
+    for s in spans:
+        for b in range(s.start, s.end):
+            covered[b] = True
+    gaps, b = [], 0
+    while b < num_blocks:
+        if not covered[b]:
+            e = b
+            while e < num_blocks and not covered[e]:
+                e += 1
+            gaps.append((b, e))
+            b = e
+        else:
+            b += 1
+    total = 0.0
+    for region, weight in clients:
+        cands = [RouteCandidate(s.peer_id, s.start, s.end, rate, model.rtt(region, s.region), s.next_pings)
+                 for s, rate in zip(spans, rates)]
+        cands += [RouteCandidate(f"{_GAP_PEER}{a}", a, e, gap_rate, 2 * CROSS_REGION_RTT) for a, e in gaps]
+        _, cost = find_inference_route_with_cost(cands, 0, num_blocks, hop_overhead=model.hop_overhead,
+                                                 relay=model.relay)
+        total += weight * cost
+    return total
+
+
+@dataclass
+class _Score:
+    uncovered: int
+    min_throughput: float
+    latency: float
+
+
+def _score(num_blocks: int, spans: list[ServerSpan], model: LatencyModel, clients) -> _Score:
+    thr = block_throughputs(num_blocks, spans)
+    return _Score(thr.count(0.0), min(thr), expected_time_per_token(num_blocks, spans, model, clients))
+
+
+def _candidate_starts(num_blocks: int, n: int, others: list[ServerSpan], thr: list[float]) -> list[int]:
+    starts = {0, num_blocks - n, best_start(thr, n)}
+    for s in others:
+        starts.update((s.end, s.start - n, s.start, s.end - n))
+    for b in range(num_blocks):  # the edges of every gap
+        if thr[b] == 0 and (b == 0 or thr[b - 1] > 0):
+            starts.add(b)
+        if thr[b] == 0 and (b == num_blocks - 1 or thr[b + 1] > 0):
+            starts.add(b + 1 - n)
+    return sorted(s for s in starts if 0 <= s <= num_blocks - n)
+
+
+def _me(peer_id, start, n, throughput, inference_rps, region, pings) -> ServerSpan:
+    return ServerSpan(peer_id or "\x00me", start, start + n, clean_throughput(throughput),
+                      clean_throughput(inference_rps), 2, dict(pings or {}), region)
+
+
+def latency_choose_blocks(view: SwarmView, num_blocks_to_host: int, *, my_peer_id: str | None = None,
+                          throughput: float = 1.0, inference_rps: float = 0.0, region: str | None = None,
+                          pings: Mapping[str, float] | None = None, model: LatencyModel | None = None,
+                          **_ignored) -> tuple[int, int]:
+    """The window for a joining (or moving) server; see the module docstring for the rule."""
+    n = check_request(view, num_blocks_to_host)
+    model = model or LatencyModel()
+    others = view.live(exclude=my_peer_id)
+    thr = block_throughputs(view.num_blocks, others)
+    mine = clean_throughput(throughput)
+    clients = _clients(others + [_me(my_peer_id, 0, n, throughput, inference_rps, region, pings)], model)
+
+    options = []
+    for start in _candidate_starts(view.num_blocks, n, others, thr):
+        after = thr[:start] + [t + mine for t in thr[start:start + n]] + thr[start + n:]
+        options.append((after.count(0.0), min(after), start))
+    fewest_gaps = min(o[0] for o in options)
+    options = [o for o in options if o[0] == fewest_gaps]
+    floor = (1 - model.throughput_slack) * max(o[1] for o in options)
+    if model.target_throughput is not None:
+        floor = min(floor, model.target_throughput)
+    options = [o for o in options if o[1] >= floor]
+
+    best = None
+    for _, _, start in options:
+        me = _me(my_peer_id, start, n, throughput, inference_rps, region, pings)
+        key = (expected_time_per_token(view.num_blocks, others + [me], model, clients),
+               sorted(thr[start:start + n]), start)
+        if best is None or key < best:
+            best = key
+    return best[2], best[2] + n
+
+
+def latency_should_move(view: SwarmView, my_peer_id: str, *, balance_quality: float = 0.75,
+                        model: LatencyModel | None = None, **_ignored) -> tuple[int, int] | None:
+    """Where this server should move to, or None; only for a gain no move back could also show."""
+    model = model or LatencyModel()
+    me = view.find(my_peer_id)
+    live = view.live()
+    if me is None or me not in live:
+        return None
+    start, end = latency_choose_blocks(view, me.length, my_peer_id=my_peer_id, throughput=me.throughput,
+                                       inference_rps=me.inference_rps, region=me.region,
+                                       pings=me.next_pings, model=model)
+    if start == me.start or has_senior_twin(view, me):
+        return None
+    others = [s for s in live if s.peer_id != my_peer_id]
+    moved = ServerSpan(me.peer_id, start, end, me.throughput, me.inference_rps, me.state, me.next_pings, me.region)
+    clients = _clients(live, model)
+    now = _score(view.num_blocks, live, model, clients)
+    then = _score(view.num_blocks, others + [moved], model, clients)
+    if then.uncovered != now.uncovered:
+        return (start, end) if then.uncovered < now.uncovered else None
+    if balance_quality > 1.0:  # forced, as in Petals
+        return start, end
+    if then.min_throughput > 0 and now.min_throughput < balance_quality * then.min_throughput:
+        return start, end  # the bottleneck is badly under-served where it is now
+    if (then.latency <= (1 - model.min_gain) * now.latency
+            and then.min_throughput >= (1 - model.throughput_slack) * now.min_throughput):
+        return start, end
+    return None
