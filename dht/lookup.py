@@ -7,6 +7,9 @@ find_entries datagram (up to 8 keys), so looking up the 80 blocks of a model cos
 datagram per node contacted, not one per (key, replica). All requests of a round go out at once;
 a node that does not answer is dropped and the next closest is asked in the following round.
 Entries larger than one reply are fetched page by page from the same node.
+
+A caller may pass, per key, the hashes of entries it already holds (from its previous lookup);
+replicas then answer those with an index instead of the bytes. Every replica is still asked.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from kademlia.node import Node
 
 from dht.errors import BadRequest
-from dht.protocol import MAX_FIND_ITEMS, SwarmProtocol, parse_find_reply
+from dht.protocol import MAX_FIND_ITEMS, SwarmProtocol, known_per_item, parse_find_reply
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ class KeyLookup:
     asked: set[bytes] = field(default_factory=set)
     answered: dict[bytes, Node] = field(default_factory=dict)
     blobs: list[tuple[Node, bytes]] = field(default_factory=list)
+    known: list[bytes] = field(default_factory=list)  # entry hashes the caller holds
+    held: set[bytes] = field(default_factory=set)  # those of `known` some replica still holds
 
     def closest(self, exclude: set[bytes], count: int) -> list[Node]:
         live = [n for n in self.candidates.values() if n.id not in exclude]
@@ -42,7 +47,7 @@ class KeyLookup:
 
 
 class MultiKeyLookup:
-    def __init__(self, protocol: SwarmProtocol, dkeys, *, want_entries: bool):
+    def __init__(self, protocol: SwarmProtocol, dkeys, *, want_entries: bool, known: dict | None = None):
         self.protocol = protocol
         self.want_entries = want_entries
         self.replicas = protocol.config.replicas
@@ -52,6 +57,8 @@ class MultiKeyLookup:
         width = max(protocol.config.ksize, self.replicas)
         for dkey in dkeys:
             kl = KeyLookup(dkey, Node(dkey))
+            if want_entries and known and known.get(dkey):
+                kl.known = list(known[dkey])[: known_per_item(MAX_FIND_ITEMS)]
             for n in protocol.router.find_neighbors(kl.target, k=width):
                 if not protocol.is_dead(n):
                     kl.candidates[n.id] = n
@@ -63,13 +70,13 @@ class MultiKeyLookup:
         for _ in range(self.protocol.config.max_lookup_rounds):
             requests: dict[bytes, tuple[Node, list]] = {}
             for node, dkey, cursor in followups:
-                requests.setdefault(node.id, (node, []))[1].append([dkey, cursor])
+                requests.setdefault(node.id, (node, []))[1].append([dkey, cursor, self.lookups[dkey].known])
             followups = []
             for kl in self.lookups.values():
                 for node in kl.closest(self.failed, self.replicas):
                     if node.id not in kl.asked:
                         kl.asked.add(node.id)
-                        requests.setdefault(node.id, (node, []))[1].append([kl.dkey, b""])
+                        requests.setdefault(node.id, (node, []))[1].append([kl.dkey, b"", kl.known])
             if not requests:
                 break
             asks = [
@@ -81,13 +88,14 @@ class MultiKeyLookup:
                 if parsed is None:
                     self.failed.add(node.id)
                     continue
-                for (dkey, _), (neighbors, blobs, cursor) in zip(items, parsed):
+                for (dkey, _, known), (neighbors, blobs, cursor, held) in zip(items, parsed):
                     kl = self.lookups[dkey]
                     kl.answered[node.id] = node
                     for nb in neighbors:
                         if nb.id not in kl.candidates and nb.id not in self.failed and not self.protocol.is_dead(nb):
                             kl.candidates[nb.id] = nb
                     kl.blobs.extend((node, blob) for blob in blobs)
+                    kl.held.update(known[i] for i in held)
                     if cursor is not None:
                         followups.append((node, dkey, cursor))
         else:
@@ -102,7 +110,7 @@ class MultiKeyLookup:
             if not ok:
                 return node, items, None
         try:
-            return node, items, parse_find_reply(reply, len(items))
+            return node, items, parse_find_reply(reply, [len(item[2]) for item in items])
         except BadRequest as exc:
             self.protocol.log_once((node.ip, node.port), "find_entries reply", str(exc))
             return node, items, None

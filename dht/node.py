@@ -9,15 +9,21 @@ import logging
 import socket
 import threading
 import time
+from collections import OrderedDict
 from typing import Iterable, Sequence
 
 from dht.config import DHTConfig
-from dht.entry import Entry, sign_entry
+from dht.entry import Entry, entry_hash, sign_entry
 from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry
 from dht.identity import Identity
 from dht.server import SwarmServer, key_digest
 
 log = logging.getLogger(__name__)
+
+# Keys whose verified entries a reader remembers, so replicas can answer "held" for them instead
+# of resending the bytes. Every lookup still asks every replica; this only saves bytes and
+# signature checks.
+_HELD_KEYS = 4096
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -49,6 +55,7 @@ class DHTNode:
         self._thread: threading.Thread | None = None
         self._server: SwarmServer | None = None
         self.address: str | None = None
+        self._held: OrderedDict[bytes, dict[bytes, Entry]] = OrderedDict()  # dkey -> {entry_hash: Entry}
 
     @property
     def peer_id(self) -> str:
@@ -192,26 +199,39 @@ class DHTNode:
 
     async def _get_many(self, keys: list) -> dict:
         dkeys = {key: key_digest(key) for key in keys}
-        found = await self._server.find_blobs(list(set(dkeys.values())))
+        unique = list(dict.fromkeys(dkeys.values()))
+        known = {dkey: self._held.get(dkey, {}) for dkey in unique}
+        lookups = await self._server.find_blobs(unique, known={d: list(v) for d, v in known.items() if v})
         now = time.time()
         protocol = self._server.protocol
-        results = {}
-        for key, dkey in dkeys.items():
-            entries: dict[str, Entry] = {}
-            for sender, blob in found[dkey]:
+        by_dkey = {}
+        for dkey, kl in lookups.items():
+            previous = known[dkey]
+            # Entries a replica still holds and we verified before, plus the ones sent in full.
+            current = {h: previous[h] for h in kl.held if previous[h].expiration_time > now}
+            for sender, blob in kl.blobs:
+                h = entry_hash(blob)
+                if h in current:
+                    continue  # the same bytes from another replica
                 try:
-                    entry = self._server.verifier.decode(dkey, blob, now)
+                    current[h] = self._server.verifier.decode(dkey, blob, now)
                 except ExpiredEntry:
                     continue  # expired in flight
                 except InvalidEntry as exc:
                     if sender.id != self._server.node.id:
                         protocol.log_once((sender.ip, sender.port), "entry", str(exc))
-                    continue
-                held = entries.get(entry.peer_id)
-                if held is None or entry.signed_at > held.signed_at:
+            self._held.pop(dkey, None)
+            if current:
+                self._held[dkey] = current
+                while len(self._held) > _HELD_KEYS:
+                    self._held.popitem(last=False)
+            entries: dict[str, Entry] = {}
+            for entry in current.values():
+                newest = entries.get(entry.peer_id)
+                if newest is None or entry.signed_at > newest.signed_at:
                     entries[entry.peer_id] = entry
-            results[key] = entries
-        return results
+            by_dkey[dkey] = entries
+        return {key: dict(by_dkey[dkey]) for key, dkey in dkeys.items()}
 
     def __repr__(self) -> str:
         return f"DHTNode(address={self.address!r}, peer_id={self.peer_id!r})"

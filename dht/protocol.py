@@ -6,10 +6,13 @@ own ping/find_node still work, but are decoded here with size limits and every f
 contained: junk is dropped and logged once per peer, never raised into the event loop.
 
 Added RPCs (the `rpc_` prefix is the dispatch table, as in kademlia):
-  find_entries(nodeid, items=[[dkey, cursor], ...], want_entries)
-      -> [node_table, [[neighbor_indexes, blobs, next_cursor], ...]]
+  find_entries(nodeid, items=[[dkey, cursor, known_hashes], ...], want_entries)
+      -> [node_table, [[neighbor_indexes, blobs, next_cursor, held_known_indexes], ...]]
       neighbors are the responder's closest contacts to dkey (only on a first page, cursor b"");
-      blobs are the unexpired signed entries after `cursor`, as many as fit one datagram;
+      blobs are the unexpired signed entries after `cursor`, as many as fit one datagram, minus
+      those whose entry_hash is in known_hashes (the asker holds those bytes already): for
+      these only their index in known_hashes is returned. Readers look the same keys up on every
+      route refresh, so steady-state replies carry a few bytes per entry instead of ~400.
       next_cursor is None when the key is complete, otherwise the cursor to ask again with.
   store_entries(nodeid, items=[[dkey, blob], ...]) -> [accepted: bool, ...]
 kademlia's plain `store` is refused and `find_value` answers with contacts only: values enter and
@@ -30,7 +33,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from dht.config import DHTConfig
-from dht.entry import KEY_DIGEST_BYTES
+from dht.entry import ENTRY_HASH_BYTES, KEY_DIGEST_BYTES
 from dht.errors import BadRequest, InvalidEntry
 from dht.storage import SignedEntryStorage
 
@@ -40,7 +43,10 @@ MAX_PAYLOAD = 8192  # rpcudp's cap on one message body; every datagram we send s
 _HEADER = 21  # type byte + message id
 MAX_DATAGRAM = MAX_PAYLOAD + _HEADER
 _REPLY_BUDGET = MAX_PAYLOAD - 192  # room left for framing around what we count
-MAX_FIND_ITEMS = 8  # keys per find_entries request: 8 keys x `replicas` contacts fit one reply
+MAX_FIND_ITEMS = 16  # keys per find_entries request: 16 keys x `replicas` contacts fit one reply
+MAX_KNOWN = 64  # known hashes per item
+_KNOWN_BUDGET = 5600  # bytes of known hashes in one request
+_CONTACTS_BUDGET = 4800  # bytes of contacts in one find_entries reply
 MAX_STORE_ITEMS = 64
 _MAX_CURSOR = 32
 _REQUEST = 0
@@ -71,36 +77,55 @@ def check_node_id(x) -> bytes:
     return x
 
 
+_valid_ips: dict[str, bool] = {}
+
+
+def _is_ip(ip: str) -> bool:
+    ok = _valid_ips.get(ip)
+    if ok is None:
+        try:
+            ipaddress.ip_address(ip)
+            ok = True
+        except ValueError:
+            ok = False
+        if len(_valid_ips) > 65536:
+            _valid_ips.clear()
+        _valid_ips[ip] = ok
+    return ok
+
+
 def check_contact(x) -> Node:
     if not (isinstance(x, list) and len(x) == 3):
         raise BadRequest("contact must be [id, ip, port]")
     node_id, ip, port = x
     check_node_id(node_id)
-    if not isinstance(ip, str) or len(ip) > 45:
-        raise BadRequest("contact ip must be a string")
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
-        raise BadRequest(f"contact ip {ip!r} is not an IP address") from None
+    if not isinstance(ip, str) or len(ip) > 45 or not _is_ip(ip):
+        raise BadRequest(f"contact ip {str(ip)[:45]!r} is not an IP address")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise BadRequest("contact port out of range")
     return Node(node_id, ip, port)
 
 
-def parse_find_reply(payload, n_items: int) -> list[tuple[list[Node], list[bytes], bytes | None]]:
-    """Validate a find_entries reply from an untrusted peer; raises BadRequest."""
+def known_per_item(n_items: int) -> int:
+    """How many known hashes each of `n_items` keys may carry so the request fits a datagram."""
+    return max(0, min(MAX_KNOWN, _KNOWN_BUDGET // (max(n_items, 1) * (ENTRY_HASH_BYTES + 2))))
+
+
+def parse_find_reply(payload, known_counts: list[int]):
+    """Validate a find_entries reply from an untrusted peer; raises BadRequest. Returns, per
+    item, (neighbors, blobs, next_cursor, held_known_indexes)."""
     if not (isinstance(payload, list) and len(payload) == 2):
         raise BadRequest("find_entries reply must be [table, items]")
     table, items = payload
-    if not (isinstance(table, list) and isinstance(items, list) and len(items) == n_items):
+    if not (isinstance(table, list) and isinstance(items, list) and len(items) == len(known_counts)):
         raise BadRequest("find_entries reply has the wrong shape")
     contacts = [check_contact(c) for c in table]
     out = []
-    for item in items:
-        if not (isinstance(item, list) and len(item) == 3):
-            raise BadRequest("find_entries reply item must be [neighbors, blobs, cursor]")
-        idxs, blobs, cursor = item
-        if not (isinstance(idxs, list) and isinstance(blobs, list)):
+    for item, n_known in zip(items, known_counts):
+        if not (isinstance(item, list) and len(item) == 4):
+            raise BadRequest("find_entries reply item must be [neighbors, blobs, cursor, held]")
+        idxs, blobs, cursor, held = item
+        if not (isinstance(idxs, list) and isinstance(blobs, list) and isinstance(held, list)):
             raise BadRequest("find_entries reply item has the wrong types")
         try:
             neighbors = [contacts[i] for i in idxs]
@@ -108,9 +133,11 @@ def parse_find_reply(payload, n_items: int) -> list[tuple[list[Node], list[bytes
             raise BadRequest("neighbor index out of range") from None
         if not all(isinstance(b, bytes) for b in blobs):
             raise BadRequest("entries must be bytes")
+        if not all(isinstance(i, int) and 0 <= i < n_known for i in held):
+            raise BadRequest("held index out of range")
         if cursor is not None and not (isinstance(cursor, bytes) and len(cursor) <= _MAX_CURSOR):
             raise BadRequest("bad cursor")
-        out.append((neighbors, blobs, cursor))
+        out.append((neighbors, blobs, cursor, held))
     return out
 
 
@@ -294,38 +321,56 @@ class SwarmProtocol(KademliaProtocol):
     def rpc_find_entries(self, sender, nodeid, items, want_entries):
         check_node_id(nodeid)
         if not isinstance(items, list) or len(items) > MAX_FIND_ITEMS or not isinstance(want_entries, bool):
-            raise BadRequest("find_entries takes at most 8 [dkey, cursor] pairs and a bool")
+            raise BadRequest(f"find_entries takes at most {MAX_FIND_ITEMS} items and a bool")
         source = Node(nodeid, sender[0], sender[1])
         self.welcome_if_new(source)
         return self.answer_find(items, want_entries, exclude=source)
 
     def answer_find(self, items, want_entries: bool, exclude: Node | None = None):
-        """The find_entries reply; also used directly when a lookup reaches this node itself."""
-        table: list[list] = []
-        index: dict[bytes, int] = {}
-        replies = []
-        budget = _REPLY_BUDGET
+        """The find_entries reply; also used directly when a lookup reaches this node itself.
+        Contacts come first, within a fixed share of the datagram; entries fill what is left."""
+        parsed = []
         for item in items:
-            if not (isinstance(item, list) and len(item) == 2):
-                raise BadRequest("find_entries item is not [dkey, cursor]")
-            dkey, cursor = check_node_id(item[0]), item[1]
+            if not (isinstance(item, list) and len(item) == 3):
+                raise BadRequest("find_entries item is not [dkey, cursor, known]")
+            dkey, cursor, known = check_node_id(item[0]), item[1], item[2]
             if not isinstance(cursor, bytes) or len(cursor) > _MAX_CURSOR:
                 raise BadRequest("bad cursor")
-            budget -= 8 + len(cursor)
-            idxs = []
+            if not (isinstance(known, list) and len(known) <= MAX_KNOWN
+                    and all(isinstance(h, bytes) and len(h) == ENTRY_HASH_BYTES for h in known)):
+                raise BadRequest(f"known must be at most {MAX_KNOWN} {ENTRY_HASH_BYTES}-byte hashes")
+            parsed.append((dkey, cursor, known))
+        table: list[list] = []
+        index: dict[bytes, int] = {}
+        neighbor_lists = []
+        share = _CONTACTS_BUDGET // max(len(parsed), 1)
+        table_bytes = 0
+        for dkey, cursor, _ in parsed:
+            idxs, spent = [], 0
             if not cursor:
                 for n in self.router.find_neighbors(Node(dkey), k=self.config.replicas, exclude=exclude):
+                    cost = 2 if n.id in index else len(n.ip) + 30
+                    if spent + cost > share:
+                        break
+                    spent += cost
                     if n.id not in index:
                         index[n.id] = len(table)
                         table.append([n.id, n.ip, n.port])
-                        budget -= len(n.ip) + 30
                     idxs.append(index[n.id])
-                    budget -= 2
-            blobs, next_cursor = [], None
+            table_bytes += spent
+            neighbor_lists.append(idxs)
+        # Per item: array headers, a cursor (a 32-byte key) and held indexes are framing.
+        budget = _REPLY_BUDGET - table_bytes - len(parsed) * 48
+        replies = []
+        for (dkey, cursor, known), idxs in zip(parsed, neighbor_lists):
+            blobs, next_cursor, held = [], None, []
             if want_entries:
-                blobs, next_cursor, used = self.storage.page(dkey, cursor, max(budget, 0))
+                blobs, next_cursor, used, held_hashes = self.storage.page(dkey, cursor, max(budget, 0), set(known))
                 budget -= used
-            replies.append([idxs, blobs, next_cursor])
+                if held_hashes:
+                    position = {h: i for i, h in enumerate(known)}
+                    held = [position[h] for h in held_hashes]
+            replies.append([idxs, blobs, next_cursor, held])
         return [table, replies]
 
     # -- joining nodes ----------------------------------------------------------------------

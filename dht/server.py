@@ -68,10 +68,11 @@ class SwarmServer(Server):
                 stored[dkey] |= ok
         return stored
 
-    async def find_blobs(self, dkeys: list[bytes]) -> dict[bytes, list[tuple[Node, bytes]]]:
-        """Entries held by all of the `replicas` closest live nodes of each key, with who sent them."""
-        lookups = await MultiKeyLookup(self.protocol, dkeys, want_entries=True).run()
-        return {dkey: kl.blobs for dkey, kl in lookups.items()}
+    async def find_blobs(self, dkeys: list[bytes], known: dict | None = None):
+        """Ask all of the `replicas` closest live nodes of each key for its entries. Returns
+        {dkey: KeyLookup}: .blobs are (sender, blob) pairs sent, .held the hashes of `known`
+        entries (the caller's, per key) that some replica still holds."""
+        return await MultiKeyLookup(self.protocol, dkeys, want_entries=True, known=known).run()
 
     # kademlia's single-value API does not apply to multi-entry keys.
     async def get(self, key):

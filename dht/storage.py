@@ -11,7 +11,7 @@ import time
 
 from kademlia.storage import IStorage
 
-from dht.entry import KEY_DIGEST_BYTES, EntryVerifier
+from dht.entry import KEY_DIGEST_BYTES, EntryVerifier, entry_hash
 from dht.errors import InvalidEntry
 
 _CULL_EVERY = 1024  # stores between full sweeps of expired entries
@@ -22,8 +22,8 @@ class SignedEntryStorage(IStorage):
         self.verifier = verifier
         self.max_keys = max_keys
         self.max_entries_per_key = max_entries_per_key
-        # dkey -> {public_key: (signed_at, expiration_time, blob)}
-        self._data: dict[bytes, dict[bytes, tuple[float, float, bytes]]] = {}
+        # dkey -> {public_key: (signed_at, expiration_time, blob, entry_hash(blob))}
+        self._data: dict[bytes, dict[bytes, tuple[float, float, bytes, bytes]]] = {}
         self._stores_since_cull = 0
 
     # -- our interface ------------------------------------------------------------------
@@ -53,7 +53,7 @@ class SignedEntryStorage(IStorage):
             self._cull_key(dkey, now)
             if len(entries) >= self.max_entries_per_key:
                 raise InvalidEntry("key holds too many entries")
-        entries[entry.public_key] = (entry.signed_at, entry.expiration_time, blob)
+        entries[entry.public_key] = (entry.signed_at, entry.expiration_time, blob, entry_hash(blob))
         return True
 
     def blobs(self, dkey: bytes, now: float | None = None) -> list[bytes]:
@@ -61,25 +61,33 @@ class SignedEntryStorage(IStorage):
         entries = self._cull_key(dkey, time.time() if now is None else now)
         return [entries[pk][2] for pk in sorted(entries)] if entries else []
 
-    def page(self, dkey: bytes, after: bytes, budget: int) -> tuple[list[bytes], bytes | None, int]:
+    def page(
+        self, dkey: bytes, after: bytes, budget: int, known: frozenset | set = frozenset()
+    ) -> tuple[list[bytes], bytes | None, int, list[bytes]]:
         """Entries of `dkey` whose signer key sorts after `after`, as many as fit `budget` bytes
-        (each costs len + 3 for its msgpack header). Returns (blobs, cursor for the next page or
-        None when complete, bytes used)."""
+        (each blob costs len + 3 for its msgpack header, each known one 2).
+
+        Entries whose hash is in `known` (the asker already holds those exact bytes) are not
+        sent again; their hashes are listed instead. Returns (blobs, cursor for the next page or
+        None when complete, bytes used, hashes of known entries held)."""
         entries = self._cull_key(dkey, time.time())
         if not entries:
-            return [], None, 0
-        out, used, last = [], 0, after
+            return [], None, 0, []
+        out, held, used, last = [], [], 0, after
         for pk in sorted(entries):
             if pk <= after:
                 continue
-            blob = entries[pk][2]
-            cost = len(blob) + 3
+            _, _, blob, h = entries[pk]
+            cost = 2 if h in known else len(blob) + 3
             if used + cost > budget:
-                return out, last, used
-            out.append(blob)
+                return out, last, used, held
+            if h in known:
+                held.append(h)
+            else:
+                out.append(blob)
             used += cost
             last = pk
-        return out, None, used
+        return out, None, used, held
 
     def keys(self) -> list[bytes]:
         return list(self._data)
@@ -94,7 +102,7 @@ class SignedEntryStorage(IStorage):
         entries = self._data.get(dkey)
         if entries is None:
             return None
-        expired = [pk for pk, (_, exp, _) in entries.items() if exp <= now]
+        expired = [pk for pk, held in entries.items() if held[1] <= now]
         for pk in expired:
             del entries[pk]
         if not entries:

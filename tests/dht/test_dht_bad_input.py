@@ -38,9 +38,12 @@ HOSTILE = [
     _request("store_entries", NODE_ID, "not a list"),
     _request("store_entries", NODE_ID, [[KEY, b"junk entry"], "x", [KEY]]),
     _request("store_entries", NODE_ID, [[KEY, b"\x95" + os.urandom(200)]] * 65),
-    _request("find_entries", NODE_ID, [[KEY, b""]] * 9, True),
-    _request("find_entries", NODE_ID, [[b"k", 5]], True),
-    _request("find_entries", NODE_ID, [[KEY, b""]], "yes"),
+    _request("find_entries", NODE_ID, [[KEY, b"", []]] * 17, True),
+    _request("find_entries", NODE_ID, [[b"k", 5, []]], True),
+    _request("find_entries", NODE_ID, [[KEY, b"", [b"short"]]], True),
+    _request("find_entries", NODE_ID, [[KEY, b"", [b"12345678"] * 65]], True),
+    _request("find_entries", NODE_ID, [[KEY, b""]], True),
+    _request("find_entries", NODE_ID, [[KEY, b"", []]], "yes"),
     b"\x00" + os.urandom(20) + b"\x00" * 9000,  # oversize
     b"\x00" * 60000,  # far oversize
 ]

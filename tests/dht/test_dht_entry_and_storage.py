@@ -108,7 +108,7 @@ def test_storage_pages_a_crowded_key_without_losing_entries(verifier):
         storage.merge(KEY, sign_entry(s, KEY, b"r" * 300, time.time() + 60))
     seen, cursor, pages = [], b"", 0
     while cursor is not None:
-        blobs, cursor, used = storage.page(KEY, cursor, 2000)
+        blobs, cursor, used, _ = storage.page(KEY, cursor, 2000)
         assert used <= 2000
         seen += blobs
         pages += 1
