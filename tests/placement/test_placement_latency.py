@@ -22,7 +22,7 @@ def test_a_server_completes_the_chain_of_its_own_region_where_petals_does_not():
     # every block has throughput 2; the EU holds only the first half of the model
     view = SwarmView(80, [_span("us1", 0, 40, region="us"), _span("us2", 40, 80, region="us"),
                           _span("us3", 40, 80, region="us"), _span("eu1", 0, 40, region="eu")])
-    assert choose_blocks(view, 40, "latency", region="eu") == (40, 80)
+    assert choose_blocks(view, 40, "latency", region="eu", inference_rps=100.0) == (40, 80)
     assert choose_blocks(view, 40, "petals", region="eu") == (0, 40)  # a tie, broken by the lowest start
 
 
