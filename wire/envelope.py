@@ -15,8 +15,9 @@ from typing import Any, Sequence
 
 import msgpack
 import torch
+import zmq
 
-from .codec import check_descriptor, decode_tensor, encode_tensor
+from .codec import check_descriptor, decode_checked, encode_tensor
 from .errors import BadHeader, BadVersion, MessageTooLarge, ProtocolError
 from .limits import DEFAULT_LIMITS, Limits
 
@@ -42,7 +43,7 @@ class Message:
 @dataclass
 class PendingTensors:
     """Validated descriptors and their payload buffers, not yet turned into tensors."""
-    descs: list
+    checked: list
     payloads: list
     compressed_bytes: int = 0
 
@@ -66,7 +67,12 @@ def encode_message(msg: Message, *, compression: str = "auto") -> list:
 
 
 def _buffer(frame) -> Any:
-    return frame.buffer if hasattr(frame, "buffer") else frame
+    return frame.buffer if isinstance(frame, zmq.Frame) else frame
+
+
+def _frame_len(frame) -> int:
+    # bytes and zmq.Frame know their length; numpy arrays (our own send frames) their nbytes
+    return frame.nbytes if hasattr(frame, "nbytes") else len(frame)
 
 
 def with_request_id(exc: ProtocolError, request_id: int) -> ProtocolError:
@@ -81,7 +87,7 @@ def decode_header(frames: Sequence, limits: Limits = DEFAULT_LIMITS) -> tuple[Me
         raise with_request_id(BadHeader("empty message"), 0)
     if len(frames) > limits.max_frames:
         raise with_request_id(MessageTooLarge(f"{len(frames)} frames, limit {limits.max_frames}"), 0)
-    total = sum(len(f) for f in frames)
+    total = sum(map(_frame_len, frames))
     if total > limits.max_message_bytes:
         raise with_request_id(MessageTooLarge(f"{total} bytes, limit {limits.max_message_bytes}"), 0)
     header_frame = frames[0]
@@ -108,24 +114,25 @@ def decode_header(frames: Sequence, limits: Limits = DEFAULT_LIMITS) -> tuple[Me
     if not isinstance(descs, list) or len(descs) != len(frames) - 1:
         raise with_request_id(BadHeader(f"header describes {len(descs) if isinstance(descs, list) else '?'} "
                               f"tensors but {len(frames) - 1} payload frames came"), rid)
-    decoded_total, compressed = 0, 0
+    decoded_total, compressed, checked = 0, 0, []
     for desc, frame in zip(descs, frames[1:]):
         try:
-            _, _, codec, nbytes = check_descriptor(desc, limits)
+            c = check_descriptor(desc, limits)
         except ProtocolError as exc:
             raise with_request_id(exc, rid) from None
-        decoded_total += nbytes
-        if codec != "none":
-            compressed += len(frame)
+        checked.append(c)
+        decoded_total += c.nbytes
+        if c.codec != "none":
+            compressed += _frame_len(frame)
     if decoded_total > limits.max_message_bytes:
         raise with_request_id(MessageTooLarge(f"tensors decode to {decoded_total} bytes, limit {limits.max_message_bytes}"), rid)
     msg = Message(method, meta, [], rid, kind)
-    return msg, PendingTensors(descs, [_buffer(f) for f in frames[1:]], compressed)
+    return msg, PendingTensors(checked, [_buffer(f) for f in frames[1:]], compressed)
 
 
 def decode_tensors(pending: PendingTensors, limits: Limits = DEFAULT_LIMITS, request_id: int = 0) -> list:
     try:
-        return [decode_tensor(d, p, limits=limits) for d, p in zip(pending.descs, pending.payloads)]
+        return [decode_checked(c, p) for c, p in zip(pending.checked, pending.payloads)]
     except ProtocolError as exc:
         raise with_request_id(exc, request_id) from None
 

@@ -1,15 +1,37 @@
-"""Socket options shared by the ROUTER server and the DEALER client."""
+"""ZeroMQ sockets for asyncio without per-message futures.
+
+`LoopSocket` wraps a plain (sync) zmq socket and hands every arriving message to a callback,
+straight from the event loop's reader callback on the socket's FD. pyzmq's zmq.asyncio wraps each
+recv in a Future that then wakes a Task -- an extra event-loop pass (and epoll syscall) per
+message that a request/reply round trip pays on both ends. Sends are non-blocking: a ROUTER never
+blocks, a DEALER only when its queue (HWM_MESSAGES) is full, which the caller handles.
+
+libzmq's FD is edge-triggered and any send may consume the edge, so after every send we look at
+ZMQ_EVENTS ourselves and schedule a drain if messages are waiting.
+"""
 from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
 
 import zmq
 
 from .limits import Limits
 
-__all__ = ["configure_socket", "HWM_MESSAGES"]
+__all__ = ["configure_socket", "LoopSocket", "HWM_MESSAGES", "sync_context"]
+
+logger = logging.getLogger(__name__)
 
 # Messages queued per peer before a DEALER send waits / a ROUTER reply is dropped; well above
 # the thousand requests one client may keep in flight.
 HWM_MESSAGES = 10_000
+# Messages handled per reader callback before yielding to other callbacks on the loop.
+DRAIN_BATCH = 64
+
+
+def sync_context() -> zmq.Context:
+    return zmq.Context.instance()
 
 
 def configure_socket(sock: zmq.Socket, limits: Limits) -> None:
@@ -24,3 +46,47 @@ def configure_socket(sock: zmq.Socket, limits: Limits) -> None:
     # notice a peer that vanished without closing TCP (power loss, NAT drop)
     sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+
+
+class LoopSocket:
+    """A sync zmq socket driven by ``loop.add_reader``; ``on_message(frames)`` gets each message
+    as a list of zmq.Frame (zero-copy). Use from the loop's thread only."""
+
+    def __init__(self, sock: zmq.Socket, on_message: Callable[[list], None],
+                 loop: asyncio.AbstractEventLoop):
+        self.sock, self.on_message, self.loop = sock, on_message, loop
+        self._fd = sock.getsockopt(zmq.FD)
+        self._drain_scheduled = False
+        self.closed = False
+        loop.add_reader(self._fd, self._drain)
+        self._schedule_drain()  # messages may have queued before the reader was added
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        sock = self.sock
+        for _ in range(DRAIN_BATCH):
+            if self.closed or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            try:
+                self.on_message(frames)
+            except Exception:  # one bad message must never stop the socket
+                logger.exception("message handler failed")
+        self._schedule_drain()  # more may be waiting: continue after other callbacks ran
+
+    def send(self, frames: list) -> None:
+        """Send without blocking; raise zmq.Again if the peer's queue is full."""
+        self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._schedule_drain()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self._fd)
+            self.sock.close(linger=0)

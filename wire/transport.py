@@ -16,13 +16,12 @@ from typing import Mapping, Sequence
 
 import torch
 import zmq
-import zmq.asyncio
 
 from .dispatch import Handler, Reply, Request, run_handler
 from .envelope import Message, decode_message, encode_message
 from .errors import BadHeader, ProtocolError, RequestTimeout, TransportClosed, remote_error_from_reply
 from .limits import DEFAULT_LIMITS, Limits
-from .sockets import configure_socket
+from .sockets import LoopSocket, configure_socket, sync_context
 
 __all__ = ["Transport", "ZmqTransport", "MockTransport", "Reply"]
 
@@ -58,55 +57,54 @@ def _reply_or_error(msg: Message):
 
 
 class _Connection:
-    """One DEALER to one address, its reader task and its requests in flight."""
+    """One DEALER to one address and its requests in flight; replies are matched in the
+    socket's reader callback, which completes the caller's future directly."""
 
-    def __init__(self, sock: zmq.asyncio.Socket, address: str, limits: Limits):
-        self.sock, self.address, self.limits = sock, address, limits
+    def __init__(self, sock: zmq.Socket, address: str, limits: Limits, loop: asyncio.AbstractEventLoop):
+        self.address, self.limits = address, limits
         self.pending: dict[int, asyncio.Future] = {}
-        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.sock = LoopSocket(sock, self._on_message, loop)
 
-    async def _read(self) -> None:
-        sock, pending, limits = self.sock, self.pending, self.limits
-        while True:
-            frames = await sock.recv_multipart(copy=False)
-            try:
-                msg = decode_message(frames, limits)
-            except ProtocolError as exc:
-                fut = pending.get(getattr(exc, "request_id", 0))
-                if fut is not None and not fut.done():
-                    fut.set_exception(exc)
-                else:
-                    logger.warning("unreadable reply from %s: %s", self.address, exc)
-                continue
-            fut = pending.get(msg.request_id)
-            if fut is None or fut.done():
-                logger.debug("late reply %d from %s dropped", msg.request_id, self.address)
-                continue
-            outcome = _reply_or_error(msg)
-            if isinstance(outcome, Reply):
-                fut.set_result(outcome)
+    def _on_message(self, frames: list) -> None:
+        pending = self.pending
+        try:
+            msg = decode_message(frames, self.limits)
+        except ProtocolError as exc:
+            fut = pending.get(getattr(exc, "request_id", 0))
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
             else:
-                fut.set_exception(outcome)
+                logger.warning("unreadable reply from %s: %s", self.address, exc)
+            return
+        fut = pending.get(msg.request_id)
+        if fut is None or fut.done():
+            logger.debug("late reply %d from %s dropped", msg.request_id, self.address)
+            return
+        outcome = _reply_or_error(msg)
+        if isinstance(outcome, Reply):
+            fut.set_result(outcome)
+        else:
+            fut.set_exception(outcome)
 
-    async def close(self) -> None:
-        self.reader.cancel()
-        await asyncio.gather(self.reader, return_exceptions=True)
-        self.sock.close(linger=0)
+    def close(self) -> None:
+        self.sock.close()
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(TransportClosed(f"transport to {self.address} closed"))
 
 
-def _expire(fut: asyncio.Future, send: asyncio.Future, what: str, timeout: float) -> None:
+def _expire(fut: asyncio.Future, what: str, timeout: float) -> None:
     if not fut.done():
         fut.set_exception(RequestTimeout(f"{what}: no reply within {timeout:g} s"))
-    if not send.done():
-        send.cancel()
+
+
+# While a DEALER's queue is full (server gone for long, HWM_MESSAGES queued), retry this often.
+FULL_QUEUE_RETRY_S = 0.01
 
 
 class ZmqTransport(Transport):
     def __init__(self, *, limits: Limits = DEFAULT_LIMITS, compression: str = "auto",
-                 context: zmq.asyncio.Context | None = None):
+                 context: zmq.Context | None = None):
         self.limits = limits
         self.compression = compression
         self._context = context
@@ -115,15 +113,15 @@ class ZmqTransport(Transport):
         self._closed = False
 
     def _connect(self, address: str) -> _Connection:
-        ctx = self._context or zmq.asyncio.Context.instance()
-        sock = ctx.socket(zmq.DEALER)
+        sock = (self._context or sync_context()).socket(zmq.DEALER)
         configure_socket(sock, self.limits)
         try:
             sock.connect(address)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
             raise ValueError(f"bad address {address!r}: {exc}") from exc
-        conn = self._connections[address] = _Connection(sock, address, self.limits)
+        conn = self._connections[address] = _Connection(sock, address, self.limits,
+                                                        asyncio.get_running_loop())
         return conn
 
     async def call(self, address: str, method: str, meta: dict | None = None,
@@ -137,15 +135,19 @@ class ZmqTransport(Transport):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         conn.pending[rid] = fut
-        send = conn.sock.send_multipart(frames, copy=False)  # waits only if the queue is full
-        timer = loop.call_later(timeout, _expire, fut, send, f"{method} to {address}", timeout)
+        timer = loop.call_later(timeout, _expire, fut, f"{method} to {address}", timeout)
         try:
-            if not send.done():
+            while True:
                 try:
-                    await send
-                except asyncio.CancelledError:
-                    if fut.done() and not fut.cancelled():  # cancelled by our own timeout
-                        return fut.result()
+                    conn.sock.send(frames)
+                    break
+                except zmq.Again:  # queue full: wait for room, but never past the timeout
+                    if fut.done():
+                        break
+                    await asyncio.sleep(FULL_QUEUE_RETRY_S)
+                except zmq.ZMQError as exc:
+                    if conn.sock.closed:
+                        raise TransportClosed(f"transport to {address} closed") from exc
                     raise
             return await fut
         finally:
@@ -156,7 +158,7 @@ class ZmqTransport(Transport):
         self._closed = True
         connections, self._connections = list(self._connections.values()), {}
         for conn in connections:
-            await conn.close()
+            conn.close()
 
 
 class MockTransport(Transport):

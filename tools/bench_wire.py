@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Benchmark wire/ over tcp loopback: RpcServer + ZmqTransport against a bare zmq.asyncio
+DEALER/ROUTER ping-pong of the same bytes, measured in the same run.
+
+Each case runs its server in a child process (as a real server would be) and times sequential
+round trips (one request in flight) of an echo: the reply carries the same tensor back.
+
+  decode step : 1x1x4096 fp16   (8 KiB)      bar: real p50 <= 1.5x bare p50
+  prefill     : 1x512x4096 fp16 (4 MiB)      bar: >= 1 GB/s of tensor bytes (one way)
+
+It also measures the lz4 codec (encode + decode CPU time, ratio) on fp16 and bf16 activations
+and prints the link speed below which compressing pays: saved bytes / extra CPU seconds.
+
+    python tools/bench_wire.py                 # table
+    python tools/bench_wire.py --json out.json # table + JSON
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import zmq
+import zmq.asyncio
+
+from wire import RpcServer, ZmqTransport
+from wire.codec import decode_tensor, encode_tensor
+from wire.envelope import Message, encode_message
+
+SHAPES = {"decode": (1, 1, 4096), "prefill": (1, 512, 4096)}
+DECODE_BAR = 1.5
+PREFILL_BAR_GBPS = 1.0
+
+
+# ---------------------------------------------------------------- servers (child processes)
+
+async def serve_real(compression: str) -> None:
+    async def echo(request):
+        return {}, request.tensors
+    server = RpcServer({"echo": echo}, compression=compression)
+    await server.start()
+    print("ready", server.address, flush=True)
+    await asyncio.Event().wait()
+
+
+async def serve_bare() -> None:
+    ctx = zmq.asyncio.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    print("ready", f"tcp://127.0.0.1:{port}", flush=True)
+    while True:  # echo every message as it came: [identity, payload]
+        frames = await sock.recv_multipart(copy=False)
+        await sock.send_multipart(frames, copy=False)
+
+
+class Child:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", *args],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready"):
+            self.close()
+            raise RuntimeError(f"benchmark server failed to start: {line!r}")
+        self.address = line.split()[1]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+
+# ---------------------------------------------------------------- clients
+
+def summarize(name: str, kind: str, compression: str, times: list[float], wire_bytes: int,
+              tensor_bytes: int) -> dict:
+    times = sorted(times)
+    p50 = statistics.median(times)
+    p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
+    return {"case": name, "size": kind, "compression": compression, "iters": len(times),
+            "p50_us": p50 * 1e6, "p99_us": p99 * 1e6, "wire_bytes": wire_bytes,
+            "tensor_bytes": tensor_bytes, "gbps_one_way": tensor_bytes / p50 / 1e9}
+
+
+class BareClient:
+    """A zmq.asyncio DEALER doing the plainest ping-pong of one payload frame."""
+
+    def __init__(self, address: str, payload: bytes):
+        self.sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.payload = payload
+        self.copy = len(payload) < 65536  # pyzmq's advice: copy small messages, not large ones
+
+    async def round_trip(self) -> None:
+        await self.sock.send_multipart([self.payload], copy=self.copy)
+        await self.sock.recv_multipart(copy=self.copy)
+
+
+class WireClient:
+    def __init__(self, transport: ZmqTransport, address: str, x: torch.Tensor):
+        self.transport, self.address, self.x = transport, address, x
+
+    async def round_trip(self) -> None:
+        await self.transport.call(self.address, "echo", None, [self.x], timeout=30)
+
+
+async def measure(cases: dict, iters: dict, warmup: int, rounds: int) -> dict:
+    """Time every case in `rounds` interleaved blocks, so load from elsewhere on the machine
+    falls on all cases alike."""
+    times = {name: [] for name in cases}
+    for name, client in cases.items():
+        for _ in range(warmup):
+            await client.round_trip()
+    for _ in range(rounds):
+        for name, client in cases.items():
+            block = times[name]
+            for _ in range(max(1, iters[name[1]] // rounds)):
+                t0 = time.perf_counter()
+                await client.round_trip()
+                block.append(time.perf_counter() - t0)
+    return times
+
+
+def activations(kind: str, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*SHAPES[kind], generator=g).to(dtype)
+
+
+def run_round_trips(args) -> list[dict]:
+    iters = {"decode": args.decode_iters, "prefill": args.prefill_iters}
+    xs = {kind: activations(kind, torch.float16) for kind in SHAPES}
+    children = {"bare": Child("bare")}
+    try:
+        for compression in args.compressions:
+            children[compression] = Child("real", compression)
+
+        async def main():
+            cases, transports = {}, []
+            for kind, x in xs.items():
+                cases[("bare zmq", kind, "-")] = BareClient(children["bare"].address, x.numpy().tobytes())
+            for compression in args.compressions:
+                transport = ZmqTransport(compression=compression)
+                transports.append(transport)
+                for kind, x in xs.items():
+                    cases[("wire", kind, compression)] = WireClient(transport, children[compression].address, x)
+            try:
+                return await measure(cases, iters, args.warmup, args.rounds)
+            finally:
+                for t in transports:
+                    await t.close()
+
+        times = asyncio.run(main())
+    finally:
+        for child in children.values():
+            child.close()
+    rows = []
+    for (case, kind, compression), ts in times.items():
+        x = xs[kind]
+        tensor_bytes = x.numel() * x.element_size()
+        wire_bytes = tensor_bytes if case == "bare zmq" else sum(
+            memoryview(f).nbytes for f in encode_message(Message("echo", {}, [x], 1), compression=compression))
+        rows.append(summarize(case, kind, compression, ts, wire_bytes, tensor_bytes))
+    return rows
+
+
+# ---------------------------------------------------------------- codec cost vs link speed
+
+def codec_costs(reps: int) -> list[dict]:
+    out = []
+    for dtype in (torch.float16, torch.bfloat16):
+        x = activations("prefill", dtype, seed=1)
+        raw = x.numel() * x.element_size()
+        timings = {}
+        for compression in ("none", "lz4"):
+            enc, dec = [], []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                desc, payload = encode_tensor(x, compression=compression)
+                t1 = time.perf_counter()
+                decode_tensor(desc, payload)
+                t2 = time.perf_counter()
+                enc.append(t1 - t0)
+                dec.append(t2 - t1)
+            timings[compression] = (statistics.median(enc), statistics.median(dec), len(payload), desc["codec"])
+        extra_s = sum(timings["lz4"][:2]) - sum(timings["none"][:2])
+        saved = raw - timings["lz4"][2]
+        pays_below = saved / extra_s if saved > 0 and extra_s > 0 else 0.0
+        out.append({"dtype": str(dtype).replace("torch.", ""), "codec": timings["lz4"][3],
+                    "ratio": timings["lz4"][2] / raw, "encode_ms": timings["lz4"][0] * 1e3,
+                    "decode_ms": timings["lz4"][1] * 1e3, "raw_encode_decode_ms": sum(timings["none"][:2]) * 1e3,
+                    "pays_below_MBps": pays_below / 1e6, "pays_below_Mbitps": pays_below * 8 / 1e6})
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def verdict(rows: list[dict], default: str) -> dict:
+    by = {(r["case"], r["size"], r["compression"]): r for r in rows}
+    bare_decode = by[("bare zmq", "decode", "-")]["p50_us"]
+    real_decode = by[("wire", "decode", default)]["p50_us"]
+    prefill = by[("wire", "prefill", default)]["gbps_one_way"]
+    return {"compression": default, "decode_ratio_to_bare": real_decode / bare_decode,
+            "decode_bar": DECODE_BAR, "decode_ok": real_decode / bare_decode <= DECODE_BAR,
+            "prefill_gbps_one_way": prefill, "prefill_bar_gbps": PREFILL_BAR_GBPS,
+            "prefill_ok": prefill >= PREFILL_BAR_GBPS}
+
+
+def print_report(rows, codec, checks) -> None:
+    print(f"{'case':<9} {'size':<8} {'compr':<6} {'iters':>6} {'p50 us':>9} {'p99 us':>9} "
+          f"{'wire bytes':>11} {'GB/s 1-way':>10}")
+    for r in rows:
+        print(f"{r['case']:<9} {r['size']:<8} {r['compression']:<6} {r['iters']:>6} {r['p50_us']:>9.1f} "
+              f"{r['p99_us']:>9.1f} {r['wire_bytes']:>11} {r['gbps_one_way']:>10.2f}")
+    print()
+    print(f"{'lz4 on 1x512x4096':<18} {'codec':<5} {'ratio':>6} {'enc ms':>7} {'dec ms':>7} "
+          f"{'raw ms':>7} {'pays below':>18}")
+    for c in codec:
+        pays = f"{c['pays_below_MBps']:.0f} MB/s ({c['pays_below_Mbitps']:.0f} Mbit/s)" if c["pays_below_MBps"] else "never"
+        print(f"{c['dtype']:<18} {c['codec']:<5} {c['ratio']:>6.3f} {c['encode_ms']:>7.2f} {c['decode_ms']:>7.2f} "
+              f"{c['raw_encode_decode_ms']:>7.2f} {pays:>18}")
+    print()
+    for check in checks:
+        print(f"compression={check['compression']}: decode p50 = {check['decode_ratio_to_bare']:.2f}x bare "
+              f"(bar {DECODE_BAR}x: {'ok' if check['decode_ok'] else 'FAIL'}); prefill "
+              f"{check['prefill_gbps_one_way']:.2f} GB/s one way (bar {PREFILL_BAR_GBPS}: "
+              f"{'ok' if check['prefill_ok'] else 'FAIL'})")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--decode-iters", type=int, default=2000)
+    parser.add_argument("--prefill-iters", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved blocks per case")
+    parser.add_argument("--codec-reps", type=int, default=10)
+    parser.add_argument("--compressions", nargs="+", default=["none", "auto", "lz4"],
+                        choices=["none", "auto", "lz4"])
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)  # internal: child server
+    args = parser.parse_args(argv)
+    if args.serve:
+        asyncio.run(serve_bare() if args.serve[0] == "bare" else serve_real(args.serve[1]))
+        return 0
+    rows = run_round_trips(args)
+    codec = codec_costs(args.codec_reps)
+    checks = [verdict(rows, c) for c in args.compressions]
+    print_report(rows, codec, checks)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"round_trips": rows, "codec": codec, "checks": checks,
+                       "host": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                                "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}}, f, indent=2)
+    return 0 if all(c["decode_ok"] and c["prefill_ok"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
