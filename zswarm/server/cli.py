@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import inspect
 import logging
+import os
 import re
 import sys
 from typing import Optional, Sequence
@@ -102,7 +103,10 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> ServerConfig:
         raise  # unreachable: parser.error exits
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, hard_exit: bool = True) -> int:
+    """Entry point of `zswarm-server`. With `hard_exit`, the process ends right after the server
+    has closed everything itself: tearing down torch and transformers at interpreter exit takes
+    seconds and does nothing useful for a process that is leaving anyway."""
     config = parse_config(argv)
     logging.basicConfig(
         level=config.log_level,
@@ -111,7 +115,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     from zswarm.server.server import run_server  # heavy imports (torch) only after parsing
 
-    return run_server(config)
+    code = run_server(config)
+    if hard_exit:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -45,12 +45,13 @@ async def fetch_swarm_view(node, model_id: str, num_blocks: int, *, exclude: Opt
     return swarm_view(num_blocks, blocks, exclude=exclude)
 
 
-async def choose_initial_blocks(node, model_id: str, num_blocks: int, blocks_to_host: int,
-                                strategy: str, my_peer_id: str) -> tuple[int, int]:
+async def choose_initial_blocks(node, model_id: str, num_blocks: int, blocks_to_host: int, strategy: str,
+                                my_peer_id: str, throughput: float, inference_rps: float) -> tuple[int, int]:
     from zswarm.placement import choose_blocks
 
     view = await fetch_swarm_view(node, model_id, num_blocks, exclude=my_peer_id)
-    start, end = choose_blocks(view, blocks_to_host, strategy=strategy)
+    start, end = choose_blocks(view, blocks_to_host, strategy=strategy, my_peer_id=my_peer_id,
+                               throughput=throughput, inference_rps=inference_rps)
     logger.info("chose blocks %d:%d (%s placement; %d other servers in the swarm)",
                 start, end, strategy, len(view.servers))
     return int(start), int(end)

@@ -112,7 +112,8 @@ class Server:
                 raise ConfigError(f"--block-indices {start}:{end}, but {source.model_id} has {source.num_blocks} blocks")
         else:
             start, end = await choose_initial_blocks(self.node, source.model_id, source.num_blocks, blocks_to_host,
-                                                     cfg.placement, self.node.peer_id)
+                                                     cfg.placement, self.node.peer_id, throughput,
+                                                     self.rates.inference_rps)
 
         self.compute = ComputeQueue()
         self.sessions = SessionManager(CacheBudget(cache_tokens), cfg.session_idle_timeout)
@@ -276,7 +277,9 @@ def run_server(config: ServerConfig) -> int:
     from dht import DHTError
 
     try:
-        return asyncio.run(Server(config).run())
+        code = asyncio.run(Server(config).run())
+        logger.debug("event loop closed; exiting with %d", code)
+        return code
     except (ConfigError, ModelError, InsufficientMemoryError, QuantizationUnavailable, DHTError, ZswarmError) as exc:
         logger.error("cannot start: %s", exc)
         return 2
