@@ -29,5 +29,9 @@ class DHTConfig:
     # Wall-clock bounds for start() and for sync calls made from other threads.
     start_timeout: float = 30.0
     call_timeout: float = 60.0
-    # Rounds of an iterative lookup before giving up on finding closer nodes.
+    # A lookup gives up after max_lookup_rounds * rpc_timeout seconds in all.
     max_lookup_rounds: int = 12
+    # A lookup stops waiting for a node after straggler_factor x the median reply time seen so
+    # far (at least min_straggler_s) and asks the next closest instead; see lookup.py.
+    straggler_factor: float = 4.0
+    min_straggler_s: float = 0.05

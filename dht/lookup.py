@@ -3,9 +3,9 @@
 kademlia's ValueSpiderCrawl stops at the first value it finds; we need every replica's entries,
 so for each key we keep asking until the `replicas` closest live nodes we know of have all
 answered, and collect entries from all of them. Keys that land on the same node share one
-find_entries datagram (up to 8 keys), so looking up the 80 blocks of a model costs about one
-datagram per node contacted, not one per (key, replica). All requests of a round go out at once;
-a node that does not answer is dropped and the next closest is asked in the following round.
+find_entries datagram (up to 16 keys), so looking up the 80 blocks of a model costs about one
+datagram per node contacted, not one per (key, replica). Replies are processed as they arrive;
+a node that does not answer in time is passed over for the next closest (see `run`).
 Entries larger than one reply are fetched page by page from the same node.
 
 A caller may pass, per key, the hashes of entries it already holds (from its previous lookup);
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 from kademlia.node import Node
@@ -66,41 +67,93 @@ class MultiKeyLookup:
             self.lookups[dkey] = kl
 
     async def run(self) -> dict[bytes, KeyLookup]:
+        """Ask, process replies as they arrive, ask again where a reply revealed closer nodes.
+
+        A request still unanswered after `straggler` seconds (a few times the typical reply time
+        of this lookup) no longer holds a key back: its node counts as slow and the next closest
+        node is asked in its place. A dead node then costs one straggler delay, not the full RPC
+        timeout; a slow live node loses nothing, since every entry it holds is also held by the
+        other replicas. Its reply is still used if it comes while the lookup runs."""
+        loop = asyncio.get_running_loop()
+        config = self.protocol.config
+        deadline = loop.time() + config.max_lookup_rounds * config.rpc_timeout
+        inflight: dict[asyncio.Task, tuple[Node, float]] = {}
+        slow: set[bytes] = set()
+        waiting_on: dict[bytes, set[bytes]] = {}  # node id -> keys asked of it, unanswered
+        rtts: list[float] = []
         followups: list[tuple[Node, bytes, bytes]] = []
-        for _ in range(self.protocol.config.max_lookup_rounds):
+        queue: deque[tuple[Node, list]] = deque()
+        dirty = set(self.lookups)
+        while True:
             requests: dict[bytes, tuple[Node, list]] = {}
             for node, dkey, cursor in followups:
                 requests.setdefault(node.id, (node, []))[1].append([dkey, cursor, self.lookups[dkey].known])
             followups = []
-            for kl in self.lookups.values():
-                for node in kl.closest(self.failed, self.replicas):
+            excluded = self.failed | slow
+            for dkey in dirty:
+                kl = self.lookups[dkey]
+                for node in kl.closest(excluded, self.replicas):
                     if node.id not in kl.asked:
                         kl.asked.add(node.id)
-                        requests.setdefault(node.id, (node, []))[1].append([kl.dkey, b"", kl.known])
-            if not requests:
+                        waiting_on.setdefault(node.id, set()).add(dkey)
+                        requests.setdefault(node.id, (node, []))[1].append([dkey, b"", kl.known])
+            dirty = set()
+            for node, items in requests.values():
+                queue.extend((node, items[i : i + MAX_FIND_ITEMS]) for i in range(0, len(items), MAX_FIND_ITEMS))
+            # Replies to a burst all land in our socket buffer at once; past ~200 KB (Linux's
+            # default) the kernel drops them and live nodes look dead. So at most max_inflight
+            # requests are awaited at a time; one passed over as slow frees its place.
+            now = loop.time()
+            active = [t for t, (node, _) in inflight.items() if node.id not in slow]
+            while queue and len(active) < config.max_inflight:
+                node, items = queue.popleft()
+                task = asyncio.ensure_future(self._ask(node, items))
+                inflight[task] = (node, now)
+                active.append(task)
+            if not active or now > deadline:
                 break
-            asks = [
-                self._ask(node, items[i : i + MAX_FIND_ITEMS])
-                for node, items in requests.values()
-                for i in range(0, len(items), MAX_FIND_ITEMS)
-            ]
-            for node, items, parsed in await asyncio.gather(*asks):
+            straggler = min(config.rpc_timeout, max(config.min_straggler_s,
+                                                    config.straggler_factor * _median(rtts)))
+            oldest = min(sent for t, (node, sent) in inflight.items() if node.id not in slow)
+            done, _ = await asyncio.wait(active, timeout=max(0.0, oldest + straggler - now) + 1e-3,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            now = loop.time()
+            for task in done:
+                node, sent = inflight.pop(task)
+                node_id, items, parsed = task.result()
+                slow.discard(node_id)
+                keys = {item[0] for item in items}
+                pending = waiting_on.get(node_id, set())
+                pending -= keys
                 if parsed is None:
-                    self.failed.add(node.id)
+                    self.failed.add(node_id)
+                    dirty |= keys | pending
                     continue
-                for (dkey, _, known), (neighbors, blobs, cursor, held) in zip(items, parsed):
-                    kl = self.lookups[dkey]
-                    kl.answered[node.id] = node
-                    for nb in neighbors:
-                        if nb.id not in kl.candidates and nb.id not in self.failed and not self.protocol.is_dead(nb):
-                            kl.candidates[nb.id] = nb
-                    kl.blobs.extend((node, blob) for blob in blobs)
-                    kl.held.update(known[i] for i in held)
-                    if cursor is not None:
-                        followups.append((node, dkey, cursor))
-        else:
-            log.warning("lookup of %d keys stopped after %d rounds", len(self.lookups), self.protocol.config.max_lookup_rounds)
+                rtts.append(now - sent)
+                dirty |= self._absorb(node, items, parsed, followups)
+            for task, (node, sent) in inflight.items():
+                if node.id not in slow and now - sent >= straggler:
+                    slow.add(node.id)
+                    dirty |= waiting_on.get(node.id, set())
+        if inflight:
+            log.debug("lookup left %d slow requests behind", len(inflight))
         return self.lookups
+
+    def _absorb(self, node: Node, items, parsed, followups) -> set[bytes]:
+        """Take in one reply; returns the keys whose closest set may have changed."""
+        changed = set()
+        for (dkey, _, known), (neighbors, blobs, cursor, held) in zip(items, parsed):
+            kl = self.lookups[dkey]
+            kl.answered[node.id] = node
+            for nb in neighbors:
+                if nb.id not in kl.candidates and nb.id not in self.failed and not self.protocol.is_dead(nb):
+                    kl.candidates[nb.id] = nb
+                    changed.add(dkey)
+            kl.blobs.extend((node, blob) for blob in blobs)
+            kl.held.update(known[i] for i in held)
+            if cursor is not None:
+                followups.append((node, dkey, cursor))
+        return changed
 
     async def _ask(self, node: Node, items: list):
         if node.id == self.me.id:
@@ -108,9 +161,13 @@ class MultiKeyLookup:
         else:
             ok, reply = await self.protocol.call_find_entries(node, items, self.want_entries)
             if not ok:
-                return node, items, None
+                return node.id, items, None
         try:
-            return node, items, parse_find_reply(reply, [len(item[2]) for item in items])
+            return node.id, items, parse_find_reply(reply, [len(item[2]) for item in items])
         except BadRequest as exc:
             self.protocol.log_once((node.ip, node.port), "find_entries reply", str(exc))
-            return node, items, None
+            return node.id, items, None
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2] if xs else 0.0

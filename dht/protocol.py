@@ -148,15 +148,11 @@ class SwarmProtocol(KademliaProtocol):
         self._wait_timeout = config.rpc_timeout
         self.log_once = LogOnce(log)
         self.dead: dict[tuple, float] = {}  # address -> monotonic time its last RPC timed out
-        # Replies to a burst of requests all land in our socket buffer at once; past ~200 KB
-        # (Linux's default) the kernel drops them silently and live nodes look dead. So bulk
-        # RPCs are windowed, and the buffer is enlarged where the system allows.
-        self._bulk_window = asyncio.Semaphore(config.max_inflight)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None:  # room for bursts of replies (lookups also window their requests)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             except OSError as exc:
@@ -279,13 +275,11 @@ class SwarmProtocol(KademliaProtocol):
         return True
 
     async def call_find_entries(self, node: Node, items, want_entries: bool):
-        async with self._bulk_window:
-            result = await self._call((node.ip, node.port), "find_entries", self.source_node.id, items, want_entries)
+        result = await self._call((node.ip, node.port), "find_entries", self.source_node.id, items, want_entries)
         return self.handle_call_response(result, node)
 
     async def call_store_entries(self, node: Node, items):
-        async with self._bulk_window:
-            result = await self._call((node.ip, node.port), "store_entries", self.source_node.id, items)
+        result = await self._call((node.ip, node.port), "store_entries", self.source_node.id, items)
         return self.handle_call_response(result, node)
 
     # -- handlers -------------------------------------------------------------------------
