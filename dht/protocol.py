@@ -317,8 +317,9 @@ class SwarmProtocol(KademliaProtocol):
         if not isinstance(items, list) or len(items) > MAX_FIND_ITEMS or not isinstance(want_entries, bool):
             raise BadRequest(f"find_entries takes at most {MAX_FIND_ITEMS} items and a bool")
         source = Node(nodeid, sender[0], sender[1])
-        self.welcome_if_new(source)
-        return self.answer_find(items, want_entries, exclude=source)
+        reply = self.answer_find(items, want_entries, exclude=source)
+        self.welcome_if_new(source)  # only once the request proved well-formed
+        return reply
 
     def answer_find(self, items, want_entries: bool, exclude: Node | None = None):
         """The find_entries reply; also used directly when a lookup reaches this node itself.

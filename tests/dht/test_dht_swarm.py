@@ -33,6 +33,18 @@ def test_six_servers_on_one_block_are_all_seen_from_every_node(make_swarm):
     assert list_models(nodes[-1]) == {"tiny-model": 24}
 
 
+def test_thirty_servers_on_one_block_are_all_found_across_datagram_pages(make_swarm):
+    nodes = make_swarm(30)
+    pings = {f"{j:032d}": 0.001 * j for j in range(8)}  # ~400-byte entries: 30 need two datagrams
+    for i, s in enumerate(nodes):
+        assert announce_blocks(s, _record(s, 0, 2, next_pings=pings, public_name=f"s{i}"), ttl=60)
+    for reader in (nodes[0], nodes[17]):
+        for _ in range(2):  # the second lookup exchanges hashes of known entries, not entries
+            per_block = fetch_block_servers(reader, "tiny-model", 0, 2)
+            assert [len(b) for b in per_block] == [30, 30]
+            assert per_block[1][nodes[5].peer_id].next_pings == pings
+
+
 def test_expired_entry_is_gone_and_reannounce_updates_it(make_swarm):
     nodes = make_swarm(12)
     server, reader = nodes[4], nodes[9]
