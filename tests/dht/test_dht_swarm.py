@@ -122,3 +122,15 @@ def test_async_twins_work_from_another_event_loop_and_the_nodes_own(make_swarm):
 
     assert asyncio.run(from_foreign_loop()) == (b"v", {})
     assert _run_on(b, b.aget("k"))[a.peer_id].value == b"v"
+
+
+def test_entries_are_handed_to_joining_nodes_and_outlive_their_first_holders(make_swarm):
+    holders = make_swarm(8)
+    for i in range(20):
+        assert holders[1].store(f"handover-{i}", b"v", time.time() + 60)
+    newcomers = make_swarm(24, join=holders[0].address)
+    time.sleep(0.5)  # let the hand-over stores (sent as nodes join) land
+    for node in holders:
+        node.shutdown()
+    found = newcomers[3].get_many([f"handover-{i}" for i in range(20)])
+    assert all(holders[1].peer_id in entries for entries in found.values())
