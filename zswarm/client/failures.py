@@ -36,6 +36,8 @@ def is_server_fault(exc: BaseException) -> bool:
 def retries_exhausted(model_id: str, start: int, end: int, attempts: int,
                       cause: BaseException | None) -> NoRouteError:
     """The error raised when the retry budget is spent on blocks [start, end)."""
+    if isinstance(cause, NoRouteError):  # the DHT lists no one for some blocks: name just those
+        return NoRouteError(cause.missing, model_id, f"still, after {attempts} attempts")
     return NoRouteError([(start, end)], model_id,
                         f"the servers listed for them do not answer: gave up after {attempts} failed "
                         f"attempts; last error: {describe(cause)}")
