@@ -31,7 +31,10 @@ class DHTConfig:
     call_timeout: float = 60.0
     # A lookup gives up after max_lookup_rounds * rpc_timeout seconds in all.
     max_lookup_rounds: int = 12
-    # A lookup stops waiting for a node after straggler_factor x the median reply time seen so
-    # far (at least min_straggler_s) and asks the next closest instead; see lookup.py.
+    # A lookup asks the next closest node as well once a node is slower than straggler_factor x
+    # the median reply time seen so far (at least min_straggler_s), and stops waiting for it
+    # after give_up_factor x that median (at least min_give_up_s); see lookup.py.
     straggler_factor: float = 4.0
     min_straggler_s: float = 0.05
+    give_up_factor: float = 16.0
+    min_give_up_s: float = 0.3

@@ -70,10 +70,11 @@ class MultiKeyLookup:
         """Ask, process replies as they arrive, ask again where a reply revealed closer nodes.
 
         A request still unanswered after `straggler` seconds (a few times the typical reply time
-        of this lookup) no longer holds a key back: its node counts as slow and the next closest
-        node is asked in its place. A dead node then costs one straggler delay, not the full RPC
-        timeout; a slow live node loses nothing, since every entry it holds is also held by the
-        other replicas. Its reply is still used if it comes while the lookup runs."""
+        of this lookup) counts as slow: the next closest node is asked as well, at once. When
+        nothing else is left to ask, the lookup waits for slow nodes that are still among a key's
+        closest up to `give_up` seconds (longer, but well under the RPC timeout), so a busy live
+        replica is still heard while a dead one costs `give_up` once, not a chain of timeouts;
+        its RPC timeout then marks it dead and later lookups skip it."""
         loop = asyncio.get_running_loop()
         config = self.protocol.config
         deadline = loop.time() + config.max_lookup_rounds * config.rpc_timeout
@@ -110,12 +111,23 @@ class MultiKeyLookup:
                 task = asyncio.ensure_future(self._ask(node, items))
                 inflight[task] = (node, now)
                 active.append(task)
-            if not active or now > deadline:
+            median = _median(rtts)
+            straggler = min(config.rpc_timeout, max(config.min_straggler_s, config.straggler_factor * median))
+            give_up = min(config.rpc_timeout, max(config.min_give_up_s, config.give_up_factor * median))
+            if active:
+                waiting = active
+                until = min(inflight[t][1] for t in active) + straggler
+            else:
+                # Nothing new to ask: wait a while longer for slow nodes that are still among
+                # the closest of a key, so a busy (not dead) replica is not left out.
+                waiting = [t for t, (node, sent) in inflight.items()
+                           if now - sent < give_up and self._still_needed(node.id, waiting_on)]
+                if not waiting:
+                    break
+                until = min(inflight[t][1] for t in waiting) + give_up
+            if now > deadline:
                 break
-            straggler = min(config.rpc_timeout, max(config.min_straggler_s,
-                                                    config.straggler_factor * _median(rtts)))
-            oldest = min(sent for t, (node, sent) in inflight.items() if node.id not in slow)
-            done, _ = await asyncio.wait(active, timeout=max(0.0, oldest + straggler - now) + 1e-3,
+            done, _ = await asyncio.wait(waiting, timeout=max(0.0, until - now) + 1e-3,
                                          return_when=asyncio.FIRST_COMPLETED)
             now = loop.time()
             for task in done:
@@ -138,6 +150,13 @@ class MultiKeyLookup:
         if inflight:
             log.debug("lookup left %d slow requests behind", len(inflight))
         return self.lookups
+
+    def _still_needed(self, node_id: bytes, waiting_on: dict) -> bool:
+        """Is this node, though slow, one of the `replicas` closest of a key it was asked about?"""
+        for dkey in waiting_on.get(node_id, ()):
+            if any(n.id == node_id for n in self.lookups[dkey].closest(self.failed, self.replicas)):
+                return True
+        return False
 
     def _absorb(self, node: Node, items, parsed, followups) -> set[bytes]:
         """Take in one reply; returns the keys whose closest set may have changed."""

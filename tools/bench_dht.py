@@ -122,7 +122,7 @@ def bench(n_nodes: int, repeats: int, workers: int, dead_fraction: float, config
             announce_times.append(time.perf_counter() - t0)
             assert ok, "announce failed"
 
-        def lookups(count):
+        def lookups(count, phase="healthy"):
             times, complete = [], True
             for _ in range(count):
                 t0 = time.perf_counter()
@@ -130,7 +130,7 @@ def bench(n_nodes: int, repeats: int, workers: int, dead_fraction: float, config
                 times.append(time.perf_counter() - t0)
                 missing = sum(6 - len(b) for b in per_block)
                 if missing:
-                    print(f"  {n_nodes} nodes: {missing} of {6 * BLOCKS} records not found", file=sys.stderr)
+                    print(f"  {n_nodes} nodes, {phase}: {missing} of {6 * BLOCKS} records not found", file=sys.stderr)
                 complete &= not missing
             return times, complete
 
@@ -156,8 +156,8 @@ def bench(n_nodes: int, repeats: int, workers: int, dead_fraction: float, config
             for conn in conns:
                 conn.recv()
             killed = sum(shares)
-            first_s, first_complete = lookups(1)
-            times, complete = lookups(repeats)
+            first_s, first_complete = lookups(1, "first after deaths")
+            times, complete = lookups(repeats, "after deaths")
             result.update({
                 "dead_nodes": killed, "lookup_dead_first_s": first_s[0],
                 "lookup_dead_p50_s": _pct(times, 0.5), "lookup_dead_p95_s": _pct(times, 0.95),
