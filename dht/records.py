@@ -194,7 +194,8 @@ def _parse_block(model_id: str, block: int, entries, parsed: dict) -> dict[str, 
 
 def fetch_block_servers(node, model_id: str, start: int, end: int) -> list[dict[str, ServerRecord]]:
     """Servers of each block in [start, end), one dict per block in order, in one concurrent
-    lookup. Expired entries and records that fail validation are left out."""
+    lookup. Expired entries and records that fail validation are left out. A server's record is
+    the same object in every block it serves (treat records as read-only)."""
     _check_range(start, end)
     keys = [block_key(model_id, i) for i in range(start, end)]
     found = node.get_many(keys)
