@@ -33,16 +33,14 @@ def test_backward_through_two_spans_gives_whole_model_input_gradients(two_span_p
     (model(inputs_embeds=embeds).logits * weights).sum().backward()
     expected = embeds.grad
 
-    first_hidden = pipe.parts.embed(tokens).detach().requires_grad_(True)  # BLOOM: after its embedding norm
-    h0 = first_hidden.detach()
+    h0 = pipe.parts.embed(tokens)  # BLOOM: after its embedding layernorm
     h1 = pipe.spans[0].forward(h0)
     h2 = pipe.spans[1].forward(h1).clone().requires_grad_(True)
     (pipe.parts.head(pipe.parts.norm(h2)) * weights).sum().backward()
     g1, no_prompt_grad = pipe.spans[1].backward(h1, h2.grad)
     g0, _ = pipe.spans[0].backward(h0, g1)
     assert no_prompt_grad is None
-    # chain through the client's embedding step (identity except BLOOM's layernorm)
-    pipe.parts.embed(tokens)  # embeddings are frozen; map grad to the raw embedding space:
+    # chain g0 back through the client's embedding step (identity except BLOOM's layernorm)
     raw = model.get_input_embeddings()(tokens).detach().requires_grad_(True)
     first = pipe.parts.embeddings.word_embeddings_layernorm(raw) if family == "bloom" else raw
     (first * g0).sum().backward()

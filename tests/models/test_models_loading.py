@@ -140,6 +140,8 @@ def test_unsupported_model_type_names_the_supported_ones(tmp_path):
 def test_unknown_reference_is_a_clear_error(tmp_path):
     with pytest.raises(ModelNotFoundError):
         resolve_model(str(tmp_path / "nope" / "model"))
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE"):
+        resolve_model("no-such-org/no-such-model", hub_cache_dir=str(tmp_path / "empty-hub"))
 
 
 def test_hub_id_loads_offline_from_a_prepopulated_cache_fetching_only_needed_shards(tmp_path, tiny_llama_dir):

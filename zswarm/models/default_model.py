@@ -87,11 +87,15 @@ def _convert(gguf: Path, out_dir: Path) -> None:
     config = LlamaConfig(**config_dict)
     with torch.device("meta"):
         plain = LlamaForCausalLM(config)
-    plain.load_state_dict(loaded.state_dict(), assign=True, strict=False)
+    result = plain.load_state_dict(loaded.state_dict(), assign=True, strict=False)
     plain.tie_weights()
+    left = [name for name, t in plain.state_dict().items() if t.is_meta]
+    if left or result.unexpected_keys:
+        raise RuntimeError(f"GGUF conversion left tensors unfilled {left[:5]} / unknown {result.unexpected_keys[:5]}")
     generation_config = getattr(loaded, "generation_config", None)
     if generation_config is not None:
         plain.generation_config = generation_config
     del loaded
     plain.save_pretrained(str(out_dir), max_shard_size="200MB")
     tokenizer.save_pretrained(str(out_dir))
+

@@ -102,7 +102,10 @@ def resolve_model(model_ref: str, *, model_id: str | None = None, hub_cache_dir:
     from .hub import HubFiles
 
     files = HubFiles(model_ref, revision=revision, cache_dir=hub_cache_dir)
-    config_path = files.fetch("config.json")
+    try:
+        config_path = files.fetch("config.json")
+    except CheckpointError as exc:
+        raise ModelNotFoundError(f"{model_ref!r} is not a local directory, and as a hub id: {exc}") from exc
     for name in TOKENIZER_FILES:  # small, and the client needs them; absent ones are fine
         files.fetch_optional(name)
     return source_from_files(files, config_path.parent, model_id or model_ref)
