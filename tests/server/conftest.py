@@ -10,10 +10,17 @@ TINY_LAYERS = 6
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    from zswarm.models.testing import make_tiny_checkpoint
+def tiny_model_dir(tiny_llama_dir):
+    """tests/conftest.py's tiny Llama (TINY_LAYERS blocks, hidden size 64); its model_id is the dir name."""
+    return str(tiny_llama_dir)
 
-    return str(make_tiny_checkpoint("llama", tmp_path_factory.mktemp("tiny") / "tiny-llama", num_layers=TINY_LAYERS))
+
+@pytest.fixture(scope="session")
+def tiny_model_id(tiny_model_dir):
+    """The DHT name of the tiny model: a local checkpoint's model_id is its directory name."""
+    from pathlib import Path
+
+    return Path(tiny_model_dir).name
 
 
 @pytest.fixture(scope="session")

@@ -9,24 +9,25 @@ from wire import ZmqTransport
 from zswarm.errors import BadPositionError, BlocksNotServedError, CacheFullError
 
 NUM_BLOCKS = 6  # conftest's tiny model
-MODEL_ID = "tiny-llama"
 COMMON = ["--num-blocks", 2, "--throughput", 100, "--no-rebalance", "--device", "cpu", "--attn-cache-tokens", 512,
           "--max-session-length", 256, "--update-period", 2, "--drain-timeout", 2]
 
 
 @pytest.fixture(scope="module")
-def swarm(tiny_model_dir, spawn_server, dht_client):
+def swarm(tiny_model_dir, tiny_model_id, spawn_server, dht_client, tmp_path_factory):
     """Three servers started one after another, each choosing its 2 blocks from what it sees."""
-    first = spawn_server(tiny_model_dir, "--new-swarm", *COMMON).wait_serving()
+    key = tmp_path_factory.mktemp("identity") / "server.key"
+    first = spawn_server(tiny_model_dir, "--new-swarm", "--identity", key, *COMMON).wait_serving()
+    first.identity_path = key
     servers = [first]
     for _ in range(2):
         servers.append(spawn_server(tiny_model_dir, "--initial-peers", first.dht_address, *COMMON).wait_serving())
-    return servers, dht_client(first.dht_address)
+    return servers, dht_client(first.dht_address), tiny_model_id
 
 
-def online_ranges(node, peer_ids=None):
+def online_ranges(node, model_id, peer_ids=None):
     found = set()
-    for per_block in fetch_block_servers(node, MODEL_ID, 0, NUM_BLOCKS):
+    for per_block in fetch_block_servers(node, model_id, 0, NUM_BLOCKS):
         for peer_id, record in per_block.items():
             if record.state == ServerState.ONLINE and (peer_ids is None or peer_id in peer_ids):
                 found.add((peer_id, record.start, record.end))
@@ -34,11 +35,18 @@ def online_ranges(node, peer_ids=None):
 
 
 def test_three_servers_joining_one_after_another_cover_the_model_without_gaps(swarm):
-    servers, node = swarm
+    servers, node, model_id = swarm
     ranges = sorted((s.start, s.end) for s in servers)
     assert ranges == [(0, 2), (2, 4), (4, 6)], ranges
-    announced = online_ranges(node)
+    announced = online_ranges(node, model_id)
     assert {(s.peer_id, s.start, s.end) for s in servers} <= announced
+
+
+def test_identity_file_gives_the_server_its_peer_id(swarm):
+    from dht import Identity
+
+    first = swarm[0][0]
+    assert Identity.load_or_create(first.identity_path).peer_id == first.peer_id
 
 
 def run(coro, timeout=60):
@@ -54,13 +62,13 @@ async def generate(transport, chain, inputs, positions=None):
         sessions.append(reply.meta["session_id"])
     outputs, position = [], 0
     for x in inputs:
+        new_tokens = x.shape[1]
         for server, sid in zip(chain, sessions):
             x = (await transport.call(server.address, "inference_step", {"session_id": sid, "position": position},
                                       [x], timeout=10)).tensors[0]
         outputs.append(x)
-        position += inputs[len(outputs) - 1].shape[1]
-        yield_point = asyncio.sleep(0)
-        await yield_point  # let the other client's step in between ours
+        position += new_tokens
+        await asyncio.sleep(0)  # let the other client's step in between ours
     for server, sid in zip(chain, sessions):
         await transport.call(server.address, "close_session", {"session_id": sid}, timeout=10)
     return outputs
@@ -72,7 +80,7 @@ def client_inputs(seed):
 
 
 def test_two_clients_interleaved_get_the_same_outputs_as_each_alone(swarm, tiny_span):
-    servers, _ = swarm
+    servers = swarm[0]
     chain = sorted(servers, key=lambda s: s.start)
     a_in, b_in = client_inputs(1), client_inputs(2)
 
@@ -144,9 +152,9 @@ def test_typed_errors_cross_the_process_boundary(swarm):
 
 
 def test_after_sigterm_the_server_exits_cleanly_and_no_record_of_it_is_online(swarm):
-    servers, node = swarm
+    servers, node, model_id = swarm
     leaving = servers[-1]
-    assert (leaving.peer_id, leaving.start, leaving.end) in online_ranges(node)
+    assert (leaving.peer_id, leaving.start, leaving.end) in online_ranges(node, model_id)
     assert leaving.terminate() == 0
     assert "as OFFLINE" in leaving.log()
-    assert online_ranges(node, {leaving.peer_id}) == set()
+    assert online_ranges(node, model_id, {leaving.peer_id}) == set()
