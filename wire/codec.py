@@ -37,7 +37,7 @@ _CODECS = ("none", "lz4", "lz4s")
 
 FP16_MAX = 65504.0
 AUTO_MIN_BYTES = 64 << 10   # below this lz4 cannot win back its fixed cost on any real link
-AUTO_MAX_RATIO = 0.85       # compress only if the probe saves at least 15%
+AUTO_MAX_RATIO = 0.9        # compress only if the probe saves at least 10%
 PROBE_BYTES = 32 << 10
 
 

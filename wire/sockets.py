@@ -16,6 +16,7 @@ import logging
 from typing import Callable
 
 import zmq
+import zmq.backend
 
 from .limits import Limits
 
@@ -28,6 +29,16 @@ logger = logging.getLogger(__name__)
 HWM_MESSAGES = 10_000
 # Messages handled per reader callback before yielding to other callbacks on the loop.
 DRAIN_BATCH = 64
+# Frames below this are copied into libzmq (cheaper than pyzmq's zero-copy bookkeeping).
+COPY_BELOW_BYTES = 64 << 10
+
+# The Cython-level calls, as plain ints: pyzmq's sugar wraps EVENTS in an enum and re-checks
+# every frame, a few microseconds per message that both ends of every round trip pay.
+_get = zmq.backend.Socket.get
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 
 
 def sync_context() -> zmq.Context:
@@ -70,9 +81,13 @@ class LoopSocket:
         self._drain_scheduled = False
         sock = self.sock
         for _ in range(DRAIN_BATCH):
-            if self.closed or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if self.closed or not _get(sock, _EVENTS) & _POLLIN:
                 return
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            frame = _recv(sock, _NOBLOCK, False)
+            frames = [frame]
+            while frame.more:  # the rest of a multipart message is already here
+                frame = _recv(sock, _NOBLOCK, False)
+                frames.append(frame)
             try:
                 self.on_message(frames)
             except Exception:  # one bad message must never stop the socket
@@ -81,8 +96,13 @@ class LoopSocket:
 
     def send(self, frames: list) -> None:
         """Send without blocking; raise zmq.Again if the peer's queue is full."""
-        self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        if self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        sock = self.sock
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            # only the first frame can raise Again: later parts of a message always go
+            _send(sock, frame, (_NOBLOCK | _SNDMORE) if i < last else _NOBLOCK,
+                  len(frame) < COPY_BELOW_BYTES)
+        if _get(sock, _EVENTS) & _POLLIN:
             self._schedule_drain()
 
     def close(self) -> None:

@@ -145,7 +145,8 @@ def test_every_dtype_and_compression_crosses_a_real_socket():
     async def main():
         tensors = [torch.randn(3, 5), torch.randn(2, 70_000).half(), torch.zeros(1, 70_000, dtype=torch.bfloat16),
                    torch.arange(9), torch.arange(4, dtype=torch.int32), torch.ones(2, 2, dtype=torch.bool),
-                   torch.empty(0, 4096, dtype=torch.float16)]
+                   torch.empty(0, 4096, dtype=torch.float16),
+                   torch.randn(600_000)]  # > 1 MiB of lz4 payload: decoded off the event loop
         server = await serving({"echo": echo}, compression="lz4")
         for compression in ("none", "lz4", "auto"):
             async with ZmqTransport(compression=compression) as transport:
