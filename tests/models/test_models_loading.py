@@ -76,7 +76,7 @@ def test_peak_memory_of_loading_a_span_is_near_its_weight_bytes(big_llama_dir):
         print(json.dumps({{"extra_peak": peak - before, "span_bytes": nbytes}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     numbers = json.loads(out.stdout.strip().splitlines()[-1])
     model_bytes = sum(p.stat().st_size for p in big_llama_dir.glob("*.safetensors"))
