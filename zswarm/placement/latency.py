@@ -70,7 +70,7 @@ class LatencyModel:
     client_weights: Mapping[str | None, float] | None = None  # region -> share of clients
     hop_overhead: float = 0.005
     relay: str = "client"
-    throughput_slack: float = 0.10
+    throughput_slack: float = 0.0
     target_throughput: float | None = None
     min_gain: float = 0.15
 
