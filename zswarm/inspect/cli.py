@@ -1,0 +1,150 @@
+"""zswarm-inspect: look at a swarm from any machine that can reach one of its DHT nodes.
+
+    zswarm-inspect --initial-peers HOST:PORT                 # every model: health, coverage, servers
+    zswarm-inspect --initial-peers HOST:PORT route MODEL     # the route a client here would take now
+    zswarm-inspect server HOST:PORT                          # one server's info and ping (no DHT)
+    zswarm-inspect --initial-peers HOST:PORT raw KEY         # a DHT key's entries, decoded and checked
+
+Add --json for one JSON document per refresh, --watch SECONDS [--count N] to refresh.
+Exit status: 0 shown; 1 the server did not answer / no route; 2 swarm unreachable or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Callable, Sequence
+
+from zswarm.inspect.fetch import Inspector, InspectError, SwarmUnreachable, expand_key
+from zswarm.inspect.render import render_raw, render_route, render_server, render_swarm
+from zswarm.inspect.views import to_jsonable
+
+EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
+
+
+def _peers(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--initial-peers", action="extend", type=_peers, metavar="HOST:PORT[,HOST:PORT]",
+                        help="DHT address of any node of the swarm (a bootstrap node or a server); repeatable")
+    parser.add_argument("--json", action="store_true", help="print JSON (one document per line with --watch)")
+    parser.add_argument("--watch", type=_positive(float), metavar="SECONDS", help="refresh every SECONDS")
+    parser.add_argument("--count", type=_positive(int), metavar="N", help="with --watch: stop after N refreshes")
+    parser.add_argument("--ping-timeout", type=_positive(float), metavar="S", help="seconds to wait for a ping (2)")
+    parser.add_argument("--host", help="interface our DHT node binds (default: loopback for loopback peers, else all)")
+    parser.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zswarm-inspect", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(parser)
+    sub = parser.add_subparsers(dest="view", metavar="VIEW")
+    # Options may come before or after the view's name: the sub-parsers know them too, but with
+    # no defaults of their own, so they never overwrite a value given before the name.
+    def add(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text, argument_default=argparse.SUPPRESS)
+        _common(p)
+        return p
+
+    swarm = add("swarm", "every model: health, per-block coverage and the servers (the default view)")
+    swarm.add_argument("--model", help="only this model")
+    swarm.add_argument("--no-ping", action="store_true",
+                       help="trust the records, do not ping servers (no RTT; unreachable servers still count)")
+    server = add("server", "info and ping of one server, by its RPC address (no DHT needed)")
+    server.add_argument("address", help="host:port or tcp://host:port (the address in the server table)")
+    route = add("route", "the inference route a client here would take now, and its cost per token")
+    route.add_argument("model", help="model id as servers announce it")
+    route.add_argument("--max-length", type=int, help="session length in tokens to check cache room for (0)")
+    raw = add("raw", "the entries of one DHT key, decoded, with expiry and signature status")
+    raw.add_argument("key", help='a DHT key: "models", "MODEL/block/N", or a full key like zswarm/v1/MODEL/block/N')
+    return parser
+
+
+def make_view(args, inspector: Inspector) -> tuple[Callable[[], object], Callable[[object], str], Callable[[object], int]]:
+    """(fetch, render, exit status) for the chosen view."""
+    view = args.view or "swarm"
+    if view == "swarm":
+        return (lambda: inspector.swarm(getattr(args, "model", None)), render_swarm, lambda v: EXIT_OK)
+    if view == "server":
+        return (lambda: inspector.server(args.address), render_server, lambda v: EXIT_OK)
+    if view == "route":
+        max_length = getattr(args, "max_length", None) or 0
+        return (lambda: inspector.route(args.model, max_length=max_length), render_route,
+                lambda v: EXIT_OK if v.seconds_per_token is not None else EXIT_FAILED)
+    key = expand_key(args.key)
+    return (lambda: inspector.raw(key), lambda v: render_raw(v, time.time()), lambda v: EXIT_OK)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", None) or "WARNING"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level != "DEBUG":  # kademlia warns about every contact that left; that is routine here
+        logging.getLogger("kademlia").setLevel(logging.ERROR)
+    if args.count and not args.watch:
+        print("zswarm-inspect: --count needs --watch", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        inspector = Inspector(args.initial_peers or (), host=args.host, ping_timeout=args.ping_timeout or 2.0,
+                              ping_servers=not getattr(args, "no_ping", False))
+    except InspectError as exc:
+        print(f"zswarm-inspect: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    status = EXIT_OK
+    try:
+        fetch, render, judge = make_view(args, inspector)
+        shown = 0
+        while True:
+            view = fetch()
+            status = judge(view)
+            if args.json:
+                data = view if isinstance(view, dict) else to_jsonable(view)
+                print(json.dumps(data, indent=None if args.watch else 2, sort_keys=True), flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    sys.stdout.write(CLEAR_SCREEN)
+                sys.stdout.write(render(view))
+                sys.stdout.flush()
+            shown += 1
+            if not args.watch or (args.count and shown >= args.count):
+                break
+            if not args.json and not sys.stdout.isatty():
+                print(flush=True)  # a blank line between refreshes when piped
+            time.sleep(args.watch)
+    except SwarmUnreachable as exc:
+        print(f"zswarm-inspect: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except InspectError as exc:
+        print(f"zswarm-inspect: {exc}", file=sys.stderr)
+        return EXIT_FAILED if args.view in ("server", "route") else EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `zswarm-inspect ... | head`
+        return EXIT_OK
+    finally:
+        inspector.close()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
