@@ -5,7 +5,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from conftest import AtStep
-from process_swarm import ProcessSwarm
+from zswarm.client.local_swarm import LocalSwarm
 from zswarm import AutoDistributedModelForCausalLM
 from zswarm.models import resolve_model
 
@@ -22,7 +22,7 @@ def bloom_reference(tiny_bloom_dir):
 @pytest.fixture(scope="module")
 def swarm(tiny_bloom_dir, tmp_path_factory):
     source = resolve_model(str(tiny_bloom_dir))
-    swarm = ProcessSwarm(tiny_bloom_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("bloom-swarm"))
+    swarm = LocalSwarm(tiny_bloom_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("bloom-swarm"))
     try:
         servers = [swarm.start("x", 0, 2), swarm.start("y", 2, 4), swarm.start("z", 4, 6), swarm.start("z2", 4, 6)]
         swarm.wait_online(*servers)

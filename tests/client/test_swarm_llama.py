@@ -10,7 +10,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from conftest import AtStep
-from process_swarm import ProcessSwarm
+from zswarm.client.local_swarm import LocalSwarm
 from zswarm import AutoDistributedModelForCausalLM, NoRouteError
 from zswarm.models import resolve_model
 
@@ -22,7 +22,7 @@ FAST_FAILOVER = dict(wire_dtype="float32", ping_timeout=1.0, liveness_interval_s
 @pytest.fixture(scope="module")
 def swarm(tiny_llama_dir, tmp_path_factory):
     source = resolve_model(str(tiny_llama_dir))
-    swarm = ProcessSwarm(tiny_llama_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("llama-swarm"))
+    swarm = LocalSwarm(tiny_llama_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("llama-swarm"))
     try:
         servers = [swarm.start("a", 0, 2), swarm.start("b", 2, 4), swarm.start("b2", 2, 4), swarm.start("c", 4, 6),
                    swarm.start("d", 2, 3, throughput=2), swarm.start("e", 3, 6, throughput=2)]

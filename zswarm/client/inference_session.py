@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -94,8 +95,10 @@ class InferenceSession:
         self.spans: list[SpanSession] = []
         self.history: dict[int, BoundaryHistory] = {}
         self.closed = False
-        self.failovers = 0                     # servers replaced so far (for tests and benches)
-        self._pending_close: list[SpanSession] = []
+        self.failovers = 0                     # servers replaced so far
+        # (time.monotonic() when noticed, peer_id, what happened) per failure, for tools and tests
+        self.failures: list[tuple[float, str, str]] = []
+        self._closing: set[asyncio.Task] = set()   # close_session calls to replaced servers
         # Token ids of earlier generate() calls, the last one not yet through the blocks:
         # generate(session=...) prepends them so the next call continues the conversation.
         self.output_ids: torch.Tensor | None = None
@@ -173,8 +176,9 @@ class InferenceSession:
         if self.closed:
             return
         self.closed = True
-        await self._close_servers(self.spans + self._pending_close)
-        self.spans, self._pending_close = [], []
+        await self._close_servers(self.spans)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        self.spans = []
 
     # ---- the step loop with failover ------------------------------------------------------
     async def _through_route(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -191,6 +195,7 @@ class InferenceSession:
                 if not is_server_fault(exc):
                     raise
                 attempt += 1
+                self.failures.append((time.monotonic(), span.peer_id, describe(exc)))
                 self.manager.on_failure(span.peer_id, exc)
                 await self._replace(index, attempt=attempt, cause=exc)
                 continue
@@ -203,7 +208,6 @@ class InferenceSession:
                     past.write(replayed_from, replayed)
             hidden = out
             block = span.end
-        await self._flush_pending_close()
         return hidden
 
     async def _step_span(self, span: SpanSession, hidden: torch.Tensor):
@@ -267,12 +271,16 @@ class InferenceSession:
         self.failovers += 1
         logger.warning("server %s failed on blocks %d-%d (%s); rerouting (attempt %d of %d)", failed.peer_id,
                        failed.start, failed.end - 1, describe(cause), attempt, self.config.max_retries)
-        await self.manager.update()
+        # Route from what we know at once (the failed server is banned now); the manager refreshes
+        # from the DHT in the background, and `_route` waits for a refresh if this view has no route.
         new = await self._route(failed.start, failed.end, attempt=attempt, cause=cause)
         if any(self.manager.bans.is_banned(s.peer_id) for s in new):
             await asyncio.sleep(backoff_delay(self.config, attempt))  # only just-failed servers left
         self.spans[index:index + 1] = new
-        self._pending_close.append(failed)
+        # Free the failed server's cache if it is still there, without waiting on a dead server.
+        task = asyncio.ensure_future(self._close_servers([failed]))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
         # Boundaries that no longer exist would go stale: drop their history.
         starts = {span.start for span in self.spans}
         self.history = {block: past for block, past in self.history.items() if block in starts}
@@ -298,11 +306,6 @@ class InferenceSession:
         return past
 
     # ---- cleanup --------------------------------------------------------------------------
-    async def _flush_pending_close(self) -> None:
-        if self._pending_close:
-            dead, self._pending_close = self._pending_close, []
-            await self._close_servers(dead)
-
     async def _close_servers(self, spans: list[SpanSession]) -> None:
         async def close_one(span: SpanSession):
             if span.session_id is None:

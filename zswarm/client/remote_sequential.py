@@ -95,9 +95,9 @@ class RemoteSequential(nn.Module):
                 logger.warning("%s; routing blocks %d-%d again (attempt %d of %d)", exc, start, end - 1,
                                attempt, config.max_retries)
                 route = None
-                if not isinstance(exc, SpanFailed):
+                if not isinstance(exc, SpanFailed):   # no route in our view: wait, then ask the DHT
                     await asyncio.sleep(backoff_delay(config, attempt))
-                await manager.update()
+                    await manager.update()
 
     async def _call(self, span: RouteSpan, method: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         manager = self.swarm.manager

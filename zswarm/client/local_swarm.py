@@ -1,6 +1,13 @@
-"""Real swarms for the proof tests and the benchmark: a DHT bootstrap node in this process and
-`zswarm-server` processes (`python -m zswarm.server.cli`) on loopback, each with an identity file
-so we know its peer id before it starts. Everything started here is killed in `close()`."""
+"""`LocalSwarm`: a real swarm on this machine, for tests, benchmarks and demos -- a DHT bootstrap
+node in this process and `zswarm-server` processes (`python -m zswarm.server.cli`) on loopback,
+each with an identity file so its peer id is known before it starts. Everything started here is
+killed in `close()`.
+
+    swarm = LocalSwarm(model_dir, model_id, num_blocks, workdir)
+    a, b = swarm.start("a", 0, 3), swarm.start("b", 3, 6)
+    swarm.wait_online(a, b)
+    model = AutoDistributedModelForCausalLM.from_pretrained(model_dir, initial_peers=swarm.initial_peers)
+"""
 from __future__ import annotations
 
 import os
@@ -13,6 +20,7 @@ from pathlib import Path
 
 from dht import DHTNode, Identity, ServerState, fetch_block_servers
 
+# The checkout this module runs from, so servers import the same zswarm even when not installed.
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -36,7 +44,7 @@ class ServerProcess:
             return ""
 
 
-class ProcessSwarm:
+class LocalSwarm:
     def __init__(self, model_dir: str | os.PathLike, model_id: str, num_blocks: int, workdir: str | os.PathLike):
         self.model_dir = str(model_dir)
         self.model_id = model_id
@@ -50,12 +58,14 @@ class ProcessSwarm:
     def initial_peers(self) -> list[str]:
         return [self.bootstrap.address]
 
-    def start(self, name: str, start: int, end: int, *, throughput: float = 100.0, extra: tuple = ()) -> ServerProcess:
-        """Launch a server for blocks [start, end); `wait_online` waits for it."""
+    def start(self, name: str, start: int, end: int, *, throughput: float = 100.0, threads: int = 1,
+              extra: tuple = ()) -> ServerProcess:
+        """Launch a server for blocks [start, end), float32 on the CPU with `threads` threads and
+        an announced `throughput` (no measuring); `wait_online` waits for it."""
         identity = self.workdir / f"{name}.key"
         peer_id = Identity.load_or_create(str(identity)).peer_id
         log = self.workdir / f"{name}.log"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         argv = [sys.executable, "-m", "zswarm.server.cli", self.model_dir, "--block-indices", f"{start}:{end}",
                 "--initial-peers", self.bootstrap.address, "--identity", str(identity), "--throughput", str(throughput),
