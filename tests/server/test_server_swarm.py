@@ -1,5 +1,6 @@
 """Real server processes on loopback: joining without gaps, serving a chain, full cache, SIGTERM."""
 import asyncio
+import time
 
 import pytest
 import torch
@@ -40,6 +41,21 @@ def test_three_servers_joining_one_after_another_cover_the_model_without_gaps(sw
     assert ranges == [(0, 2), (2, 4), (4, 6)], ranges
     announced = online_ranges(node, model_id)
     assert {(s.peer_id, s.start, s.end) for s in servers} <= announced
+
+
+def test_records_carry_measured_pings_to_the_servers_of_the_next_block(swarm):
+    servers, node, model_id = swarm
+    by_start = {s.start: s for s in servers}
+    first, second = by_start[0], by_start[2]
+    deadline = time.monotonic() + 20  # re-announced every update period (2 s here)
+    while time.monotonic() < deadline:
+        record = fetch_block_servers(node, model_id, 0, 1)[0].get(first.peer_id)
+        if record is not None and second.peer_id in record.next_pings:
+            break
+        time.sleep(0.2)
+    assert second.peer_id in record.next_pings, record
+    assert 0 < record.next_pings[second.peer_id] < 2.0
+    assert record.cache_tokens_left == 512 and record.throughput == 100
 
 
 def test_identity_file_gives_the_server_its_peer_id(swarm):

@@ -63,11 +63,13 @@ class Server:
         starting = loop.create_task(self.start(), name="start-up")
         stopping = loop.create_task(self._stop.wait(), name="stop signal")
         try:
-            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not starting.done():  # stopped while starting: leave at once
+            done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting in done:
+                starting.result()  # a start-up error ends the run here
+                await stopping
+            else:  # stopped while starting: leave without finishing the start
                 starting.cancel()
-            await asyncio.gather(starting, return_exceptions=not stopping.done())
-            await stopping
+                await asyncio.gather(starting, return_exceptions=True)
         finally:
             stopping.cancel()
             await self.shutdown()
