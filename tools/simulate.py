@@ -97,10 +97,11 @@ def main(argv=None) -> int:
                          f"{petals_ms / (1000 * bound):.2f}x" if bound else "-", f"{c.served_ratio:.3f}",
                          f"{c.capacity_ratio:.3f}", f"{c.coverage_ratio:.3f}",
                          "yes" if c.meets_bar(min_speedup=0.95) else "NO"])
-        print(_table(["scenario", "bound ms/tok", "speedup", "max speedup", "served ratio", "capacity ratio",
+        print(_table(["scenario", "bound ms/tok", "speedup", "petals/bound", "served ratio", "capacity ratio",
                       "coverage ratio", "within 5%"], rows))
-        print("\nspeedup = petals mean / latency mean; max speedup = petals mean / bound (the most any placement "
-              "could give);\nratios are latency / petals; 'within 5%': no metric worse than petals by more than 5%.")
+        print("\nspeedup = petals mean / latency mean; bound = least unloaded time per token any placement could give"
+              "\n(tools/simulator/bound.py), so petals/bound caps the speedup placement can buy, queueing aside;"
+              "\nratios are latency / petals; 'within 5%': no metric worse than petals by more than 5%.")
     print(f"\n{len(results)} runs in {total:.1f} s")
 
     if args.json:

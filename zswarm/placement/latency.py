@@ -1,46 +1,57 @@
 """Our placement: put a server where it most lowers the time per token clients will see.
 
-What makes a token slow in a swarm is, per token: the compute of every block on the servers
-the route uses, plus, per span of the route, one network leg and one call's overhead. Petals
-places a server where the swarm's throughput is weakest; that maximises the swarm's capacity
-but ignores where the server is and how routes will cut the model, so a client's route crosses
-continents and changes server more often than it needs to.
+Per token, a client pays the compute of every block on the servers its route uses, plus, per
+span of the route, one network leg and one call's overhead. Petals places a server where the
+swarm's throughput is weakest; that maximises capacity but ignores where the server is and how
+routes will cut the model.
 
-Options we weighed (see docs/placement_results.md for the numbers):
+What we tried and what the simulator (tools/simulate.py, results in docs/placement_results.md)
+says wins:
 
-- Helix (max-flow placement over a heterogeneous cluster, solved as a MILP) and the joint
-  placement/routing program of arXiv 2512.21884 optimise the whole cluster at once. A volunteer
-  swarm never gets to re-place everyone: servers arrive one at a time, leave without notice, and
-  each decides alone from what the DHT shows. We keep their key idea, that placement must be
-  judged by the routes it enables (the same model the router minimises), and apply it per server.
-- HexGen searches over candidate placements scored by a cost model. We do the same, but the
-  search space for one server is small: the windows of its `n` blocks that start or end where
-  another span starts or ends (a route changes server only at such boundaries, so an unaligned
-  window buys an extra hop), plus the model's ends, the gaps and Petals' own choice.
+- Judge a window by the routes it enables, priced by the router's own cost model. For each
+  candidate window we add the server and route one representative client per region (weighted
+  by where servers are, or `client_weights`) with `zswarm.routing`: fast servers, fewer hops
+  and spans that continue a chain in the same region all fall out of this one number. This is
+  the idea of Helix (max-flow placement) and of arXiv 2512.21884 (joint placement and
+  routing), made per-server: a volunteer swarm never re-places everyone at once, so each server
+  decides alone, on arrival, from what the DHT shows. HexGen's search becomes a search over a
+  handful of windows: those that start or end where another span starts or ends (a route only
+  changes server at such boundaries, so an unaligned window buys an extra hop), the model's
+  ends, the edges of gaps and Petals' own choice.
+- Where this wins big is where Petals' rule gives a continent only part of the model: every
+  route then crosses an ocean once per span (split-regions: 1.7x lower time per token, equal
+  throughput). On larger swarms with several replicas of every block, the router already finds
+  near-floor routes on Petals' placement: the exact lower bound over all placements
+  (tools/simulator/bound.py) leaves at most 1.1-1.3x to gain there, and we get 1.0-1.1x.
+- Giving up throughput for latency did not pay: letting the latency score pick windows that
+  raise the weakest block less (a slack of 3-10%) gained up to 1.2x on some swarms but lost up
+  to 15% capacity on others, depending chaotically on join order. So by default we keep
+  Petals' throughput exactly: among the windows that give the swarm's minimum block throughput
+  its best value, the latency score decides. `throughput_slack` (or `target_throughput`, when
+  the demand is known: "fill the bottleneck only as far as needed") trades capacity back.
 
-The rule (`latency_choose_blocks`), for each candidate window:
+The rule (`latency_choose_blocks`), over the candidate windows:
 
 1. coverage first: fewest blocks that nobody serves;
-2. throughput only as far as needed: keep the windows whose resulting minimum per-block
-   throughput is within `throughput_slack` (10%) of the best window's, or at least
-   `target_throughput` when the caller knows the demand;
-3. among those, the least expected time per token, averaged over representative clients (one
-   per region that has servers, or `client_weights`), each routed by `zswarm.routing` itself
-   over the swarm with this server added: fast servers, fewer hops and near-by servers in a
-   row all fall out of this one number. Unserved blocks count as served by a far, slow
-   stand-in, so even before the model is covered, a server extends the chain nearest to it.
+2. throughput: the windows whose resulting minimum per-block throughput is within
+   `throughput_slack` (default 0) of the best window's, or at least `target_throughput`;
+3. the least expected time per token over the representative clients; unserved blocks count
+   as served by a far, slow stand-in, so even before the model is covered a server extends the
+   chain nearest to it. Ties go to Petals' order.
 
-Ties go to Petals' order. Rebalancing (`latency_should_move`) re-runs the same choice with the
-server taken out and moves only for a real gain: fewer unserved blocks, or a minimum
-throughput that is now below `balance_quality` of what the move gives (Petals' test, but on
-this move alone), or a time per token lower by `min_gain` (15%) without losing more than
-`throughput_slack` of throughput. The margins are the hysteresis: the move back can never pass
-the same test; and of identical servers on the same blocks only the one with the smallest
-peer_id moves in a given check (see `has_senior_twin`).
+Rebalancing (`latency_should_move`) re-runs the same choice with the server taken out and
+moves only for a real gain: fewer unserved blocks, or a minimum throughput that is now below
+`balance_quality` of what the move gives (Petals' test, but on this move alone), or a time per
+token lower by `min_gain` (15%) without losing more than `throughput_slack` of throughput. The
+margins are the hysteresis: the move back can never pass the same test; and of identical
+servers on the same blocks only the one with the smallest peer_id moves in a given check (see
+`has_senior_twin`).
 
-Distances: `region_rtt(a, b)` (a dict keyed by region pairs or a function) when the caller has
-them; else measured pings (`next_pings`, `pings` of the joining server); else defaults by
-whether regions match.
+Distances: client-to-server RTTs come from `region_rtt(a, b)` (a dict keyed by region pairs or a
+function) for servers whose `region` is known, else from defaults by whether regions match. A
+real server that knows no regions gets one representative client at an unknown distance from
+everyone: the score then rewards fewer hops and faster servers only. Server-to-server legs
+(relay "server") use the announced `next_pings` and the joining server's measured `pings`.
 """
 
 from __future__ import annotations
