@@ -89,3 +89,15 @@ def test_rollback_then_new_tokens_equals_running_them_fresh(swarm, connect, llam
     with model.inference_session(max_length=16) as fresh:
         expected = fresh.step(hidden)[:, 2:6]
     torch.testing.assert_close(tail, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_long_prefill_and_replay_go_in_requests_under_the_token_cap(swarm, connect, llama_reference):
+    swarm.add(0, 3)
+    middle = swarm.add(3, 6)
+    model = connect(max_request_tokens=4)
+    spare = swarm.add(3, 6)
+    out = model.generate(PROMPT, max_new_tokens=10,
+                         stopping_criteria=StoppingCriteriaList([AtStep(6, lambda: swarm.kill(middle))]))
+    assert torch.equal(out, llama_reference.generate(PROMPT, max_new_tokens=10))
+    # killed holding 10 tokens: the spare gets them as 4 + 4 + (2 + the new one), then 3 more steps
+    assert spare.steps == 3 + 3

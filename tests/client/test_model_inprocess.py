@@ -70,3 +70,30 @@ def test_forward_and_backward_route_around_a_vanished_server(swarm, connect, lla
     llama_reference(inputs_embeds=ref_embeds).logits.sum().backward()
     torch.testing.assert_close(embeds.grad, ref_embeds.grad)
     assert torch.equal(model(ids).logits, llama_reference(ids).logits)
+
+
+def test_default_wire_dtype_sends_float16_and_stays_close_to_the_local_model(swarm, connect, llama_reference):
+    swarm.add(0, 3), swarm.add(3, 6)
+    model = connect(wire_dtype="auto")
+    assert model.wire_dtype == torch.float16      # the tiny llama is a float32 checkpoint
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    torch.testing.assert_close(model(ids).logits, llama_reference(ids).logits, atol=2e-2, rtol=2e-2)
+    with model.inference_session(max_length=16) as session:
+        out = session.step(model.parts.embed(ids))
+    assert out.dtype == torch.float32
+
+
+def test_a_big_forward_batch_goes_in_capped_requests_and_stays_exact(swarm, connect, llama_reference):
+    first, second = swarm.add(0, 6), swarm.add(0, 6)
+    model = connect(max_request_tokens=16)
+    ids = torch.randint(0, 256, (6, 8), generator=torch.Generator().manual_seed(1))
+    embeds = model.parts.embed(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds).logits
+    logits.square().mean().backward()
+    forwards = [address for address, method in swarm.transport.calls if method == "forward"]
+    assert len(forwards) == 3                       # 6 rows x 8 tokens in requests of 16 tokens
+    ref_embeds = llama_reference.get_input_embeddings()(ids).detach().requires_grad_(True)
+    ref_logits = llama_reference(inputs_embeds=ref_embeds).logits
+    ref_logits.square().mean().backward()
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(embeds.grad, ref_embeds.grad)

@@ -105,3 +105,42 @@ def test_blocks_nobody_serves_raise_no_route_error_naming_them():
         with pytest.raises(NoRouteError, match="block 2 of m is served by no one"):
             await manager.make_inference_route(0, 5)
     asyncio.run(main())
+
+
+def test_measured_rtt_steers_the_route_away_from_a_far_server():
+    async def main():
+        async def far_pong(request):
+            await asyncio.sleep(0.1)
+            return {}, []
+
+        manager = _manager([_record("near", 0, 4), _record("far", 0, 4, rps=1000.0)])
+        manager.transport.add_server("tcp://far:1", {"ping": far_pong})
+        await manager.update()
+        assert manager.rtts["far"] > manager.rtts["near"]
+        route = await manager.make_inference_route(0, 4)
+        assert [s.peer_id for s in route] == ["near"]
+    asyncio.run(main())
+
+
+def test_a_server_without_cache_room_for_the_session_is_avoided():
+    async def main():
+        manager = _manager([_record("full", 0, 4, cache=100, rps=1000.0), _record("roomy", 0, 4, cache=10_000)])
+        await manager.update()
+        route = await manager.make_inference_route(0, 4, batch_size=2, max_length=512)
+        assert [s.peer_id for s in route] == ["roomy"]
+        small = await manager.make_inference_route(0, 4, batch_size=1, max_length=50)
+        assert [s.peer_id for s in small] == ["full"]     # faster, and room enough for this one
+    asyncio.run(main())
+
+
+def test_a_server_that_stops_answering_pings_fails_a_call_before_its_timeout():
+    async def main():
+        async def hang(request):
+            await asyncio.sleep(60)
+
+        manager = _manager([_record("a", 0, 4)], liveness_interval_s=0.05, ping_timeout=0.05)
+        manager.transport.add_server("tcp://a:1", {"ping": hang, "inference_step": hang})
+        from wire import RequestTimeout
+        with pytest.raises(RequestTimeout, match="stopped answering pings"):
+            await manager.call("tcp://a:1", "inference_step", {}, timeout=30)
+    asyncio.run(main())

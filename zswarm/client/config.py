@@ -36,6 +36,10 @@ class ClientConfig:
     # Seconds a server may make us wait for cache room when a session opens (sent to it).
     cache_wait_timeout: float = 1.0
 
+    # Most tokens (batch x sequence) one request carries: longer prefills, replays and forward
+    # batches are split. Below the servers' own cap (their --max-request-tokens, 8192 by default).
+    max_request_tokens: int = 4096
+
     # Retry budget: failed attempts in a row at one operation (a step, a forward of one span)
     # before the client gives up with NoRouteError. Each failure bans the server it blamed.
     max_retries: int = 5
@@ -69,6 +73,8 @@ class ClientConfig:
             self.allowed_servers = tuple(self.allowed_servers)
         if self.wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {WIRE_DTYPES}, not {self.wire_dtype!r}")
+        if self.max_request_tokens < 1:
+            raise ValueError("max_request_tokens must be at least 1")
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         for name in ("step_timeout", "request_timeout", "ping_timeout", "liveness_interval_s", "refresh_period_s"):

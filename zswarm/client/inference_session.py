@@ -51,17 +51,22 @@ class SpanSession:
 
 
 class BoundaryHistory:
-    """The hidden states sent into one boundary block, `[batch, max_length, hidden]`,
-    preallocated so that a token step writes in place instead of copying the past."""
+    """The hidden states sent into one boundary block, `[batch, positions, hidden]`, in a buffer
+    grown by doubling, so that a token step writes in place instead of copying the past."""
 
-    def __init__(self, batch: int, max_length: int, hidden_size: int, dtype: torch.dtype):
-        self.buffer = torch.empty(batch, max_length, hidden_size, dtype=dtype)
+    def __init__(self, batch: int, hidden_size: int, dtype: torch.dtype, capacity: int = 64):
+        self.buffer = torch.empty(batch, capacity, hidden_size, dtype=dtype)
         self.length = 0
 
     def write(self, position: int, states: torch.Tensor) -> None:
         if position > self.length:
             raise RuntimeError(f"history gap: writing at {position}, holding {self.length}")  # a bug
         end = position + states.shape[1]
+        if end > self.buffer.shape[1]:
+            grown = self.buffer.new_empty(self.buffer.shape[0], max(end, 2 * self.buffer.shape[1]),
+                                          self.buffer.shape[2])
+            grown[:, :position] = self.buffer[:, :position]
+            self.buffer = grown
         self.buffer[:, position:end] = states
         self.length = end
 
@@ -142,9 +147,15 @@ class InferenceSession:
                                      f"{self.max_length}; open it with a larger max_length")
         if hypo_ids is not None:
             self.reorder(hypo_ids)
-        out = await self._through_route(to_wire_dtype(hidden.detach().cpu(), self.wire_dtype))
-        self.position += n
-        return out.to(hidden.device, hidden.dtype)
+        outputs = []
+        # A long prefill goes in pieces that each fit a server's cap on tokens per request.
+        for piece in to_wire_dtype(hidden.detach().cpu(), self.wire_dtype).split(self._tokens_per_row(), dim=1):
+            outputs.append(await self._through_route(piece))
+            self.position += piece.shape[1]
+        return torch.cat(outputs, dim=1).to(hidden.device, hidden.dtype)
+
+    def _tokens_per_row(self) -> int:
+        return max(1, self.config.max_request_tokens // (self.batch_size or 1))
 
     def reorder(self, hypo_ids: torch.Tensor) -> None:
         """Beam search picked rows `hypo_ids` (row i continues old row hypo_ids[i])."""
@@ -182,10 +193,13 @@ class InferenceSession:
 
     # ---- the step loop with failover ------------------------------------------------------
     async def _through_route(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`hidden` at positions position.. through blocks [start, end); the retry budget
+        (`max_retries` failed attempts) is for the whole of this step."""
+        attempt = 0
         if not self.spans:
-            self.spans = await self._route(self.start, self.end, attempt=0, cause=None)
+            self.spans, attempt = await self._route(self.start, self.end, attempt=0, cause=None)
             self._log_route()
-        block, attempt = self.start, 0
+        block = self.start
         while block < self.end:
             index = self._span_index_at(block)
             span = self.spans[index]
@@ -197,7 +211,7 @@ class InferenceSession:
                 attempt += 1
                 self.failures.append((time.monotonic(), span.peer_id, describe(exc)))
                 self.manager.on_failure(span.peer_id, exc)
-                await self._replace(index, attempt=attempt, cause=exc)
+                attempt = await self._replace(index, attempt=attempt, cause=exc)
                 continue
             self.manager.on_success(span.peer_id)
             self._history_at(block, hidden).write(self.position, hidden)
@@ -211,32 +225,40 @@ class InferenceSession:
         return hidden
 
     async def _step_span(self, span: SpanSession, hidden: torch.Tensor):
-        """One inference_step on `span`, preceded by the history it lacks. Returns
-        (replay start position, replay outputs, step outputs)."""
+        """One step on `span`, preceded by the history it lacks (a fresh server: all of it).
+        Returns (position the replay started at, replay outputs, step outputs)."""
         if span.session_id is None:
             await self._open(span)
-        lagging_from = span.position
-        lag = self.position - lagging_from
-        if lag < 0:
+        if span.position > self.position:
             raise RuntimeError("a span never holds more than the session")  # rollback keeps this true
-        if lag:
-            past = self.history.get(span.start)
-            if past is None or past.length < self.position:
-                raise RuntimeError(f"no history to rebuild blocks {span.start}-{span.end - 1} from")  # a bug
-            inputs = torch.cat([past.read(lagging_from, self.position), hidden], dim=1)
-        else:
-            inputs = hidden
-        meta = {"session_id": span.session_id, "position": lagging_from, "tensor_names": ["hidden"]}
+        replayed_from, replayed = span.position, []
+        past = self.history.get(span.start)
+        if span.position < self.position and (past is None or past.length < self.position):
+            raise RuntimeError(f"no history to rebuild blocks {span.start}-{span.end - 1} from")  # a bug
+        per_row = self._tokens_per_row()
+        # Replay in pieces of at most per_row tokens; the last one travels with the new tokens.
+        while span.position < self.position and self.position - span.position + hidden.shape[1] > per_row:
+            replayed.append(await self._send(span, past.read(span.position, min(span.position + per_row,
+                                                                                self.position))))
+        lag = self.position - span.position
+        inputs = torch.cat([past.read(span.position, self.position), hidden], dim=1) if lag else hidden
+        out = await self._send(span, inputs)
+        replayed.append(out[:, :lag])
+        return replayed_from, torch.cat(replayed, dim=1), out[:, lag:]
+
+    async def _send(self, span: SpanSession, inputs: torch.Tensor) -> torch.Tensor:
+        """inference_step of `inputs` at the span's position; the span then holds them too."""
+        meta = {"session_id": span.session_id, "position": span.position, "tensor_names": ["hidden"]}
         tensors = [inputs]
         if span.pending_hypo_ids is not None:
             meta["tensor_names"].append("hypo_ids")
             tensors.append(span.pending_hypo_ids)
-        timeout = self.config.step_timeout if (not lag and hidden.shape[1] == 1) else self.config.request_timeout
+        timeout = self.config.step_timeout if inputs.shape[1] == 1 else self.config.request_timeout
         reply = await self.manager.call(span.address, "inference_step", meta, tensors, timeout=timeout)
         out = _single_hidden(reply, expected=inputs.shape, peer=span.peer_id).to(self.wire_dtype)
         span.pending_hypo_ids = None
-        span.position = self.position + hidden.shape[1]
-        return lagging_from, out[:, :lag], out[:, lag:]
+        span.position += inputs.shape[1]
+        return out
 
     async def _open(self, span: SpanSession) -> None:
         meta = {"start": span.start, "end": span.end, "max_length": self.max_length,
@@ -248,8 +270,10 @@ class InferenceSession:
         span.session_id, span.position, span.pending_hypo_ids = session_id, 0, None
 
     # ---- routing and replacement ----------------------------------------------------------
-    async def _route(self, start: int, end: int, *, attempt: int, cause: BaseException | None) -> list[SpanSession]:
-        """Route [start, end), retrying within the budget; returns the new span sessions."""
+    async def _route(self, start: int, end: int, *, attempt: int,
+                     cause: BaseException | None) -> tuple[list[SpanSession], int]:
+        """Route [start, end) within the retry budget; returns the new span sessions and the
+        count of failed attempts so far."""
         while True:
             try:
                 route = await self.manager.make_inference_route(
@@ -262,9 +286,9 @@ class InferenceSession:
                     raise retries_exhausted(self.manager.model_id, start, end, attempt, cause) from exc
                 await asyncio.sleep(backoff_delay(self.config, attempt))
                 await self.manager.update()
-        return [SpanSession(r.peer_id, self.manager.address(r.peer_id), r.start, r.end) for r in route]
+        return [SpanSession(r.peer_id, self.manager.address(r.peer_id), r.start, r.end) for r in route], attempt
 
-    async def _replace(self, index: int, *, attempt: int, cause: BaseException) -> None:
+    async def _replace(self, index: int, *, attempt: int, cause: BaseException) -> int:
         failed = self.spans[index]
         if attempt > self.config.max_retries:
             raise retries_exhausted(self.manager.model_id, failed.start, failed.end, attempt, cause) from cause
@@ -273,7 +297,7 @@ class InferenceSession:
                        failed.start, failed.end - 1, describe(cause), attempt, self.config.max_retries)
         # Route from what we know at once (the failed server is banned now); the manager refreshes
         # from the DHT in the background, and `_route` waits for a refresh if this view has no route.
-        new = await self._route(failed.start, failed.end, attempt=attempt, cause=cause)
+        new, attempt = await self._route(failed.start, failed.end, attempt=attempt, cause=cause)
         if any(self.manager.bans.is_banned(s.peer_id) for s in new):
             await asyncio.sleep(backoff_delay(self.config, attempt))  # only just-failed servers left
         self.spans[index:index + 1] = new
@@ -285,6 +309,7 @@ class InferenceSession:
         starts = {span.start for span in self.spans}
         self.history = {block: past for block, past in self.history.items() if block in starts}
         self._log_route()
+        return attempt
 
     def _log_route(self) -> None:
         level = logging.INFO if self.config.show_route else logging.DEBUG
@@ -302,7 +327,7 @@ class InferenceSession:
     def _history_at(self, block: int, like: torch.Tensor) -> "BoundaryHistory":
         past = self.history.get(block)
         if past is None:
-            past = self.history[block] = BoundaryHistory(like.shape[0], self.max_length, like.shape[2], like.dtype)
+            past = self.history[block] = BoundaryHistory(like.shape[0], like.shape[2], like.dtype)
         return past
 
     # ---- cleanup --------------------------------------------------------------------------

@@ -115,16 +115,34 @@ class RemoteSequential(nn.Module):
 
 
 class _RemoteBlocks(torch.autograd.Function):
+    """Rows go in groups of at most `max_request_tokens` tokens, each group on its own forward
+    route (drawn at random by throughput), concurrently: a big batch spreads over replicas."""
+
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, sequential: RemoteSequential) -> torch.Tensor:
         wire = to_wire_dtype(hidden.detach().cpu(), sequential.wire_dtype)
-        out, saved = sequential.swarm.run(sequential.aforward(wire))
-        ctx.sequential, ctx.saved = sequential, saved
-        return out.to(hidden.device, hidden.dtype)
+        groups = wire.split(_rows_per_request(sequential, wire.shape[1]), dim=0)
+
+        async def run_all():
+            return await asyncio.gather(*(sequential.aforward(group) for group in groups))
+
+        results = sequential.swarm.run(run_all())
+        ctx.sequential, ctx.saved = sequential, [saved for _, saved in results]
+        return torch.cat([out for out, _ in results], dim=0).to(hidden.device, hidden.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         sequential = ctx.sequential
         wire = to_wire_dtype(grad_out.detach().cpu(), sequential.wire_dtype)
-        grad = sequential.swarm.run(sequential.abackward(ctx.saved, wire))
-        return grad.to(grad_out.device, grad_out.dtype), None
+        groups = wire.split(_rows_per_request(sequential, wire.shape[1]), dim=0)
+
+        async def run_all():
+            return await asyncio.gather(*(sequential.abackward(saved, group)
+                                          for saved, group in zip(ctx.saved, groups)))
+
+        grads = sequential.swarm.run(run_all())
+        return torch.cat(grads, dim=0).to(grad_out.device, grad_out.dtype), None
+
+
+def _rows_per_request(sequential: RemoteSequential, seq_len: int) -> int:
+    return max(1, sequential.swarm.config.max_request_tokens // max(seq_len, 1))
