@@ -1,7 +1,8 @@
 """How many blocks fit, from block bytes by dtype/quantization plus each block's share of the cache."""
 import pytest
 
-from zswarm.server.memory import BlockShape, InsufficientMemoryError, block_bytes, cache_bytes, plan_num_blocks
+from zswarm.server.memory import (BlockShape, InsufficientMemoryError, block_bytes, cache_bytes, fit_cache_tokens,
+                                  plan_num_blocks)
 
 GIB = 1 << 30
 LLAMA_7B = BlockShape(params=202_383_360, kv_heads=32, head_dim=128)
@@ -38,3 +39,13 @@ def test_plan_counts_weights_and_cache_share_per_block():
 def test_plan_says_what_to_do_when_nothing_fits():
     with pytest.raises(InsufficientMemoryError, match="--quant"):
         plan_num_blocks(GIB, LLAMA_7B, "float16", "none", 8192, 32)
+
+
+def test_default_cache_budget_shrinks_to_what_fits_beside_the_weights():
+    weights = 16 * block_bytes(LLAMA_7B, "float16")
+    per_token = cache_bytes(LLAMA_7B, "float16", 1, 16)
+    free = int((weights + 1000 * per_token + GIB) / 0.9) + 1
+    assert fit_cache_tokens(free, LLAMA_7B, "float16", "none", 16, wanted=16384) == 1000
+    assert fit_cache_tokens(free * 10, LLAMA_7B, "float16", "none", 16, wanted=16384) == 16384
+    with pytest.raises(InsufficientMemoryError, match="no room for a KV cache"):
+        fit_cache_tokens(int((weights + GIB) / 0.9), LLAMA_7B, "float16", "none", 16, wanted=16384)

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif name in _INTS or name in _FLOATS or name in _STRINGS:
             kwargs = dict(type=int if name in _INTS else float if name in _FLOATS else str)
         else:
-            continue  # not a command-line setting (e.g. `extra`)
+            raise TypeError(f"ServerConfig.{name} has no command-line flag")  # a new field needs one here
         flag = name if name == "model" else "--" + name.replace("_", "-")
         parser.add_argument(flag, help=described(name), **kwargs)
     return parser

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -57,7 +57,7 @@ class ServerConfig:
     throughput_cache: Optional[str] = None  # measured-throughput cache file; default $ZSWARM_CACHE/throughput.json
 
     # --- sessions and limits ---------------------------------------------------------------
-    attn_cache_tokens: Optional[int] = None  # KV-cache budget in tokens (all sessions); default from memory
+    attn_cache_tokens: Optional[int] = None  # KV-cache budget in tokens, all sessions; default: 16384 on GPU (less if free memory is short), 8192 on CPU
     max_session_length: int = 8192  # longest session (tokens, prompt included) a client may open
     max_batch_size: int = 64  # largest batch (beams) of one session or request
     max_request_tokens: int = 8192  # cap on batch x seq of one step, forward or backward
@@ -70,9 +70,6 @@ class ServerConfig:
     expiration_periods: float = 3.0  # records expire after this many update periods
     drain_timeout: float = 10.0  # seconds to let open sessions finish on shutdown or a move
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
-
-    # free-form extras for tests and tools (never set from the CLI)
-    extra: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         _choice("device", self.device, DEVICES)

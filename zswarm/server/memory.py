@@ -100,6 +100,18 @@ def plan_num_blocks(
     return min(fits, total_blocks)
 
 
+def fit_cache_tokens(free_bytes: int, shape: BlockShape, dtype: str, quant: str, num_blocks: int, wanted: int,
+                     *, headroom: float = 0.9, reserve_bytes: int = 1 << 30) -> int:
+    """The cache budget (tokens) that fits beside `num_blocks` blocks' weights: `wanted`, or less."""
+    usable = free_bytes * headroom - reserve_bytes - num_blocks * block_bytes(shape, dtype, quant)
+    fits = int(usable // cache_bytes(shape, dtype, 1, num_blocks)) if usable > 0 else 0
+    if fits < 1:
+        raise InsufficientMemoryError(
+            f"{num_blocks} blocks ({dtype}, quant={quant}) leave no room for a KV cache in "
+            f"{free_bytes / 2**30:.2f} GiB free; host fewer blocks or use --quant")
+    return min(wanted, fits)
+
+
 def default_cache_tokens(device: str) -> int:
     return DEFAULT_CACHE_TOKENS_GPU if device.startswith("cuda") else DEFAULT_CACHE_TOKENS_CPU
 

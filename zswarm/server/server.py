@@ -26,7 +26,7 @@ from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
 from zswarm.server.config import ConfigError, ServerConfig
 from zswarm.server.handlers import ServerRPC, ServingState
-from zswarm.server.memory import BlockShape, default_cache_tokens, free_device_bytes, plan_num_blocks
+from zswarm.server.memory import BlockShape, default_cache_tokens, fit_cache_tokens, free_device_bytes, plan_num_blocks
 from zswarm.server.quant import check_quant_available
 from zswarm.server.rebalancer import Rebalancer, choose_initial_blocks
 from zswarm.server.sessions import SessionManager
@@ -105,6 +105,9 @@ class Server:
         shape = BlockShape.from_source(source)
         cache_tokens = cfg.attn_cache_tokens or default_cache_tokens(device)
         blocks_to_host = self._plan_blocks(shape, dtype_name, cache_tokens, device, source.num_blocks)
+        if cfg.attn_cache_tokens is None and device.startswith("cuda"):  # the default shrinks to what fits
+            cache_tokens = fit_cache_tokens(free_device_bytes(device), shape, dtype_name, cfg.quant, blocks_to_host,
+                                            cache_tokens)
         self.rates = await loop.run_in_executor(None, self._get_rates, blocks_to_host)
         throughput = cfg.throughput or self.rates.throughput(blocks_to_host)
 
