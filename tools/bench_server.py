@@ -82,13 +82,18 @@ class ServerProcess:
         self._log.close()
 
 
-def start_chain(model_dir: str, ranges: list, extra: list, log_dir: Path, timeout: float) -> list:
+def start_chain(model_dir: str, ranges: list, extra: list, log_dir: Path, timeout: float,
+                measure_first: bool = False) -> list:
+    """Servers for `ranges`, one after another; the first starts the swarm (and, with
+    `measure_first`, measures its throughput; the others announce a fixed one)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     servers = []
     try:
         for i, (start, end) in enumerate(ranges):
             join = ["--new-swarm"] if i == 0 else ["--initial-peers", servers[0].dht_address]
-            args = [model_dir, *join, "--block-indices", f"{start}:{end}", "--throughput", 1, *extra]
+            rate = (["--throughput-cache", log_dir / "throughput.json"] if measure_first and i == 0
+                    else ["--throughput", 1])
+            args = [model_dir, *join, "--block-indices", f"{start}:{end}", *rate, *extra]
             servers.append(ServerProcess(args, log_dir, f"server{i}-{start}-{end}", env).wait_serving(timeout))
     except BaseException:
         for server in servers:
@@ -246,6 +251,14 @@ def make_random_llama(out: Path, shape: str, device: str) -> Path:
     return out
 
 
+async def server_info(server) -> dict:
+    transport = ZmqTransport()
+    try:
+        return (await transport.call(server.address, "info", timeout=30)).meta
+    finally:
+        await transport.close()
+
+
 def swarm_decode(model_dir: str, servers: list, device: str, prompt: torch.Tensor, new_tokens: int) -> list:
     """Greedy decoding through the chain; seconds per generated token (prefill excluded)."""
     from zswarm.models import load_client_parts, resolve_model
@@ -326,9 +339,12 @@ def gpu_section(args, log_dir: Path) -> list:
         extra = ["--device", device, "--dtype", "float16", "--quant", quant, "--attn-cache-tokens", 8192,
                  "--max-session-length", 4096]
         began = time.monotonic()
-        servers = start_chain(model_dir, [(0, half), (half, layers)], extra, log_dir, args.timeout)
+        servers = start_chain(model_dir, [(0, half), (half, layers)], extra, log_dir, args.timeout,
+                              measure_first=True)
         row["servers_up_s"] = time.monotonic() - began
         try:
+            info = asyncio.run(server_info(servers[0]))
+            row.update({k: info[k] for k in ("inference_rps", "forward_rps", "throughput")})
             times = swarm_decode(model_dir, servers, device, prompt, args.new_tokens)
         finally:
             for server in servers:
@@ -344,14 +360,16 @@ def gpu_section(args, log_dir: Path) -> list:
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(f"\nGPU: Llama-{args.gpu_shape}-shaped, random fp16 weights, 2 server processes on one {name}; "
           f"prompt {args.prompt_tokens}, {args.new_tokens} new tokens, greedy")
-    print(f"{'quant':>6} {'swarm ms/token':>15} {'local HF ms/token':>18} {'swarm/local':>12}  note")
+    print(f"{'quant':>6} {'swarm ms/token':>15} {'local HF ms/token':>18} {'swarm/local':>12} "
+          f"{'measured steps/s/block':>23}  note")
     for r in rows:
         if "skipped" in r:
-            print(f"{r['quant']:>6} {'-':>15} {'-':>18} {'-':>12}  skipped: {r['skipped'][:80]}")
+            print(f"{r['quant']:>6} {'-':>15} {'-':>18} {'-':>12} {'-':>23}  skipped: {r['skipped'][:80]}")
             continue
         local = r.get("local_ms_per_token")
         print(f"{r['quant']:>6} {r['swarm_ms_per_token']:>15.2f} {local if local is None else f'{local:.2f}':>18} "
-              f"{r.get('swarm_over_local', float('nan')):>12.2f}  {r.get('local_error', '')[:80]}")
+              f"{r.get('swarm_over_local', float('nan')):>12.2f} {r['inference_rps']:>23.1f}  "
+              f"{r.get('local_error', '')[:80]}")
     return rows
 
 
