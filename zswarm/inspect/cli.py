@@ -49,6 +49,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", type=_positive(float), metavar="SECONDS", help="refresh every SECONDS")
     parser.add_argument("--count", type=_positive(int), metavar="N", help="with --watch: stop after N refreshes")
     parser.add_argument("--ping-timeout", type=_positive(float), metavar="S", help="seconds to wait for a ping (2)")
+    parser.add_argument("--timeout", type=_positive(float), metavar="S", help="seconds to wait for a server's info (5)")
     parser.add_argument("--host", help="interface our DHT node binds (default: loopback for loopback peers, else all)")
     parser.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -95,22 +96,16 @@ def make_view(args, inspector: Inspector) -> tuple[Callable[[], object], Callabl
     return (lambda: inspector.raw(key), lambda v: render_raw(v, time.time()), lambda v: EXIT_OK)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = getattr(args, "log_level", None) or "WARNING"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if level != "DEBUG":  # kademlia warns about every contact that left; that is routine here
-        logging.getLogger("kademlia").setLevel(logging.ERROR)
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.count and not args.watch:
-        print("zswarm-inspect: --count needs --watch", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    try:
-        inspector = Inspector(args.initial_peers or (), host=args.host, ping_timeout=args.ping_timeout or 2.0,
-                              ping_servers=not getattr(args, "no_ping", False))
-    except InspectError as exc:
-        print(f"zswarm-inspect: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    status = EXIT_OK
+        parser.error("--count needs --watch")
+    return args
+
+
+def run(args: argparse.Namespace, inspector: Inspector) -> int:
+    """Show the chosen view (refreshing with --watch) through `inspector`; returns the exit status."""
     try:
         fetch, render, judge = make_view(args, inspector)
         shown = 0
@@ -127,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.flush()
             shown += 1
             if not args.watch or (args.count and shown >= args.count):
-                break
+                return status
             if not args.json and not sys.stdout.isatty():
                 print(flush=True)  # a blank line between refreshes when piped
             time.sleep(args.watch)
@@ -141,9 +136,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except BrokenPipeError:  # `zswarm-inspect ... | head`
         return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    level = getattr(args, "log_level", None) or "WARNING"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level != "DEBUG":  # kademlia warns about every contact that left; that is routine here
+        logging.getLogger("kademlia").setLevel(logging.ERROR)
+    try:
+        inspector = Inspector(args.initial_peers or (), host=args.host, ping_timeout=args.ping_timeout or 2.0,
+                              info_timeout=args.timeout or 5.0, ping_servers=not getattr(args, "no_ping", False))
+    except InspectError as exc:
+        print(f"zswarm-inspect: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    try:
+        return run(args, inspector)
     finally:
         inspector.close()
-    return status
 
 
 if __name__ == "__main__":

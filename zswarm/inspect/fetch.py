@@ -14,7 +14,7 @@ from typing import Sequence
 
 import msgpack
 
-from dht import DHTNode, ServerRecord, afetch_block_servers, alist_models
+from dht import DHTConfig, DHTNode, ServerRecord, afetch_block_servers, alist_models
 from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry, RecordError
 from dht.node import parse_address
 from dht.records import MAX_BLOCKS, MODELS_KEY, block_key
@@ -23,6 +23,10 @@ from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmView, asses
 
 logger = logging.getLogger(__name__)
 
+# Seconds our DHT node waits for one DHT reply. Shorter than a server's (2 s): joining the swarm
+# asks contacts that may have left (other short-lived clients) and waits this long for each round
+# of them; 1 s still covers the slowest intercontinental round trip several times over.
+DHT_RPC_TIMEOUT = 1.0
 PROBE_CHUNK = 64  # blocks fetched per round when a model's block count was never announced
 
 
@@ -61,7 +65,7 @@ def listen_host_for(peers: Sequence[str]) -> str:
 
 class Inspector:
     def __init__(self, initial_peers: Sequence[str] = (), *, host: str | None = None, ping_timeout: float = 2.0,
-                 info_timeout: float = 5.0, ping_servers: bool = True):
+                 info_timeout: float = 5.0, ping_servers: bool = True, dht_rpc_timeout: float = DHT_RPC_TIMEOUT):
         for peer in initial_peers:
             try:
                 parse_address(peer)
@@ -72,6 +76,7 @@ class Inspector:
         self.ping_timeout = ping_timeout
         self.info_timeout = info_timeout
         self.ping_servers = ping_servers
+        self.dht_config = DHTConfig(rpc_timeout=dht_rpc_timeout)
         self.loop = BackgroundLoop("zswarm-inspect")
         self.transport = self.loop.run(_make_transport(), timeout=10)
         self.node: DHTNode | None = None
@@ -82,7 +87,8 @@ class Inspector:
             if not self.initial_peers:
                 raise InspectError("this view reads the DHT: give --initial-peers HOST:PORT of a bootstrap node or server")
             try:
-                self.node = DHTNode(host=self.host, port=0, initial_peers=self.initial_peers).start()
+                self.node = DHTNode(host=self.host, port=0, initial_peers=self.initial_peers,
+                                    config=self.dht_config).start()
             except BootstrapError as exc:
                 raise SwarmUnreachable(
                     f"cannot reach the swarm: {exc}. Is a bootstrap node or server running there, and is its "
