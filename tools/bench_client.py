@@ -7,7 +7,8 @@
 
 It starts a real swarm on loopback (a DHT node here, zswarm-server processes) and measures:
   - time to first token and per-token latency of greedy generate through 1, 2, 3 and 6 hops
-    (servers splitting the blocks evenly), against local HF generate: overhead per hop in ms;
+    (servers splitting the blocks evenly), against local HF generate: overhead per hop in ms,
+    and the slope of ms/token over hops (one more hop's cost, the compute being the same);
   - forward tokens/s of a batch (model(input_ids), no cache) through 3 hops and locally;
   - recovery after a kill -9 mid-generation while a replica holds the same blocks: how long the
     client took to notice, and from noticing to the next token.
@@ -120,7 +121,8 @@ def run(args) -> dict:
     result["forward"]["local_tokens_per_s"] = median_forward_tokens_per_s(local, batch, args.repeats)
     result["forward"]["batch"] = list(batch.shape)
 
-    swarm = LocalSwarm(model_dir, source.model_id, source.num_blocks, workdir / "swarm")
+    # Servers get the same reference as the client, so both name the model alike in the DHT.
+    swarm = LocalSwarm(model_ref, source.model_id, source.num_blocks, workdir / "swarm")
     try:
         for hops in HOPS:
             servers = [swarm.start(f"h{hops}-{i}", a, b, threads=args.threads)
@@ -146,6 +148,14 @@ def run(args) -> dict:
     base = result["generate"][0]["per_token_ms"]
     for row in result["generate"][1:]:
         row["overhead_per_hop_ms"] = (row["per_token_ms"] - base) / row["hops"]
+    # The same blocks computed in every swarm row, only split differently: the slope of ms/token
+    # over hops is the cost of one more hop, free of how local HF and servers differ in compute.
+    rows = result["generate"][1:]
+    hops = [r["hops"] for r in rows]
+    ms = [r["per_token_ms"] for r in rows]
+    mean_h, mean_ms = statistics.fmean(hops), statistics.fmean(ms)
+    result["per_hop_slope_ms"] = (sum((h - mean_h) * (m - mean_ms) for h, m in zip(hops, ms))
+                                  / sum((h - mean_h) ** 2 for h in hops))
     return result
 
 
@@ -190,6 +200,7 @@ def print_table(result: dict) -> None:
     for row in result["generate"]:
         overhead = f"{row['overhead_per_hop_ms']:.2f}" if "overhead_per_hop_ms" in row else "-"
         print(f"{row['config']:<14} {row['hops']:>4} {row['ttft_ms']:>9.1f} {row['per_token_ms']:>9.2f} {overhead:>16}")
+    print(f"cost of one more hop (slope of ms/token over 1, 2, 3, 6 hops): {result['per_hop_slope_ms']:.2f} ms")
     fwd = result["forward"]
     print(f"forward batch {fwd['batch'][0]}x{fwd['batch'][1]}: local {fwd['local_tokens_per_s']:.0f} tokens/s, "
           f"swarm 3 hops {fwd.get('swarm_3_hops_tokens_per_s', float('nan')):.0f} tokens/s")

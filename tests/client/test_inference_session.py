@@ -101,3 +101,12 @@ def test_long_prefill_and_replay_go_in_requests_under_the_token_cap(swarm, conne
     assert torch.equal(out, llama_reference.generate(PROMPT, max_new_tokens=10))
     # killed holding 10 tokens: the spare gets them as 4 + 4 + (2 + the new one), then 3 more steps
     assert spare.steps == 3 + 3
+
+
+def test_closing_a_session_frees_the_server_sessions(swarm, connect):
+    servers = swarm.add(0, 3), swarm.add(3, 6)
+    model = connect()
+    with model.inference_session(max_length=16) as session:
+        session.step(torch.randn(1, 3, 64))
+        assert all(len(server.sessions) == 1 for server in servers)
+    assert all(len(server.sessions) == 0 for server in servers)

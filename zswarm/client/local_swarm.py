@@ -3,10 +3,10 @@ node in this process and `zswarm-server` processes (`python -m zswarm.server.cli
 each with an identity file so its peer id is known before it starts. Everything started here is
 killed in `close()`.
 
-    swarm = LocalSwarm(model_dir, model_id, num_blocks, workdir)
+    swarm = LocalSwarm(model_ref, model_id, num_blocks, workdir)
     a, b = swarm.start("a", 0, 3), swarm.start("b", 3, 6)
     swarm.wait_online(a, b)
-    model = AutoDistributedModelForCausalLM.from_pretrained(model_dir, initial_peers=swarm.initial_peers)
+    model = AutoDistributedModelForCausalLM.from_pretrained(model_ref, initial_peers=swarm.initial_peers)
 """
 from __future__ import annotations
 
@@ -45,8 +45,10 @@ class ServerProcess:
 
 
 class LocalSwarm:
-    def __init__(self, model_dir: str | os.PathLike, model_id: str, num_blocks: int, workdir: str | os.PathLike):
-        self.model_dir = str(model_dir)
+    def __init__(self, model_ref: str | os.PathLike, model_id: str, num_blocks: int, workdir: str | os.PathLike):
+        """`model_ref`: what the servers load (a directory or hub id) and `model_id` the name
+        they announce it under (a directory's name; a hub id itself)."""
+        self.model_ref = str(model_ref)
         self.model_id = model_id
         self.num_blocks = num_blocks
         self.workdir = Path(workdir)
@@ -67,7 +69,7 @@ class LocalSwarm:
         log = self.workdir / f"{name}.log"
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        argv = [sys.executable, "-m", "zswarm.server.cli", self.model_dir, "--block-indices", f"{start}:{end}",
+        argv = [sys.executable, "-m", "zswarm.server.cli", self.model_ref, "--block-indices", f"{start}:{end}",
                 "--initial-peers", self.bootstrap.address, "--identity", str(identity), "--throughput", str(throughput),
                 "--device", "cpu", "--dtype", "float32", "--attn-cache-tokens", "8192", "--log-level", "INFO", *extra]
         with open(log, "wb") as out:

@@ -56,6 +56,7 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         local parts (default float32 on CPU); other keyword arguments are ClientConfig fields."""
         from zswarm.models import load_client_parts, resolve_model
 
+        dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)   # transformers 4's name
         config, rest = ClientConfig.from_kwargs(dict(kwargs, initial_peers=initial_peers))
         if rest:
             raise TypeError(f"unknown arguments: {sorted(rest)} (not ClientConfig fields)")
@@ -139,7 +140,10 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
 
     # ---- forward -------------------------------------------------------------------------------
     def get_input_embeddings(self):
-        return getattr(self.parts, "embed_tokens", None) or getattr(self.parts, "embed", None)
+        return self.parts.embeddings
+
+    def get_output_embeddings(self):
+        return self.parts.lm_head
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 past_key_values: RemoteCache | None = None, inputs_embeds: torch.Tensor | None = None,
