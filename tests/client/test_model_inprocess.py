@@ -97,3 +97,20 @@ def test_a_big_forward_batch_goes_in_capped_requests_and_stays_exact(swarm, conn
     ref_logits.square().mean().backward()
     torch.testing.assert_close(logits, ref_logits)
     torch.testing.assert_close(embeds.grad, ref_embeds.grad)
+
+
+def test_a_failed_generate_leaves_the_chat_session_where_it_was(swarm, connect, llama_reference):
+    swarm.add(0, 3)
+    lonely = swarm.add(3, 6)
+    model = connect(max_retries=1)
+    with model.inference_session(max_length=40) as session:
+        first = model.generate(PROMPT, max_new_tokens=3, session=session)
+        swarm.kill(lonely)
+        import pytest
+        from zswarm import NoRouteError
+        with pytest.raises(NoRouteError):
+            model.generate(torch.tensor([[8, 8]]), max_new_tokens=5, session=session)
+        swarm.add(3, 6)
+        second = model.generate(torch.tensor([[9]]), max_new_tokens=4, session=session)
+    expected = llama_reference.generate(torch.cat([first, torch.tensor([[9]])], dim=1), max_new_tokens=4)
+    assert torch.equal(torch.cat([first, second], dim=1), expected)

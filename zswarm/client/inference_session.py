@@ -274,12 +274,17 @@ class InferenceSession:
                      cause: BaseException | None) -> tuple[list[SpanSession], int]:
         """Route [start, end) within the retry budget; returns the new span sessions and the
         count of failed attempts so far."""
+        refreshed = False
         while True:
             try:
                 route = await self.manager.make_inference_route(
                     start, end, batch_size=self.batch_size or 1, max_length=self.max_length)
                 break
             except (NoRouteError, ServerUnavailable) as exc:
+                if not refreshed:  # our view may be stale: the DHT may know servers we do not
+                    refreshed = True
+                    await self.manager.update()
+                    continue
                 attempt += 1
                 cause = exc
                 if attempt > self.config.max_retries:

@@ -108,6 +108,7 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         temporary = session is None
         if temporary:
             session = self.inference_session(self._session_length(inputs, generation_config, kwargs))
+        position_before = session.position
         try:
             done = 0
             if session.output_ids is not None:
@@ -126,6 +127,11 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
                 result.sequences = sequences[:, done:]
                 return result
             return sequences[:, done:]
+        except Exception:
+            if not temporary and not session.closed:
+                # Leave the session as this call found it, so the chat can go on from there.
+                session.rollback(position_before)
+            raise
         finally:
             if temporary:
                 session.close()

@@ -79,25 +79,30 @@ class RemoteSequential(nn.Module):
         """Run `work(route)` on a route of [start, end); on a server's failure ban it and run it
         again on a new route, at most `max_retries` times."""
         manager, config = self.swarm.manager, self.swarm.config
-        route, attempt, cause = first_route, 0, None
+        route, attempt, cause, refreshed = first_route, 0, None, False
         while True:
             try:
                 if route is None:
                     route = await manager.make_forward_route(start, end)
                 return await work(route)
-            except (SpanFailed, NoRouteError, ServerUnavailable) as exc:
-                attempt += 1
-                cause = exc
-                if isinstance(exc, SpanFailed):
-                    manager.on_failure(exc.peer_id, exc.cause)
+            except (NoRouteError, ServerUnavailable) as exc:
+                if not refreshed:  # our view may be stale: the DHT may know servers we do not
+                    refreshed = True
+                    await manager.update()
+                    continue
+                attempt, cause = attempt + 1, exc
+                if attempt > config.max_retries:
+                    raise retries_exhausted(manager.model_id, start, end, attempt, cause) from exc
+                await asyncio.sleep(backoff_delay(config, attempt))
+                await manager.update()
+            except SpanFailed as exc:
+                attempt, cause = attempt + 1, exc
+                manager.on_failure(exc.peer_id, exc.cause)
                 if attempt > config.max_retries:
                     raise retries_exhausted(manager.model_id, start, end, attempt, cause) from exc
                 logger.warning("%s; routing blocks %d-%d again (attempt %d of %d)", exc, start, end - 1,
                                attempt, config.max_retries)
-                route = None
-                if not isinstance(exc, SpanFailed):   # no route in our view: wait, then ask the DHT
-                    await asyncio.sleep(backoff_delay(config, attempt))
-                    await manager.update()
+                route, refreshed = None, False
 
     async def _call(self, span: RouteSpan, method: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         manager = self.swarm.manager
