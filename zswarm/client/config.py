@@ -47,7 +47,7 @@ class ClientConfig:
     ban_base_s: float = 1.0
     ban_max_s: float = 60.0
     # Sleep before a retry whose route can only use a just-failed server (the last one of its
-    # blocks): min(retry_backoff_s * 2**attempt, ban_max_s), so retries do not spin.
+    # blocks): min(retry_backoff_s * 2**(attempt - 1), ban_max_s), so retries do not spin.
     retry_backoff_s: float = 0.25
 
     # Background refresh of the DHT records and of the client->server RTTs, in seconds.
