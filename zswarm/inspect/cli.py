@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(parser)
-    sub = parser.add_subparsers(dest="view", metavar="VIEW")
+    sub = parser.add_subparsers(dest="view", metavar="VIEW", title="views (default: swarm)")
     # Options may come before or after the view's name: the sub-parsers know them too, but with
     # no defaults of their own, so they never overwrite a value given before the name.
     def add(name, help_text):

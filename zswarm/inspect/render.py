@@ -95,18 +95,17 @@ def render_swarm(view: SwarmView) -> str:
 
 def render_server(report: dict) -> str:
     info = dict(report["info"])
-    lines = [f"server {report['address']}"]
     model = info.pop("model_id", "?")
     start, end, num_blocks = info.pop("start", "?"), info.pop("end", "?"), info.pop("num_blocks", "?")
-    lines.append(f"  serves     {model} blocks {start}:{end} of {num_blocks}")
-    lines.append(f"  ping       {report['pings_answered']}/{report['pings_sent']} answered, "
-                 f"rtt min {fmt_ms(report['rtt_min'])}, median {fmt_ms(report['rtt_median'])}")
     load = info.pop("load", None)
-    for key in sorted(info):
-        lines.append(f"  {key:<10} {_scalar(info[key])}" if len(key) <= 10 else f"  {key} {_scalar(info[key])}")
+    rows = [("serves", f"{model} blocks {start}:{end} of {num_blocks}"),
+            ("ping", f"{report['pings_answered']}/{report['pings_sent']} answered, rtt min {fmt_ms(report['rtt_min'])}, "
+                     f"median {fmt_ms(report['rtt_median'])}")]
+    rows += [(key, _scalar(info[key])) for key in sorted(info)]
     if isinstance(load, dict):
-        lines.append("  load       " + ", ".join(f"{k}={_scalar(v)}" for k, v in sorted(load.items())))
-    return "\n".join(lines) + "\n"
+        rows.append(("load", ", ".join(f"{k}={_scalar(v)}" for k, v in sorted(load.items()))))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"server {report['address']}"] + [f"  {k:<{width}}  {v}" for k, v in rows]) + "\n"
 
 
 def _scalar(v) -> str:

@@ -1,0 +1,140 @@
+"""zswarm-demo: a whole swarm on this machine, then a chat with it.
+
+    zswarm-demo "What is the capital of France?"      # one answer, streamed, then exit
+    zswarm-demo --interactive                         # a conversation; an empty line ends it
+
+It starts a bootstrap DHT node (in this process) and N `zswarm-server` processes on loopback,
+each hosting a contiguous share of the model's blocks (SmolLM2-135M's 30 blocks over 3 servers:
+0:10, 10:20, 20:30), waits until each announces itself ONLINE, then runs the client: the prompt
+goes through the chat template, the reply streams token by token through all servers, and the
+time to first token and the decoding speed are printed. Everything it started is stopped on the
+way out: after the answer, on an empty line, on Ctrl-C, on SIGTERM, and when a server fails to
+start (then with that server's log tail). Servers live in their own session, so Ctrl-C reaches
+only this process, which closes the chat before stopping them; each also gets SIGTERM should this
+process die without cleaning up (Linux's parent-death signal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from zswarm.demo.chat import Chat
+from zswarm.demo.config import EXIT_FAILED, EXIT_OK, DemoConfig, DemoError, say
+from zswarm.demo.local_swarm import LocalSwarm
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per DemoConfig field; defaults and help come from the dataclass (written once)."""
+    import inspect
+    import re
+
+    helps = dict(re.findall(r"^    (\w+): [^\n=]+=[^\n#]+#\s*(.+)$", inspect.getsource(DemoConfig), re.MULTILINE))
+    parser = argparse.ArgumentParser(prog="zswarm-demo", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("prompt", nargs="?", help=helps["prompt"])
+    for f in dataclasses.fields(DemoConfig):
+        if f.name == "prompt":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, "").replace("%", "%%")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=text)
+        else:
+            kind = {"int": int, "float": float}.get(f.type, str)
+            shown = f" (default: {f.default})" if f.default not in (None, "") else ""
+            parser.add_argument(flag, type=kind, help=text + shown)
+    return parser
+
+
+def _stop_on_signal(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM / SIGHUP: leave through the same clean path as Ctrl-C
+
+
+def run(config: DemoConfig) -> int:
+    workdir = Path(config.workdir) if config.workdir else Path(tempfile.mkdtemp(prefix="zswarm-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    swarm = chat = None
+    status = EXIT_OK
+    try:
+        began = time.monotonic()
+        say(f"preparing {config.model} ...")
+        from zswarm.models import resolve_model
+
+        source = resolve_model(config.model)
+        say(f"model {source.model_id}: {source.num_blocks} blocks, ready in {time.monotonic() - began:.1f} s")
+        swarm = LocalSwarm(config, source.model_id, source.num_blocks, workdir)
+        swarm.start()
+        swarm.wait_online()
+        say("connecting the client ...")
+        chat = Chat(config, [swarm.bootstrap.address])
+        say(f"swarm ready in {time.monotonic() - began:.1f} s")
+        if config.prompt and not config.interactive:
+            print(f"you> {config.prompt}\nassistant> ", end="", flush=True)
+            chat.ask(config.prompt)
+        else:
+            chat.converse(first=config.prompt)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        say("interrupted; shutting down")
+    except DemoError as exc:
+        say(f"error: {exc}")
+        status = EXIT_FAILED
+    except Exception as exc:  # the message, not a traceback; the logs hold the details
+        say(f"error: {type(exc).__name__}: {exc}")
+        status = EXIT_FAILED
+    finally:
+        # A second Ctrl-C must not cut the cleanup short and leave servers behind.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if chat is not None:
+            try:
+                chat.close()
+            except Exception as exc:
+                logging.getLogger(__name__).debug("closing the client: %s", exc)
+        if swarm is not None:
+            say("stopping the servers ...")
+            swarm.stop()
+        if config.workdir or (status != EXIT_OK and swarm is not None and swarm.servers):
+            say(f"stopped; server logs are in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+            say("stopped")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    try:
+        config = DemoConfig(**args)
+    except ValueError as exc:
+        print(f"zswarm-demo: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO if config.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.verbose:
+        for name in ("kademlia", "transformers", "dht"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGHUP, _stop_on_signal)
+    code = run(config)
+    # Like zswarm-server: everything is closed; skip the slow teardown of torch at interpreter exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
