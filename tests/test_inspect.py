@@ -83,6 +83,18 @@ def test_swarm_text_shows_health_strip_and_server_rows_and_json_has_the_same_fac
     assert [s["peer_id"] for s in model["servers"]] == ["peer-a" * 6, "peer-c" * 6]
 
 
+def test_hostile_record_and_info_strings_cannot_send_escape_sequences_to_the_terminal():
+    from zswarm.inspect.render import render_server
+
+    evil = rec("p" * 32, 0, 2)
+    evil.version, evil.address = "\x1b[2J\x1b]0;owned\x07", "tcp://h:1\r\x1b[1A"
+    text = render_swarm(SwarmView(["x:1"], 0.0, [assess_model("m\x1b[31m", 2, blocks_of(2, evil))]))
+    report = {"address": "tcp://h:1", "info": {"version": "\x1b[2J", 3: "\x07"}, "pings_sent": 1,
+              "pings_answered": 0, "rtt_min": None, "rtt_median": None}
+    for out in (text, render_server(report)):
+        assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+
+
 def test_route_view_takes_the_cheaper_replica_and_prices_it_like_the_router():
     from zswarm.routing import find_inference_route_with_cost
 

@@ -175,7 +175,7 @@ class Inspector:
             raise InspectError(f"{address} did not answer info within {self.info_timeout:g} s: {exc}") from None
         rtts = [await self._ping(address) for _ in range(max(1, pings))]
         answered = sorted(r for r in rtts if r is not None)
-        return {"address": address, "info": reply.meta, "pings_sent": len(rtts), "pings_answered": len(answered),
+        return {"address": address, "info": _plain(reply.meta), "pings_sent": len(rtts), "pings_answered": len(answered),
                 "rtt_min": answered[0] if answered else None,
                 "rtt_median": answered[len(answered) // 2] if answered else None}
 

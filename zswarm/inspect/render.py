@@ -14,6 +14,12 @@ from zswarm.inspect.views import ModelHealth, RawView, RouteView, SwarmView, cov
 PEER_ID_CHARS = 12  # of 32: enough to tell servers apart in a table; --json has the full id
 
 
+def printable(text) -> str:
+    """Text from the network as it may reach a terminal: control characters (escape sequences a
+    hostile server could put in its name or version) become '?'."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
 def short_id(peer_id: str | None) -> str:
     return "-" if not peer_id else peer_id[:PEER_ID_CHARS]
 
@@ -32,6 +38,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Seque
           indent: str = "  ") -> list[str]:
     """Columns padded to their widest cell; numbers right-aligned where `right` says so."""
     right = right or [False] * len(headers)
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(cells):
@@ -58,7 +65,7 @@ def _ruler(num_blocks: int) -> str:
 def render_model(model: ModelHealth) -> list[str]:
     servers = len(model.servers)
     head = f"{model.model_id}  {model.num_blocks} blocks, {servers} server{'s' if servers != 1 else ''}  "
-    lines = [head + ("healthy" if model.healthy else "BROKEN: " + gap_message(model.model_id, model.gaps))]
+    lines = [printable(head + ("healthy" if model.healthy else "BROKEN: " + gap_message(model.model_id, model.gaps)))]
     if model.num_blocks:
         pad = "  coverage  "
         lines.append(" " * len(pad) + _ruler(model.num_blocks))
@@ -84,7 +91,7 @@ def render_model(model: ModelHealth) -> list[str]:
 def render_swarm(view: SwarmView) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(view.taken_at))
     n = len(view.models)
-    lines = [f"swarm via {', '.join(view.initial_peers)} at {when}: {n} model{'s' if n != 1 else ''}"]
+    lines = [f"swarm via {printable(', '.join(view.initial_peers))} at {when}: {n} model{'s' if n != 1 else ''}"]
     if not view.models:
         lines.append("  no server announces any model (yet)")
     for model in view.models:
@@ -101,11 +108,11 @@ def render_server(report: dict) -> str:
     rows = [("serves", f"{model} blocks {start}:{end} of {num_blocks}"),
             ("ping", f"{report['pings_answered']}/{report['pings_sent']} answered, rtt min {fmt_ms(report['rtt_min'])}, "
                      f"median {fmt_ms(report['rtt_median'])}")]
-    rows += [(key, _scalar(info[key])) for key in sorted(info)]
+    rows += [(str(key), _scalar(info[key])) for key in sorted(info, key=str)]
     if isinstance(load, dict):
         rows.append(("load", ", ".join(f"{k}={_scalar(v)}" for k, v in sorted(load.items()))))
     width = max(len(k) for k, _ in rows)
-    return "\n".join([f"server {report['address']}"] + [f"  {k:<{width}}  {v}" for k, v in rows]) + "\n"
+    return "\n".join([f"server {report['address']}"] + [printable(f"  {k:<{width}}  {v}") for k, v in rows]) + "\n"
 
 
 def _scalar(v) -> str:
@@ -120,9 +127,9 @@ def render_route(view: RouteView) -> str:
     head = f"route for {view.model_id} ({view.num_blocks} blocks), as a client here would take it now"
     if view.max_length:
         head += f" for a {view.max_length}-token session"
-    lines = [head + ":"]
+    lines = [printable(head + ":")]
     if view.seconds_per_token is None:
-        lines.append(f"  no route: {gap_message(view.model_id, view.gaps)}")
+        lines.append(printable(f"  no route: {gap_message(view.model_id, view.gaps)}"))
         return "\n".join(lines) + "\n"
     rows = [[str(i + 1), f"{h.start}:{h.end}", short_id(h.peer_id), h.address, fmt_ms(h.rtt), fmt_ms(h.compute)]
             for i, h in enumerate(view.hops)]
@@ -134,16 +141,16 @@ def render_route(view: RouteView) -> str:
 
 
 def render_raw(view: RawView, now: float) -> str:
-    lines = [f"key {view.key}  (kademlia id {view.digest}): {len(view.entries)} entr{'y' if len(view.entries) == 1 else 'ies'}"]
+    lines = [f"key {printable(view.key)}  (kademlia id {view.digest}): {len(view.entries)} entr{'y' if len(view.entries) == 1 else 'ies'}"]
     if not view.checked:
         lines.append("  (only entries the DHT node verified are shown)")
     for e in view.entries:
         expires = "-" if e.expiration_time is None else _relative(e.expiration_time - now)
         signed = "-" if e.signed_at is None else _relative(e.signed_at - now)
         lines.append("")
-        lines.append(f"  {e.peer_id or '?'}  {e.status}  {e.kind}  signed {signed}  expires {expires}"
-                     + (f"  held by {e.holders} nodes" if e.holders > 1 else ""))
-        lines += [f"    {line}" for line in _describe_value(e.value)]
+        lines.append(printable(f"  {e.peer_id or '?'}  {e.status}  {e.kind}  signed {signed}  expires {expires}"
+                     + (f"  held by {e.holders} nodes" if e.holders > 1 else "")))
+        lines += [printable(f"    {line}") for line in _describe_value(e.value)]
     return "\n".join(lines) + "\n"
 
 
