@@ -4,6 +4,7 @@ other event loop. Keys hold one signed entry per server; see entry.py and storag
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import concurrent.futures
 import logging
 import socket
@@ -235,3 +236,17 @@ class DHTNode:
 
     def __repr__(self) -> str:
         return f"DHTNode(address={self.address!r}, peer_id={self.peer_id!r})"
+
+
+def listen_host_for(peers: Sequence[str]) -> str:
+    """The interface our DHT node binds: loopback when every peer is on loopback, else all
+    interfaces, since a socket bound to 127.0.0.1 cannot send to another machine."""
+    for peer in peers:
+        host, _ = parse_address(peer)
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return "0.0.0.0"
+        except ValueError:
+            if host != "localhost":
+                return "0.0.0.0"
+    return "127.0.0.1"

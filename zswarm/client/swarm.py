@@ -7,6 +7,7 @@ import logging
 from typing import Coroutine, TypeVar
 
 from dht import DHTNode, afetch_block_servers
+from dht.node import listen_host_for
 from wire import BackgroundLoop, Transport, ZmqTransport
 from zswarm.client.config import ClientConfig
 from zswarm.client.sequence_manager import RecordsFetcher, SequenceManager
@@ -28,7 +29,7 @@ class SwarmConnection:
             if fetch_records is None:
                 if not config.initial_peers:
                     raise ValueError("initial_peers is empty: give the DHT address of a swarm (host:port)")
-                self.dht = DHTNode(initial_peers=config.initial_peers).start()
+                self.dht = DHTNode(host=listen_host_for(config.initial_peers), initial_peers=config.initial_peers).start()
                 dht = self.dht
 
                 async def fetch_records():

@@ -7,7 +7,6 @@ DHT node that joins the swarm through the initial peers. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from typing import Sequence
@@ -16,7 +15,7 @@ import msgpack
 
 from dht import DHTConfig, DHTNode, ServerRecord, afetch_block_servers, alist_models
 from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry, RecordError
-from dht.node import parse_address
+from dht.node import listen_host_for, parse_address
 from dht.records import MAX_BLOCKS, MODELS_KEY, block_key
 from wire import BackgroundLoop, ZmqTransport
 from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmView, assess_model, plan_route)
@@ -49,18 +48,6 @@ def normalize_rpc_address(text: str) -> str:
     return address
 
 
-def listen_host_for(peers: Sequence[str]) -> str:
-    """The interface our DHT node binds: loopback when every peer is on loopback, else all
-    interfaces, since a socket bound to 127.0.0.1 cannot send to another machine."""
-    for peer in peers:
-        host, _ = parse_address(peer)
-        try:
-            if not ipaddress.ip_address(host).is_loopback:
-                return "0.0.0.0"
-        except ValueError:
-            if host != "localhost":
-                return "0.0.0.0"
-    return "127.0.0.1"
 
 
 class Inspector:
