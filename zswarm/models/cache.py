@@ -5,10 +5,15 @@ so a decode step writes one position in place instead of concatenating the whole
 transformers' DynamicCache does). Transformers' attention layers call `update(...)` exactly as
 they would on their own Cache; `length` advances only when a whole step has succeeded, so a
 step that fails half way leaves the session where it was.
+
+A decode graph (decode_graph.py) writes at a position held in a device tensor instead
+(`static_writes`) and attends over the whole capacity; it stays valid while `generation` does
+not change, so every reallocation of the buffers bumps it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -25,9 +30,17 @@ class SpanCache:
         self._keys: dict[int, torch.Tensor] = {}
         self._values: dict[int, torch.Tensor] = {}
         self._write_at: int | None = None
+        self._static_position: torch.Tensor | None = None
+        self.generation = 0  # bumped whenever buffers are reallocated
+        self.decode_graph = None  # set by BlockSpan on the first captured decode step
 
     # ---- the transformers Cache protocol, as the layers use it -----------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self._static_position is not None:
+            keys, values = self._keys[layer_idx], self._values[layer_idx]
+            keys.index_copy_(2, self._static_position, key_states)
+            values.index_copy_(2, self._static_position, value_states)
+            return keys, values
         pos = self._write_at
         if pos is None:
             raise RuntimeError("SpanCache.update called outside BlockSpan.inference_step")
@@ -49,9 +62,29 @@ class SpanCache:
         capacity = max(end, self._capacity_hint, 2 * old_capacity)
         batch, heads, _, dim = new.shape
         buffer = torch.empty(batch, heads, capacity, dim, dtype=new.dtype, device=new.device)
+        self.generation += 1
         if old is not None and pos > 0:
             buffer[:, :, :pos].copy_(old[:, :, :pos])
         return buffer
+
+    @property
+    def capacity(self) -> int:
+        """Positions every layer's buffers hold now (0 before the first step)."""
+        if not self._keys:
+            return 0
+        return min(t.shape[-2] for t in self._keys.values())
+
+    def holds_layers(self, layer_ids) -> bool:
+        return all(i in self._keys for i in layer_ids)
+
+    @contextlib.contextmanager
+    def static_writes(self, position: torch.Tensor):
+        """Within: `update` writes one position at the device tensor `position` and returns whole buffers."""
+        self._static_position = position
+        try:
+            yield
+        finally:
+            self._static_position = None
 
     # ---- session control, called by BlockSpan and the server -------------------------------------
     def _begin_step(self, batch: int) -> int:
@@ -79,10 +112,17 @@ class SpanCache:
         if int(ids.min()) < 0 or int(ids.max()) >= self.batch_size:
             raise SpanInputError(f"hypo_ids must lie in [0, {self.batch_size})")
         ids = ids.to(torch.long)
+        same_batch = ids.numel() == self.batch_size
         with torch.inference_mode():
             for store in (self._keys, self._values):
                 for layer_idx, buffer in store.items():
-                    store[layer_idx] = buffer.index_select(0, ids.to(buffer.device))
+                    if same_batch:  # in place: a decode graph keeps using these buffers
+                        held = buffer[:, :, :self.length]
+                        held.copy_(held.index_select(0, ids.to(buffer.device)))
+                    else:
+                        store[layer_idx] = buffer.index_select(0, ids.to(buffer.device))
+        if not same_batch:
+            self.generation += 1
         self.batch_size = int(ids.numel())
 
     @property

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .cache import SpanCache
+from .decode_graph import DecodeGraph, GraphSettings, decode_graphs_supported
 from .errors import ConfigMismatchError, SpanInputError
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class BlockSpan(nn.Module):
     """Blocks [start, end) with frozen weights. See docs/architecture.md for the contract."""
 
     def __init__(self, source_family, config, start: int, end: int, blocks: nn.ModuleList,
-                 dtype: torch.dtype, device: torch.device, rotary=None, windows=None):
+                 dtype: torch.dtype, device: torch.device, rotary=None, windows=None, graphs=None):
         super().__init__()
         self.family = source_family
         self.config = config
@@ -64,6 +65,8 @@ class BlockSpan(nn.Module):
             source_family.sliding_window(config, i) for i in range(start, end)]
         self.windows_used = sorted(set(self.windows), key=lambda w: -1 if w is None else w)
         self.hidden_size = int(config.hidden_size)
+        # CUDA graphs for one-token decode steps (decode_graph.py); shared with sub-span views
+        self.graphs = graphs if graphs is not None else GraphSettings(enabled=self.device.type == "cuda")
 
     def __repr__(self) -> str:
         return f"BlockSpan({self.family.name}, blocks=[{self.start}, {self.end}), dtype={self.dtype}, device={self.device})"
@@ -75,7 +78,7 @@ class BlockSpan(nn.Module):
             raise SpanInputError(f"blocks [{start}, {end}) are not inside this span [{self.start}, {self.end})")
         a, b = start - self.start, end - self.start
         view = BlockSpan(self.family, self.config, start, end, nn.ModuleList(list(self.blocks)[a:b]),
-                         self.dtype, self.device, self.rotary, self.windows[a:b])
+                         self.dtype, self.device, self.rotary, self.windows[a:b], self.graphs)
         view.alibi = self.alibi
         return view
 
@@ -104,7 +107,11 @@ class BlockSpan(nn.Module):
             past = cache._begin_step(hidden.shape[0])
             new_length = None
             try:
-                out = self._run(hidden, past, cache, prompts)
+                out = None
+                if hidden.shape[1] == 1 and self.graphs.enabled and (prompts is None or past >= prompts.shape[2]):
+                    out = self._graph_step(hidden, cache, past)
+                if out is None:
+                    out = self._run(hidden, past, cache, prompts)
                 new_length = past + hidden.shape[1]
             finally:
                 cache._end_step(new_length)
@@ -136,6 +143,29 @@ class BlockSpan(nn.Module):
         return grads[0], (grads[1] if prompts is not None else None)
 
     # ---- internals ----------------------------------------------------------------------------
+    def _graph_step(self, hidden: torch.Tensor, cache: SpanCache, past: int) -> torch.Tensor | None:
+        """This decode step as a CUDA graph replay, or None where it must run eagerly."""
+        if not cache.holds_layers(range(self.start, self.end)) or past >= cache.capacity:
+            return None  # the first step or one that grows the buffers: eager, and capture later
+        graph = cache.decode_graph
+        if graph is not None and graph.usable_for(cache, hidden.shape[0]):
+            return graph.run(hidden, past)
+        cache.decode_graph = None
+        why = decode_graphs_supported(self)
+        if why is not None:
+            self.graphs.disable(self, why)
+            return None
+        try:
+            if self.graphs.pool is None:
+                self.graphs.pool = torch.cuda.graph_pool_handle()
+            graph = DecodeGraph(self, cache, self.graphs.pool)
+            out = graph.capture(hidden, past)
+        except Exception as exc:  # an op that cannot be captured (e.g. some quantized layers)
+            self.graphs.disable(self, f"capture failed: {type(exc).__name__}: {exc}")
+            return None
+        cache.decode_graph = graph
+        return out
+
     def _run(self, hidden: torch.Tensor, past: int, cache: SpanCache | None, prompts: torch.Tensor | None
              ) -> torch.Tensor:
         batch, q, _ = hidden.shape

@@ -7,6 +7,8 @@ the class attributes and override the few methods where their family differs.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +41,7 @@ class FamilyAdapter:
     lm_head_key: str = "lm_head.weight"           # absolute
     attn_implementation: str = "sdpa"
     experts_implementation: str | None = None     # for mixture-of-experts layers
+    decode_graphs: bool = False                   # one-token steps capturable as CUDA graphs (no host syncs)
 
     # ---- classes and config -------------------------------------------------------------------
     def block_class(self, config) -> type[nn.Module]:
@@ -131,7 +134,13 @@ class FamilyAdapter:
     def run_block(self, block: nn.Module, hidden: torch.Tensor, inputs: StepInputs, window: int | None,
                   cache: Any) -> torch.Tensor:
         return block(hidden, attention_mask=inputs.masks[window], position_embeddings=inputs.rope,
-                     past_key_values=cache)
+                     **{cache_keyword(type(block)): cache})
+
+
+@functools.cache
+def cache_keyword(block_class: type) -> str:
+    """transformers 5.24 renamed the layers' `past_key_values` to `cache` (the old name warns on every call)."""
+    return "cache" if "cache" in inspect.signature(block_class.forward).parameters else "past_key_values"
 
 
 def unsupported(model_type: str, supported: list[str]) -> UnsupportedModelError:

@@ -29,6 +29,7 @@ _CLASSES = {
 class LlamaFamily(FamilyAdapter):
     name = "llama"
     model_types = ("llama", "mistral", "qwen2")
+    decode_graphs = True
 
     def block_class(self, config):
         return _CLASSES[config.model_type][0]
@@ -51,6 +52,7 @@ class LlamaFamily(FamilyAdapter):
 class MixtralFamily(LlamaFamily):
     name = "mixtral"
     model_types = ("mixtral",)
+    decode_graphs = False  # expert routing picks rows by value: shapes depend on the data
     experts_implementation = "grouped_mm"  # what transformers picks for the whole model by default
 
     def _legacy(self, index: WeightIndex, prefix: str) -> bool:
