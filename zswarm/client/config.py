@@ -66,6 +66,10 @@ class ClientConfig:
     # Log the chosen route at INFO (one line per route); DEBUG otherwise.
     show_route: bool = True
 
+    # A server-side LoRA adapter to run every request with (None: the base model). Sent as the
+    # meta "adapter" of each request; routes use only servers whose record lists it.
+    active_adapter: str | None = None
+
     def __post_init__(self):
         self.initial_peers = tuple(self.initial_peers)
         self.blocked_servers = tuple(self.blocked_servers)
@@ -73,6 +77,8 @@ class ClientConfig:
             self.allowed_servers = tuple(self.allowed_servers)
         if self.wire_dtype not in WIRE_DTYPES:
             raise ValueError(f"wire_dtype must be one of {WIRE_DTYPES}, not {self.wire_dtype!r}")
+        if self.active_adapter is not None and (not isinstance(self.active_adapter, str) or not self.active_adapter):
+            raise ValueError(f"active_adapter must be a non-empty adapter name or None, not {self.active_adapter!r}")
         if self.max_request_tokens < 1:
             raise ValueError("max_request_tokens must be at least 1")
         if self.max_retries < 0:

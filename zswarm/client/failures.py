@@ -37,10 +37,19 @@ def retries_exhausted(model_id: str, start: int, end: int, attempts: int,
                       cause: BaseException | None) -> NoRouteError:
     """The error raised when the retry budget is spent on blocks [start, end)."""
     if isinstance(cause, NoRouteError):  # the DHT lists no one for some blocks: name just those
-        return NoRouteError(cause.missing, model_id, f"still, after {attempts} attempts")
+        adapter = getattr(cause, "adapter", None)
+        detail = f"still, after {attempts} attempts" + (f"; {adapter_detail(adapter)}" if adapter else "")
+        error = NoRouteError(cause.missing, model_id, detail)
+        error.adapter = adapter
+        return error
     return NoRouteError([(start, end)], model_id,
                         f"the servers listed for them do not answer: gave up after {attempts} failed "
                         f"attempts; last error: {describe(cause)}")
+
+
+def adapter_detail(adapter: str) -> str:
+    return (f"no server there serves adapter {adapter!r}: ask for another one, or start servers "
+            f"with --adapters that include it")
 
 
 def backoff_delay(config: ClientConfig, attempt: int) -> float:

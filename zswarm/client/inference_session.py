@@ -248,7 +248,8 @@ class InferenceSession:
 
     async def _send(self, span: SpanSession, inputs: torch.Tensor) -> torch.Tensor:
         """inference_step of `inputs` at the span's position; the span then holds them too."""
-        meta = {"session_id": span.session_id, "position": span.position, "tensor_names": ["hidden"]}
+        meta = self.manager.request_meta(session_id=span.session_id, position=span.position,
+                                         tensor_names=["hidden"])
         tensors = [inputs]
         if span.pending_hypo_ids is not None:
             meta["tensor_names"].append("hypo_ids")
@@ -261,8 +262,8 @@ class InferenceSession:
         return out
 
     async def _open(self, span: SpanSession) -> None:
-        meta = {"start": span.start, "end": span.end, "max_length": self.max_length,
-                "batch_size": self.batch_size, "wait_timeout": self.config.cache_wait_timeout}
+        meta = self.manager.request_meta(start=span.start, end=span.end, max_length=self.max_length,
+                                         batch_size=self.batch_size, wait_timeout=self.config.cache_wait_timeout)
         reply = await self.manager.call(span.address, "open_session", meta, timeout=self.config.request_timeout)
         session_id = reply.meta.get("session_id")
         if not isinstance(session_id, (str, int)):

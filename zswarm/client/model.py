@@ -12,6 +12,7 @@ own `generate` runs on top unchanged: every decoding strategy only sees logits a
 """
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -24,6 +25,11 @@ from zswarm.client.inference_session import InferenceSession
 from zswarm.client.remote_cache import RemoteCache
 from zswarm.client.remote_sequential import RemoteSequential
 from zswarm.client.swarm import SwarmConnection
+
+# transformers 5.2x calls the cache `cache` (it renames `past_key_values` with a warning); 4.x
+# calls it `past_key_values`. Our forward takes either.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
+    else "past_key_values"
 
 WIRE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -101,7 +107,8 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         ids travel); the result holds this call's input ids and the new tokens."""
         if inputs is None:
             inputs = kwargs.pop("input_ids", None)
-        if kwargs.get("use_cache") is False or kwargs.get("past_key_values") is not None:
+        if kwargs.get("use_cache") is False or kwargs.get("past_key_values") is not None \
+                or kwargs.get("cache") is not None:
             if session is not None:
                 raise ValueError("a session is a cache: do not pass use_cache=False or past_key_values with it")
             return super().generate(inputs, generation_config, **kwargs)
@@ -120,7 +127,7 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
                 mask = kwargs.get("attention_mask")
                 if mask is not None and mask.shape[1] == inputs.shape[1] - done:
                     kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], done), mask], dim=1)
-            result = super().generate(inputs, generation_config, past_key_values=RemoteCache(session), **kwargs)
+            result = super().generate(inputs, generation_config, **{CACHE_KWARG: RemoteCache(session)}, **kwargs)
             sequences = result.sequences if isinstance(result, ModelOutput) else result
             session.output_ids = sequences
             if isinstance(result, ModelOutput):
@@ -161,6 +168,7 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         hidden = self.parts.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        past_key_values = past_key_values if past_key_values is not None else kwargs.pop("cache", None)
         if past_key_values is not None:
             if not isinstance(past_key_values, RemoteCache):
                 raise TypeError(f"past_key_values must be a RemoteCache (an inference session), "

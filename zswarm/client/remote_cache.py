@@ -36,6 +36,17 @@ class RemoteCache(Cache):
     def reset(self) -> None:
         self.session.rollback(0)
 
+    # transformers 5.2x asks which layers are "linear" (recurrent state, never sliced) and would
+    # treat an empty list as "all linear": then it stops cutting the already cached ids off a
+    # continued conversation's input. One attention-like layer stands for all of ours.
+    @property
+    def is_linear(self) -> list[bool]:
+        return [False]
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False]
+
     @property
     def batch_size(self) -> int:
         return self.session.batch_size or -1

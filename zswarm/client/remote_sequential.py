@@ -107,7 +107,8 @@ class RemoteSequential(nn.Module):
     async def _call(self, span: RouteSpan, method: str, tensors: list[torch.Tensor]) -> torch.Tensor:
         manager = self.swarm.manager
         try:
-            reply = await manager.call(manager.address(span.peer_id), method, {"start": span.start, "end": span.end},
+            reply = await manager.call(manager.address(span.peer_id), method,
+                                       manager.request_meta(start=span.start, end=span.end),
                                        tensors, timeout=self.swarm.config.request_timeout)
             if len(reply.tensors) < 1 or reply.tensors[0].shape != tensors[0].shape:
                 raise ServerUnavailable(f"{span.peer_id} answered {method} with the wrong shapes")

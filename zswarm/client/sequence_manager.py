@@ -10,6 +10,7 @@ Routes themselves come from the pure functions in `zswarm.routing`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -20,7 +21,8 @@ from wire.errors import RequestTimeout
 from wire.transport import Reply, Transport
 from zswarm.client.bans import BanList
 from zswarm.client.config import ClientConfig
-from zswarm.client.failures import ServerUnavailable
+from zswarm.client.failures import ServerUnavailable, adapter_detail
+from zswarm.errors import NoRouteError
 from zswarm.routing import RouteCandidate, RouteSpan, find_forward_route, find_inference_route
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,15 @@ class SequenceManager:
             return False
         if rec.peer_id in self.config.blocked_servers:
             return False
+        if self.config.active_adapter is not None and self.config.active_adapter not in rec.adapters:
+            return False
         return self.config.allowed_servers is None or rec.peer_id in self.config.allowed_servers
+
+    def request_meta(self, **meta) -> dict:
+        """The meta of a request to a server: `meta`, plus the adapter every request runs with."""
+        if self.config.active_adapter is not None:
+            meta["adapter"] = self.config.active_adapter
+        return meta
 
     def peers(self) -> list[str]:
         return sorted({peer for block in self.blocks for peer in block})
@@ -184,19 +194,34 @@ class SequenceManager:
                                    max_length: int = 0) -> list[RouteSpan]:
         if self.updated_at is None:
             await self.update()
-        route = find_inference_route(self.candidates(start, end, tokens_needed=batch_size * max_length),
-                                     start, end, hop_overhead=self.config.hop_overhead_s,
-                                     no_cache_penalty=self.config.no_cache_penalty_s,
-                                     unknown_rtt=self.config.unknown_rtt_s, model_id=self.model_id)
+        with self._naming_adapter():
+            route = find_inference_route(self.candidates(start, end, tokens_needed=batch_size * max_length),
+                                         start, end, hop_overhead=self.config.hop_overhead_s,
+                                         no_cache_penalty=self.config.no_cache_penalty_s,
+                                         unknown_rtt=self.config.unknown_rtt_s, model_id=self.model_id)
         await self._probe_banned(route)
         return route
 
     async def make_forward_route(self, start: int, end: int) -> list[RouteSpan]:
         if self.updated_at is None:
             await self.update()
-        route = find_forward_route(self.candidates(start, end), start, end, rng=self.rng, model_id=self.model_id)
+        with self._naming_adapter():
+            route = find_forward_route(self.candidates(start, end), start, end, rng=self.rng, model_id=self.model_id)
         await self._probe_banned(route)
         return route
+
+    @contextlib.contextmanager
+    def _naming_adapter(self):
+        """With an active adapter, "served by no one" means "by no one with that adapter": say so."""
+        try:
+            yield
+        except NoRouteError as exc:
+            adapter = self.config.active_adapter
+            if adapter is None:
+                raise
+            error = NoRouteError(exc.missing, self.model_id, adapter_detail(adapter))
+            error.adapter = adapter
+            raise error from exc
 
     async def _probe_banned(self, route: list[RouteSpan]) -> None:
         """A banned server on a route is the last of its blocks: use it only if it answers."""
