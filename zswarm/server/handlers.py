@@ -236,7 +236,9 @@ def _run_inference(session: InferenceSession, hidden, prompts, hypo_ids, positio
     span = session.span
     with torch.inference_mode():
         if session.cache is None:
-            session.cache = span.new_cache(session.batch_size)
+            # the whole max_length at once (the budget already reserved it): buffers that never move let
+            # decode steps replay as CUDA graphs
+            session.cache = span.new_cache(session.batch_size, session.max_length)
         cache = session.cache
         if position < cache.length:
             cache.rollback(position)

@@ -115,8 +115,9 @@ def measure_rates(span, *, inference_steps: Optional[int] = None, forward_tokens
         return (torch.randn(1, seq, hidden_size, generator=gen) * 0.1).to(device=span.device, dtype=span.dtype)
 
     with torch.inference_mode():
-        cache = span.new_cache(1)
-        span.inference_step(noise(1), cache)  # warm-up (kernels, allocator)
+        cache = span.new_cache(1, inference_steps + 2)  # sized as sessions are: decode graphs apply
+        for _ in range(2):  # warm-up: kernels, allocator, and the decode graph's capture
+            span.inference_step(noise(1), cache)
         sync()
         tokens = [noise(1) for _ in range(inference_steps)]
         started = time.perf_counter()
