@@ -6,7 +6,8 @@
     ├── CheckpointError           a checkpoint that cannot be used as it is
     │   ├── UnsafeCheckpointError     .bin / pickle checkpoints (refused, never unpickled)
     │   ├── MissingTensorError        a tensor the config needs is absent (names tensor and file)
-    │   └── ConfigMismatchError       a tensor whose shape disagrees with the config
+    │   ├── ConfigMismatchError       a tensor whose shape disagrees with the config
+    │   └── AdapterError              a LoRA adapter that cannot be served on this model's blocks
     └── SpanInputError (ValueError)   bad hidden states / prompts / cache given to a BlockSpan
 
 `SpanInputError` carries `code = "bad_input"`, so a server handler that lets it escape answers
@@ -41,6 +42,10 @@ class MissingTensorError(CheckpointError):
 
 
 class ConfigMismatchError(CheckpointError):
+    pass
+
+
+class AdapterError(CheckpointError):
     pass
 
 

@@ -2,6 +2,7 @@
 
     make_tiny_checkpoint("llama", "/tmp/tiny-llama")        # sharded safetensors + index
     populate_hub_cache("/tmp/tiny-llama", "org/tiny", cache)  # the layout huggingface_hub reads offline
+    make_tiny_lora_adapter("/tmp/tiny-llama", "/tmp/my-lora")  # a random peft LoRA adapter (needs peft)
 
 Shared pytest fixtures built on these live in tests/conftest.py (`tiny_llama_dir`, ...).
 """
@@ -84,3 +85,29 @@ def populate_hub_cache(checkpoint_dir: str | os.PathLike, repo_id: str, cache_di
     for name in files if files is not None else sorted(p.name for p in source.iterdir() if p.is_file()):
         shutil.copyfile(source / name, snapshot / name)
     return snapshot
+
+
+def make_tiny_lora_adapter(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike, *, r: int = 4,
+                           lora_alpha: float = 8, target_modules=("q_proj", "v_proj", "down_proj"), seed: int = 1,
+                           **lora_options) -> Path:
+    """Save a random LoRA adapter (peft format, non-zero lora_B) for a tiny checkpoint in out_dir.
+
+    Needs peft (the `test` extra); servers never import it.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model = load_reference_model(checkpoint_dir)
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules), init_lora_weights=False,
+                        **lora_options)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, config)
+    out = Path(out_dir)
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+def load_reference_peft_model(checkpoint_dir: str | os.PathLike, adapter_dir: str | os.PathLike):
+    """The whole Hugging Face model with a peft adapter on top, as the ground truth for tests."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_reference_model(checkpoint_dir), str(adapter_dir)).eval()
