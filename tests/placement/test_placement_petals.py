@@ -50,6 +50,15 @@ def test_should_move_stays_put_in_a_balanced_swarm():
     assert should_move(view, "unknown", "petals") is None
 
 
+def test_a_server_that_alone_holds_some_blocks_of_a_covered_swarm_stays_put():
+    # per block 0.5 0.5 1 1 3 3: "a" (2..6) would gain the swarm most on 0..4, but it alone holds
+    # blocks 2..4, which would go unserved while it reloads (Petals 2.3 refuses; 2.0 moved)
+    view = SwarmView(6, [_span("a", 2, 6, 1.0), _span("b", 0, 2, 0.5), _span("c", 4, 6, 2.0)])
+    assert should_move(view, "a", "petals", hysteresis=False) is None
+    view.servers.append(_span("d", 2, 4, 0.1))  # now someone else holds 2..4 too: the move goes ahead
+    assert should_move(view, "a", "petals", hysteresis=False) == (0, 4)
+
+
 def test_balance_quality_above_one_forces_a_move_and_quality_gates_small_gains():
     view = SwarmView(8, [_span("a", 0, 4, 1.0), _span("b", 0, 4, 1.0), _span("c", 4, 8, 0.9)])
     # moving "a" onto 4..8 raises the minimum from 0.9 to 1.0 only: under a third, no move

@@ -89,9 +89,12 @@ class Client:
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, strategy: str, *, relay: str | None = None, **latency_knobs):
+    def __init__(self, scenario: Scenario, strategy: str, *, relay: str | None = None,
+                 petals_hysteresis: bool = False, **latency_knobs):
         self.sc = scenario
         self.strategy = strategy
+        # Petals' own rule has no hysteresis; True runs our anti-flip-flop variant of it instead.
+        self.petals_hysteresis = petals_hysteresis
         self.relay = relay or scenario.relay
         self.now = 0.0
         self._events: list = []
@@ -213,7 +216,7 @@ class Simulation:
         if s.epoch != epoch or s.state != ONLINE:
             return
         target = should_move(self.view(), s.peer_id, self.strategy, balance_quality=0.75,
-                             rng=self.petals_rng, model=self.model)
+                             rng=self.petals_rng, hysteresis=self.petals_hysteresis, model=self.model)
         if target is not None and tuple(target) != (s.start, s.end):
             self.moves += 1
             self._stop(s, vanished=False)

@@ -9,7 +9,8 @@ Choosing (Petals' `choose_best_blocks`)
 
 Rebalancing (Petals' `should_choose_other_blocks`)
     Take this server out (its old blocks minus a hair more than its throughput, so it prefers
-    to stay put on a tie), find its best window; if that is where it already is, stay. Otherwise
+    to stay put on a tie); if that uncovers a block of a fully covered swarm, stay (the swarm
+    would fall apart while it reloads); else find its best window; if that is where it already is, stay. Otherwise
     put it there and let every server, in random order, greedily move to its own best window
     until no one moves: the swarm's predicted minimum block throughput. Move when
     ``current_min / predicted_min < balance_quality`` (0.75: the swarm must gain at least a
@@ -96,6 +97,8 @@ def petals_should_move(view: SwarmView, my_peer_id: str, *, balance_quality: flo
     initial_min = min(thr)
     start, length, t = spans[my_peer_id]
     _shift(thr, start, start + length, -t * (1 + _EPS))
+    if initial_min > _EPS and min(thr) <= 0:
+        return None  # leaving would uncover blocks only this server holds (Petals 2.3: "disjoint swarm")
     new_start = best_start(thr, length)
     if new_start == start:
         return None  # already at its best place
