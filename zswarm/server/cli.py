@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model": dict(nargs="?"),
         "block_indices": dict(type=_block_range, metavar="A:B"),
         "initial_peers": dict(nargs="+", metavar="HOST:PORT"),
+        "adapters": dict(nargs="+", metavar="PATH"),
         "new_swarm": dict(action="store_true"),
         "rebalance": dict(action=argparse.BooleanOptionalAction),
         "log_level": dict(type=str.upper, choices=LOG_LEVELS),
@@ -94,8 +95,9 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> ServerConfig:
     """Command line -> ServerConfig; exits with a usage error for anything the config refuses."""
     parser = build_parser()
     given = vars(parser.parse_args(argv))
-    if "initial_peers" in given:
-        given["initial_peers"] = tuple(given["initial_peers"])
+    for name in ("initial_peers", "adapters"):
+        if name in given:
+            given[name] = tuple(given[name])
     try:
         return ServerConfig(**given)
     except ConfigError as exc:

@@ -38,6 +38,7 @@ class ServerConfig:
     rebalance: Optional[bool] = None  # check periodically whether to move; default: on unless --block-indices
     rebalance_period: float = 120.0  # mean seconds between rebalance checks (randomised +-50%)
     min_move_interval: float = 300.0  # hysteresis: seconds after a move (or start) before moving again
+    adapters: tuple[str, ...] = ()  # LoRA adapters to serve (peft format): local dirs or hub ids; clients pick one per request
 
     # --- network -------------------------------------------------------------------------
     host: str = "127.0.0.1"  # interface the RPC server binds (0.0.0.0 for all)
@@ -96,6 +97,12 @@ class ServerConfig:
         self.initial_peers = tuple(self.initial_peers)
         for peer in self.initial_peers:
             parse_host_port(peer)
+        self.adapters = tuple(self.adapters)
+        for ref in self.adapters:
+            if not isinstance(ref, str) or not ref:
+                raise ConfigError(f"each adapter must be a directory or hub id, got {ref!r}")
+        if len(set(self.adapters)) != len(self.adapters):
+            raise ConfigError(f"an adapter is given twice: {', '.join(self.adapters)}")
         if not 0 < self.balance_quality <= 1:
             raise ConfigError(f"balance_quality must be in (0, 1], got {self.balance_quality}")
         for name in ("port", "dht_port"):

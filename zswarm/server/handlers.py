@@ -17,6 +17,7 @@ import torch
 from wire.codec import to_wire_dtype
 from zswarm.errors import BadInputError, BadPositionError, BlocksNotServedError, ShuttingDownError, \
     TooManyTokensError, UnknownAdapterError
+from zswarm.models.lora import using_adapter
 from zswarm.server import compute as priorities
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.sessions import InferenceSession, SessionManager
@@ -71,11 +72,13 @@ class ServerRPC:
             return span
         return span.sub(start, end)
 
-    def _check_adapter(self, meta: dict) -> None:
+    def _check_adapter(self, meta: dict) -> Optional[str]:
+        """The request's LoRA adapter (None: the base model); unknown_adapter if we do not serve it."""
         adapter = meta_str(meta, "adapter")
         if adapter and adapter not in self.state.adapters:
             served = ", ".join(self.state.adapters) or "none"
             raise UnknownAdapterError(f"adapter {adapter!r} is not served here (served: {served})")
+        return adapter or None
 
     async def _run(self, fn, priority: int):
         try:
@@ -105,7 +108,7 @@ class ServerRPC:
     async def rpc_open_session(self, request):
         s, meta = self.state, request.meta
         start, end = block_range(meta, s.start, s.end)
-        self._check_adapter(meta)
+        adapter = self._check_adapter(meta)
         max_length = meta_int(meta, "max_length", low=1)
         if max_length > s.max_session_length:
             raise TooManyTokensError(f"max_length {max_length} exceeds this server's limit of {s.max_session_length}")
@@ -115,7 +118,7 @@ class ServerRPC:
         wait = meta_float(meta, "wait_timeout", default=0.0, high=s.max_wait_timeout)
         span = self._span_for(start, end)
         session = await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
-                                           wait_timeout=wait, span=span, peer=request.peer)
+                                           wait_timeout=wait, span=span, peer=request.peer, adapter=adapter)
         return {"session_id": session.session_id}, []
 
     async def rpc_close_session(self, request):
@@ -171,7 +174,7 @@ class ServerRPC:
     async def rpc_forward(self, request):
         s, meta = self.state, request.meta
         start, end = block_range(meta, s.start, s.end)
-        self._check_adapter(meta)
+        adapter = self._check_adapter(meta)
         found = named_tensors(meta, request.tensors, ["hidden"], ["prompts"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
         check_tokens(hidden.shape[0], hidden.shape[1], s.max_request_tokens, "forward")
@@ -182,7 +185,7 @@ class ServerRPC:
         span = self._span_for(start, end)
 
         def forward():
-            with torch.inference_mode():
+            with torch.inference_mode(), using_adapter(adapter):
                 out = span.forward(_to_span(hidden, span), prompts=_to_span(prompts, span))
                 return to_wire_dtype(out.to("cpu"), hidden.dtype)
 
@@ -193,7 +196,7 @@ class ServerRPC:
     async def rpc_backward(self, request):
         s, meta = self.state, request.meta
         start, end = block_range(meta, s.start, s.end)
-        self._check_adapter(meta)
+        adapter = self._check_adapter(meta)
         found = named_tensors(meta, request.tensors, ["hidden", "grad_out"], ["prompts"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
         grad_out = found["grad_out"]
@@ -206,8 +209,9 @@ class ServerRPC:
         span = self._span_for(start, end)
 
         def backward():
-            grad_hidden, grad_prompts = span.backward(
-                _to_span(hidden, span), _to_span(grad_out, span), prompts=_to_span(prompts, span))
+            with using_adapter(adapter):  # LoRA weights stay frozen; gradients flow through them to the inputs
+                grad_hidden, grad_prompts = span.backward(
+                    _to_span(hidden, span), _to_span(grad_out, span), prompts=_to_span(prompts, span))
             grads = [to_wire_dtype(grad_hidden.detach().to("cpu"), hidden.dtype)]
             if prompts is not None and grad_prompts is not None:
                 grads.append(to_wire_dtype(grad_prompts.detach().to("cpu"), prompts.dtype))
@@ -234,7 +238,7 @@ def _to_span(t: Optional[torch.Tensor], span) -> Optional[torch.Tensor]:
 def _run_inference(session: InferenceSession, hidden, prompts, hypo_ids, position: int, chunk: int):
     """On the compute thread: roll back to `position`, reorder beams, run the new tokens in chunks."""
     span = session.span
-    with torch.inference_mode():
+    with torch.inference_mode(), using_adapter(session.adapter):
         if session.cache is None:
             # the whole max_length at once (the budget already reserved it): buffers that never move let
             # decode steps replay as CUDA graphs

@@ -21,6 +21,7 @@ from typing import Optional
 import zswarm
 from dht import DHTNode, Identity, ServerRecord, ServerState
 from wire import RpcServer, ZmqTransport
+from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
 from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
@@ -47,6 +48,7 @@ class Server:
         self.announcer: Optional[Announcer] = None
         self.rebalancer: Optional[Rebalancer] = None
         self.rates: Optional[Rates] = None
+        self.adapters: list = []  # LoraAdapter, checked at start; put on every span loaded
         self.address = ""
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
@@ -92,6 +94,7 @@ class Server:
         check_quant_available(cfg.quant, device)
         source = await loop.run_in_executor(None, resolve_model, cfg.model)
         self.source = source
+        self.adapters = await loop.run_in_executor(None, open_adapters, cfg.adapters, source)
         dtype = resolve_dtype(cfg.dtype, source.config, device)
         dtype_name = str(dtype).removeprefix("torch.")
         self.device, self.dtype = device, dtype
@@ -129,6 +132,7 @@ class Server:
             forward_rps=self.rates.forward_rps, max_session_length=cfg.max_session_length,
             max_batch_size=cfg.max_batch_size, max_request_tokens=cfg.max_request_tokens,
             prefill_chunk_tokens=cfg.prefill_chunk_tokens, max_wait_timeout=cfg.max_wait_timeout,
+            adapters=tuple(adapter.name for adapter in self.adapters),
         )
         rpc = ServerRPC(self.state, self.sessions, self.compute)
         self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port)
@@ -246,9 +250,12 @@ class Server:
         began = time.monotonic()
         logger.info("loading weights of blocks %d:%d (%s, %s, quant=%s) ...", start, end, self.device,
                     str(self.dtype).removeprefix("torch."), self.config.quant)
-        span = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: load_blocks(self.source, start, end, dtype=self.dtype, device=self.device,
-                                      quant=self.config.quant))
+        def load():
+            span = load_blocks(self.source, start, end, dtype=self.dtype, device=self.device, quant=self.config.quant)
+            attach_adapters(span, self.adapters)
+            return span
+
+        span = await asyncio.get_running_loop().run_in_executor(None, load)
         logger.info("loaded blocks %d:%d in %.1fs", start, end, time.monotonic() - began)
         return span
 

@@ -33,6 +33,7 @@ class InferenceSession:
     batch_size: int
     span: Any  # BlockSpan view over [start, end)
     peer: bytes = b""
+    adapter: Optional[str] = None  # the LoRA adapter every step of this session runs with
     cache: Any = None  # SpanCache, created on the first step (on the compute thread)
     last_used: float = 0.0
     steps: int = 0
@@ -65,7 +66,7 @@ class SessionManager:
         return iter(list(self._sessions.values()))
 
     async def open(self, *, start: int, end: int, max_length: int, batch_size: int, wait_timeout: float,
-                   span: Any, peer: bytes = b"") -> InferenceSession:
+                   span: Any, peer: bytes = b"", adapter: Optional[str] = None) -> InferenceSession:
         if not self.accepting:
             raise ShuttingDownError(self.refusal)
         tokens = batch_size * max_length
@@ -86,11 +87,12 @@ class SessionManager:
             raise ShuttingDownError(self.refusal)
         session = InferenceSession(
             session_id=secrets.token_hex(16), start=start, end=end, max_length=max_length,
-            batch_size=batch_size, span=span, peer=peer, last_used=self.clock(),
+            batch_size=batch_size, span=span, peer=peer, adapter=adapter, last_used=self.clock(),
         )
         self._sessions[session.session_id] = session
-        logger.info("session %s opened: blocks %d:%d, batch %d, max_length %d (%d cache tokens left)",
-                    session.session_id[:8], start, end, batch_size, max_length, self.budget.free)
+        logger.info("session %s opened: blocks %d:%d, batch %d, max_length %d%s (%d cache tokens left)",
+                    session.session_id[:8], start, end, batch_size, max_length,
+                    f", adapter {adapter}" if adapter else "", self.budget.free)
         return session
 
     def get(self, session_id) -> InferenceSession:
