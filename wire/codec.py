@@ -5,14 +5,16 @@ The descriptor is what goes into the msgpack header: ``{"dtype": "float16", "sha
 element, then byte 1, ...), which groups the slowly varying exponent bytes of floats together.
 The payload travels as its own ZeroMQ frame; it is never copied into msgpack.
 
-Compression is chosen per tensor (``compression="auto"``): tensors under ``AUTO_MIN_BYTES`` are
-sent raw (too small to pay anywhere), others are compressed only if lz4 on a sample of
-``PROBE_BYTES`` shrinks it to at most ``AUTO_MAX_RATIO``. ``"lz4"`` forces it, ``"none"`` turns it
-off. tools/bench_wire.py measures where it pays. On the 2-core dev box: fp16 activations do not
-compress at all (ratio 1.00), bf16 ones reach ~0.84 after the shuffle at ~20 ms of CPU per 4 MiB
-round trip, which pays on links below ~200-250 Mbit/s. Hence the default ``"auto"``: it costs a
-decode step nothing (under AUTO_MIN_BYTES), fp16 prefills one 32 KiB probe (lz4 skips noise fast),
-and compresses bf16 prefills -- right for volunteers on home links; force ``"none"`` on a LAN.
+Compression is chosen per tensor (``compression="auto"``), from the dtype and then a probe:
+tensors under ``AUTO_MIN_BYTES`` are sent raw (too small to pay anywhere), fp16 ones too (see
+below), others are compressed only if lz4 on a sample of ``PROBE_BYTES`` shrinks it to at most
+``AUTO_MAX_RATIO``. ``"lz4"`` forces it, ``"none"`` turns it off. tools/bench_wire.py measures
+where it pays. On the 2-core dev box: fp16 activations do not compress at all (ratio 1.00: a
+5-bit exponent leaves no redundant byte plane), bf16 ones reach ~0.84 after the shuffle at ~20 ms
+of CPU per 4 MiB round trip, which pays on links below ~200-250 Mbit/s. Hence the default
+``"auto"``: it costs a decode step nothing (under AUTO_MIN_BYTES), an fp16 prefill nothing (no
+probe: it would cost ~20 us per message on each end to learn what the dtype already says), and
+compresses bf16 prefills -- right for volunteers on home links; force ``"none"`` on a LAN.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "DTYPES", "COMPRESSIONS", "encode_tensor", "decode_tensor", "check_descriptor", "decode_checked", "Checked",
-    "to_wire_dtype", "FP16_MAX", "AUTO_MIN_BYTES", "AUTO_MAX_RATIO",
+    "to_wire_dtype", "FP16_MAX", "AUTO_MIN_BYTES", "AUTO_MAX_RATIO", "AUTO_RAW_DTYPES",
 ]
 
 DTYPES: dict[str, torch.dtype] = {
@@ -43,6 +45,8 @@ FP16_MAX = 65504.0
 AUTO_MIN_BYTES = 64 << 10   # below this lz4 cannot win back its fixed cost on any real link
 AUTO_MAX_RATIO = 0.9        # compress only if the probe saves at least 10%
 PROBE_BYTES = 32 << 10
+# dtypes "auto" never compresses, without probing: fp16 activations measured ratio 1.00
+AUTO_RAW_DTYPES = frozenset({"float16"})
 
 
 def to_wire_dtype(t: torch.Tensor, dtype: torch.dtype = torch.float16) -> torch.Tensor:
@@ -79,7 +83,7 @@ def _compress(u8: np.ndarray, itemsize: int) -> tuple[str, bytes]:
     return "lz4", lz4.block.compress(u8, store_size=False)
 
 
-def _probe_pays(u8: torch.Tensor, itemsize: int) -> bool:
+def _probe_pays(u8: np.ndarray, itemsize: int) -> bool:
     sample = u8[: PROBE_BYTES - PROBE_BYTES % itemsize]
     _, packed = _compress(sample, itemsize)
     return len(packed) <= AUTO_MAX_RATIO * sample.size
@@ -105,7 +109,8 @@ def encode_tensor(t: torch.Tensor, *, compression: str = "auto") -> tuple[dict, 
         return desc, b""
     if compression != "none":
         itemsize = _ITEMSIZE[name]
-        if compression == "lz4" or (nbytes >= AUTO_MIN_BYTES and _probe_pays(_raw_bytes(t), itemsize)):
+        if compression == "lz4" or (nbytes >= AUTO_MIN_BYTES and name not in AUTO_RAW_DTYPES
+                                    and _probe_pays(_raw_bytes(t), itemsize)):
             desc["codec"], packed = _compress(_raw_bytes(t), itemsize)
             return desc, packed
     return desc, _raw_bytes(t)  # flat uint8, so len() is the byte count

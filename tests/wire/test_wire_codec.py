@@ -66,6 +66,23 @@ def test_auto_compresses_redundant_tensors_and_skips_noise_and_small_ones():
     assert encode_tensor(zeros, compression="none")[0]["codec"] == "none"
 
 
+def test_auto_sends_fp16_raw_without_probing_and_lz4_still_compresses_it():
+    # fp16 activations never compress (bench_wire: ratio 1.00), so auto decides from the dtype
+    zeros = torch.zeros(AUTO_MIN_BYTES, dtype=torch.float16)
+    assert encode_tensor(zeros)[0]["codec"] == "none"
+    desc, payload = encode_tensor(zeros, compression="lz4")
+    assert desc["codec"] == "lz4s" and len(payload) < zeros.nbytes // 10
+    assert_bit_exact(decode_tensor(desc, payload), zeros)
+
+
+def test_uncompressed_encode_shares_the_tensor_memory():
+    t = torch.randn(1, 512, 64).half()
+    desc, payload = encode_tensor(t, compression="auto")
+    assert desc["codec"] == "none"
+    t[0, 0, 0] = 7.0
+    assert decode_tensor(desc, payload)[0, 0, 0].item() == 7.0
+
+
 def test_uncompressed_decode_shares_the_receive_buffer():
     buf = bytearray(torch.arange(4, dtype=torch.int32).numpy().tobytes())
     t = decode_tensor({"dtype": "int32", "shape": [4], "codec": "none"}, buf)

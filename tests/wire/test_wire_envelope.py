@@ -36,3 +36,31 @@ def test_header_is_validated_before_payloads_are_touched():
         decode_header([msgpack.packb({"v": PROTOCOL_VERSION, "id": 5, "k": "request", "m": "x", "meta": [1]})])
     with pytest.raises(BadHeader):
         decode_header([])
+
+
+def test_large_tensor_crosses_a_real_socket_without_a_copy_on_either_end():
+    """Sending hands libzmq the tensor's own memory; the received tensor is the zmq frame."""
+    import zmq
+    from wire.limits import DEFAULT_LIMITS
+    from wire.sockets import configure_socket
+    ctx = zmq.Context.instance()
+    rx, tx = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        for sock in (rx, tx):
+            configure_socket(sock, DEFAULT_LIMITS)
+        port = rx.bind_to_random_port("tcp://127.0.0.1")
+        tx.connect(f"tcp://127.0.0.1:{port}")
+        x = torch.randn(1, 512, 256).half()  # 256 KiB: over the copy threshold
+        frames = encode_message(Message("echo", {}, [x], 7), compression="auto")
+        assert frames[1].__array_interface__["data"][0] == x.data_ptr()  # a view, not a copy
+        tx.send_multipart(frames, copy=False)
+        got = rx.recv_multipart(copy=False)
+        msg = decode_message(got)
+        buf = got[1].buffer
+        y = msg.tensors[0]
+        assert torch.equal(y, x)
+        buf[0:2] = b"\x00\x3c"  # write 1.0 into the frame: the tensor sees it
+        assert y.view(-1)[0].item() == 1.0
+    finally:
+        rx.close(linger=0)
+        tx.close(linger=0)
