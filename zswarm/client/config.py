@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 WIRE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+TUNING_MODES = (None, "ptune", "deep_ptune")
 
 
 @dataclass
@@ -66,6 +67,12 @@ class ClientConfig:
     # Log the chosen route at INFO (one line per route); DEBUG otherwise.
     show_route: bool = True
 
+    # Prompt tuning (Petals' "ptune" / "deep_ptune"): None, or "ptune" for `pre_seq_len` trainable
+    # prompt embeddings prepended to the input on the client, or "deep_ptune" for those plus
+    # trainable per-block prompts that travel with each request. Server weights never change.
+    tuning_mode: str | None = None
+    pre_seq_len: int = 16
+
     # A server-side LoRA adapter to run every request with (None: the base model). Sent as the
     # meta "adapter" of each request; routes use only servers whose record lists it.
     active_adapter: str | None = None
@@ -79,6 +86,10 @@ class ClientConfig:
             raise ValueError(f"wire_dtype must be one of {WIRE_DTYPES}, not {self.wire_dtype!r}")
         if self.active_adapter is not None and (not isinstance(self.active_adapter, str) or not self.active_adapter):
             raise ValueError(f"active_adapter must be a non-empty adapter name or None, not {self.active_adapter!r}")
+        if self.tuning_mode not in TUNING_MODES:
+            raise ValueError(f"tuning_mode must be one of {TUNING_MODES}, not {self.tuning_mode!r}")
+        if isinstance(self.pre_seq_len, bool) or not isinstance(self.pre_seq_len, int) or self.pre_seq_len < 1:
+            raise ValueError(f"pre_seq_len must be a positive int (prompt tokens), not {self.pre_seq_len!r}")
         if self.max_request_tokens < 1:
             raise ValueError("max_request_tokens must be at least 1")
         if self.max_retries < 0:

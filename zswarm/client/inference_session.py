@@ -85,7 +85,8 @@ class InferenceSession:
     (`step`, `close`, the context manager) hand them to it through `run`."""
 
     def __init__(self, manager: SequenceManager, config: ClientConfig, *, max_length: int,
-                 wire_dtype: torch.dtype, run: Callable | None = None, start: int = 0, end: int | None = None):
+                 wire_dtype: torch.dtype, run: Callable | None = None, start: int = 0, end: int | None = None,
+                 prompts: torch.Tensor | None = None, prefix_length: int = 0):
         if max_length < 1:
             raise ValueError("max_length must be at least 1")
         self.manager = manager
@@ -95,6 +96,15 @@ class InferenceSession:
         self.wire_dtype = wire_dtype
         self.start = start
         self.end = manager.num_blocks if end is None else end
+        # Deep prompts [end - start, 1 or batch, pre_seq_len, hidden]: each step that writes a
+        # position < pre_seq_len (the first one, and any replay to a fresh server) carries them.
+        if prompts is not None and (prompts.ndim != 4 or prompts.shape[0] != self.end - self.start):
+            raise ValueError(f"deep prompts must be [{self.end - self.start}, batch or 1, pre_seq_len, hidden], "
+                             f"got {tuple(prompts.shape)}")
+        self.prompts = None if prompts is None else to_wire_dtype(prompts.detach().cpu(), wire_dtype)
+        # Tokens at the start of the session that are the client's tuned prompts, not the caller's
+        # ids: generate's cache length leaves them out (RemoteCache).
+        self.prefix_length = prefix_length
         self.position = 0
         self.batch_size: int | None = None
         self.spans: list[SpanSession] = []
@@ -254,6 +264,10 @@ class InferenceSession:
         if span.pending_hypo_ids is not None:
             meta["tensor_names"].append("hypo_ids")
             tensors.append(span.pending_hypo_ids)
+        if self.prompts is not None and span.position < self.prompts.shape[2]:
+            meta["tensor_names"].append("prompts")
+            prompts = self.prompts[span.start - self.start:span.end - self.start]
+            tensors.append(prompts.expand(-1, inputs.shape[0], -1, -1).contiguous())
         timeout = self.config.step_timeout if inputs.shape[1] == 1 else self.config.request_timeout
         reply = await self.manager.call(span.address, "inference_step", meta, tensors, timeout=timeout)
         out = _single_hidden(reply, expected=inputs.shape, peer=span.peer_id).to(self.wire_dtype)

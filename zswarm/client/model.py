@@ -5,101 +5,31 @@
         out = model.generate(ids, max_new_tokens=64, session=session)
         out2 = model.generate(more_ids, max_new_tokens=64, session=session)   # continues the chat
 
-Only the embeddings, final norm and LM head are loaded here. `forward` is embed -> remote
-blocks -> norm -> head; with a `RemoteCache` (one per inference session) the blocks run as an
+Only the embeddings, final norm and LM head are loaded here. `forward` is embed -> [tuned
+prompts] -> remote blocks -> norm -> head (see base.py); with a `RemoteCache` (one per inference session) the blocks run as an
 inference step on the servers' caches, without one as a forward with autograd. transformers'
 own `generate` runs on top unchanged: every decoding strategy only sees logits and a cache.
 """
 from __future__ import annotations
 
 import inspect
-import os
 
 import torch
-from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
-from zswarm.client.config import ClientConfig
+from zswarm.client.base import DistributedModelBase, choose_wire_dtype  # noqa: F401 (tests import it here)
 from zswarm.client.inference_session import InferenceSession
 from zswarm.client.remote_cache import RemoteCache
-from zswarm.client.remote_sequential import RemoteSequential
-from zswarm.client.swarm import SwarmConnection
 
 # transformers 5.2x calls the cache `cache` (it renames `past_key_values` with a warning); 4.x
 # calls it `past_key_values`. Our forward takes either.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
     else "past_key_values"
 
-WIRE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
-
-def choose_wire_dtype(setting: str, model_dtype: torch.dtype | None) -> torch.dtype:
-    """"auto": bfloat16 for bfloat16 models (fp16 would overflow their activations), float16 else."""
-    if setting != "auto":
-        return WIRE_DTYPES[setting]
-    return torch.bfloat16 if model_dtype == torch.bfloat16 else torch.float16
-
-
-class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
-    main_input_name = "input_ids"
-    base_model_prefix = "zswarm"
-
-    def __init__(self, config, *, parts, swarm: SwarmConnection, client_config: ClientConfig,
-                 wire_dtype: torch.dtype):
-        super().__init__(config)
-        self.parts = parts
-        self.blocks = RemoteSequential(swarm, wire_dtype=wire_dtype)
-        self.swarm = swarm
-        self.client_config = client_config
-        self.wire_dtype = wire_dtype
-
-    # ---- construction --------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, model_ref: str, *, initial_peers=(), dtype: torch.dtype | str | None = None,
-                        device: torch.device | str | None = None, **kwargs) -> "AutoDistributedModelForCausalLM":
-        """`model_ref`: a local checkpoint directory or a hub id. `dtype`/`device` are for the
-        local parts (default float32 on CPU); other keyword arguments are ClientConfig fields."""
-        from zswarm.models import load_client_parts, resolve_model
-
-        dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)   # transformers 4's name
-        config, rest = ClientConfig.from_kwargs(dict(kwargs, initial_peers=initial_peers))
-        if rest:
-            raise TypeError(f"unknown arguments: {sorted(rest)} (not ClientConfig fields)")
-        source = resolve_model(model_ref)
-        dtype = _as_dtype(dtype) or torch.float32
-        parts = load_client_parts(source, dtype=dtype, device=torch.device(device or "cpu"))
-        swarm = SwarmConnection(config, model_id=config.model_id or source.model_id, num_blocks=source.num_blocks)
-        try:
-            model = cls.from_parts(source, parts, swarm, config)
-        except BaseException:
-            swarm.close()
-            raise
-        return model
-
-    @classmethod
-    def from_parts(cls, source, parts, swarm: SwarmConnection, config: ClientConfig) -> "AutoDistributedModelForCausalLM":
-        """Build the model from already loaded local parts and a swarm connection (tests do)."""
-        model_dtype = _as_dtype(getattr(source.config, "dtype", None) or getattr(source.config, "torch_dtype", None))
-        model = cls(source.config, parts=parts, swarm=swarm, client_config=config,
-                    wire_dtype=choose_wire_dtype(config.wire_dtype, model_dtype))
-        path = getattr(source, "path", None)
-        if path and os.path.exists(os.path.join(path, "generation_config.json")):
-            model.generation_config = GenerationConfig.from_pretrained(path)
-        model.eval()
-        return model
-
-    def close(self) -> None:
-        """Leave the swarm: stop the background refresh, close sockets and the DHT node."""
-        self.swarm.close()
-
-    # ---- sessions ------------------------------------------------------------------------------
-    def inference_session(self, max_length: int) -> InferenceSession:
-        """A session holding up to `max_length` tokens (per sequence) on the servers; use it as a
-        context manager and pass it to `generate(..., session=session)` to continue a chat."""
-        return InferenceSession(self.swarm.manager, self.client_config, max_length=max_length,
-                                wire_dtype=self.wire_dtype, run=self.swarm.run)
-
+class AutoDistributedModelForCausalLM(DistributedModelBase, GenerationMixin):
     def generate(self, inputs: torch.Tensor | None = None, generation_config: GenerationConfig | None = None, *,
                  session: InferenceSession | None = None, **kwargs):
         """transformers' generate, with the blocks' caches on the servers. With `session`, the
@@ -152,9 +82,6 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         return max(kwargs.get("max_length") or config.max_length or 20, prompt + 1)
 
     # ---- forward -------------------------------------------------------------------------------
-    def get_input_embeddings(self):
-        return self.parts.embeddings
-
     def get_output_embeddings(self):
         return self.parts.lm_head
 
@@ -162,21 +89,16 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
                 past_key_values: RemoteCache | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, use_cache: bool | None = None,
                 logits_to_keep: int = 0, return_dict: bool | None = None, **kwargs) -> CausalLMOutputWithPast:
-        if attention_mask is not None and not bool((attention_mask == 1).all()):
-            raise NotImplementedError("padded batches are not supported by the swarm protocol: "
-                                      "generate one sequence at a time or batch sequences of equal length")
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids and inputs_embeds")
-        hidden = self.parts.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        """Logits (and the loss of `labels`) for the caller's positions; tuned prompts, if any,
+        are in front of them on the servers but not in the output."""
         past_key_values = past_key_values if past_key_values is not None else kwargs.pop("cache", None)
+        session = None
         if past_key_values is not None:
             if not isinstance(past_key_values, RemoteCache):
                 raise TypeError(f"past_key_values must be a RemoteCache (an inference session), "
                                 f"not {type(past_key_values).__name__}")
-            with torch.no_grad():
-                hidden = past_key_values.session.step(hidden)
-        else:
-            hidden = self.blocks(hidden)
+            session = past_key_values.session
+        hidden = self.run_blocks(input_ids, inputs_embeds, attention_mask, session)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.parts.head(self.parts.norm(hidden))
@@ -184,13 +106,3 @@ class AutoDistributedModelForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=logits.shape[-1], **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
-
-
-def _as_dtype(dtype) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if isinstance(dtype, str):
-        value = getattr(torch, dtype.replace("torch.", ""), None)
-        if isinstance(value, torch.dtype):
-            return value
-    raise ValueError(f"not a torch dtype: {dtype!r}")

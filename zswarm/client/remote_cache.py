@@ -2,7 +2,7 @@
 
 `generate` only asks a cache how long it is, to reorder it (beam search) and to crop it; the
 keys and values themselves live on the servers. So this cache holds no layers: its length is the
-session's position, a reorder becomes the `hypo_ids` of the next step, a crop a rollback.
+session's position (less the tuned prompts at its start), a reorder becomes the `hypo_ids` of the next step, a crop a rollback.
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ class RemoteCache(Cache):
         self.session = session
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.session.position
+        """Tokens of the caller's ids the servers hold (the tuned prompts before them not counted)."""
+        return max(self.session.position - self.session.prefix_length, 0)
 
     def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        return self.session.position + query_length, 0
+        return self.get_seq_length() + query_length, 0
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.session.reorder(beam_idx)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 
 from dht.records import ServerRecord, ServerState
 from wire.errors import RequestTimeout
@@ -23,7 +24,8 @@ from zswarm.client.bans import BanList
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import ServerUnavailable, adapter_detail
 from zswarm.errors import NoRouteError
-from zswarm.routing import RouteCandidate, RouteSpan, find_forward_route, find_inference_route
+from zswarm.routing import (RouteCandidate, RouteSpan, find_forward_route, find_inference_route,
+                            uncovered_ranges)
 
 logger = logging.getLogger(__name__)
 
@@ -202,11 +204,17 @@ class SequenceManager:
         await self._probe_banned(route)
         return route
 
-    async def make_forward_route(self, start: int, end: int) -> list[RouteSpan]:
+    async def make_forward_route(self, start: int, end: int, *,
+                                 busy: Mapping[str, int] | None = None) -> list[RouteSpan]:
+        """A load-spreading route; `busy` (requests in flight per server, from the same caller)
+        keeps it off busy servers wherever an idle one holds the same blocks."""
         if self.updated_at is None:
             await self.update()
+        candidates = self.candidates(start, end)
+        if busy:
+            candidates = prefer_idle(candidates, start, end, busy)
         with self._naming_adapter():
-            route = find_forward_route(self.candidates(start, end), start, end, rng=self.rng, model_id=self.model_id)
+            route = find_forward_route(candidates, start, end, rng=self.rng, model_id=self.model_id)
         await self._probe_banned(route)
         return route
 
@@ -230,3 +238,15 @@ class SequenceManager:
                 if not await self.ping(span.peer_id):
                     raise ServerUnavailable(f"server {span.peer_id}, the last one left for blocks "
                                             f"{span.start}-{span.end - 1}, does not answer")
+
+
+def prefer_idle(candidates: list[RouteCandidate], start: int, end: int,
+                busy: Mapping[str, int]) -> list[RouteCandidate]:
+    """Idle candidates, plus busy ones only for blocks no idle one holds (their throughput
+    divided by 1 + their requests in flight): concurrent row groups of one batch then land on
+    different replicas whenever there are enough."""
+    idle = [c for c in candidates if not busy.get(c.peer_id)]
+    gaps = uncovered_ranges(idle, start, end)
+    needed = [dataclasses.replace(c, throughput=(c.throughput or c.inference_rps) / (1 + busy[c.peer_id]))
+              for c in candidates if busy.get(c.peer_id) and any(c.start < b and c.end > a for a, b in gaps)]
+    return idle + needed

@@ -1,0 +1,158 @@
+"""`DistributedModelBase`: what every zswarm model class shares -- loading the local parts
+(embeddings, final norm, LM head), the swarm connection, the remote blocks, prompt tuning, and
+the walk embed -> [prompts] -> remote blocks that the task heads (causal LM, classification) sit on.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from zswarm.client.config import ClientConfig
+from zswarm.client.inference_session import InferenceSession
+from zswarm.client.ptune import PromptTuning
+from zswarm.client.remote_sequential import RemoteSequential
+from zswarm.client.swarm import SwarmConnection
+
+WIRE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def choose_wire_dtype(setting: str, model_dtype: torch.dtype | None) -> torch.dtype:
+    """"auto": bfloat16 for bfloat16 models (fp16 would overflow their activations), float16 else."""
+    if setting != "auto":
+        return WIRE_DTYPES[setting]
+    return torch.bfloat16 if model_dtype == torch.bfloat16 else torch.float16
+
+
+class DistributedModelBase(PreTrainedModel):
+    main_input_name = "input_ids"
+    base_model_prefix = "zswarm"
+    # from_pretrained keyword arguments that are the model class's own, not ClientConfig fields.
+    model_kwargs: tuple[str, ...] = ()
+
+    def __init__(self, config, *, parts, swarm: SwarmConnection, client_config: ClientConfig,
+                 wire_dtype: torch.dtype):
+        super().__init__(config)
+        self.parts = parts
+        self.blocks = RemoteSequential(swarm, wire_dtype=wire_dtype)
+        self.swarm = swarm
+        self.client_config = client_config
+        self.wire_dtype = wire_dtype
+        self.tuning = (PromptTuning(client_config.tuning_mode, client_config.pre_seq_len, swarm.num_blocks,
+                                    parts.embeddings) if client_config.tuning_mode else None)
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model_ref: str, *, initial_peers=(), dtype: torch.dtype | str | None = None,
+                        device: torch.device | str | None = None, **kwargs):
+        """`model_ref`: a local checkpoint directory or a hub id. `dtype`/`device` are for the
+        local parts (default float32 on CPU); other keyword arguments are ClientConfig fields
+        (tuning_mode, pre_seq_len, active_adapter, ...) or the class's own `model_kwargs`."""
+        from zswarm.models import load_client_parts, resolve_model
+
+        dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)   # transformers 4's name
+        config, rest = ClientConfig.from_kwargs(dict(kwargs, initial_peers=initial_peers))
+        unknown = sorted(set(rest) - set(cls.model_kwargs))
+        if unknown:
+            raise TypeError(f"unknown arguments: {unknown} (not ClientConfig fields"
+                            + (f" nor {', '.join(cls.model_kwargs)}" if cls.model_kwargs else "") + ")")
+        source = resolve_model(model_ref)
+        dtype = _as_dtype(dtype) or torch.float32
+        parts = load_client_parts(source, dtype=dtype, device=torch.device(device or "cpu"))
+        swarm = SwarmConnection(config, model_id=config.model_id or source.model_id, num_blocks=source.num_blocks)
+        try:
+            model = cls.from_parts(source, parts, swarm, config, **rest)
+        except BaseException:
+            swarm.close()
+            raise
+        return model
+
+    @classmethod
+    def from_parts(cls, source, parts, swarm: SwarmConnection, config: ClientConfig, **model_kwargs):
+        """Build the model from already loaded local parts and a swarm connection (tests do)."""
+        model_dtype = _as_dtype(getattr(source.config, "dtype", None) or getattr(source.config, "torch_dtype", None))
+        model = cls(cls.prepare_config(copy.deepcopy(source.config), **model_kwargs), parts=parts, swarm=swarm,
+                    client_config=config, wire_dtype=choose_wire_dtype(config.wire_dtype, model_dtype))
+        path = getattr(source, "path", None)
+        if path and os.path.exists(os.path.join(path, "generation_config.json")):
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        model.eval()
+        return model
+
+    @classmethod
+    def prepare_config(cls, config, **model_kwargs):
+        """The model config with the class's own `model_kwargs` applied (a copy: ours to change)."""
+        return config
+
+    def close(self) -> None:
+        """Leave the swarm: stop the background refresh, close sockets and the DHT node."""
+        self.swarm.close()
+
+    # ---- sessions ------------------------------------------------------------------------------
+    @property
+    def prefix_length(self) -> int:
+        """Prompt tokens the client puts before every input (0 without prompt tuning)."""
+        return self.tuning.pre_seq_len if self.tuning is not None else 0
+
+    def inference_session(self, max_length: int) -> InferenceSession:
+        """A session holding up to `max_length` tokens (per sequence, not counting the tuned
+        prompts) on the servers; use it as a context manager and pass it to
+        `generate(..., session=session)` to continue a chat. Deep prompts are the values they
+        have now."""
+        prompts = self.tuning.block_prompts() if self.tuning is not None else None
+        return InferenceSession(self.swarm.manager, self.client_config, max_length=max_length + self.prefix_length,
+                                wire_dtype=self.wire_dtype, run=self.swarm.run,
+                                prompts=None if prompts is None else prompts.detach(),
+                                prefix_length=self.prefix_length)
+
+    # ---- the shared walk -----------------------------------------------------------------------
+    def get_input_embeddings(self):
+        return self.parts.embeddings
+
+    def run_blocks(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
+                   attention_mask: torch.Tensor | None, session: InferenceSession | None = None) -> torch.Tensor:
+        """Embed (or take `inputs_embeds`), put the tuned prompts first, run every block in the
+        swarm (on `session`'s caches if given, else forward with autograd) and return the last
+        block's hidden states at the caller's positions only."""
+        check_attention_mask(attention_mask, cached=session is not None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        hidden = self.parts.embed(input_ids) if inputs_embeds is None else inputs_embeds
+        if session is not None:
+            prefix = self.prefix_length if session.position == 0 else 0   # prompts start the session
+            if prefix:
+                hidden = self.tuning.prepend(hidden)
+            with torch.no_grad():
+                return session.step(hidden)[:, prefix:]
+        if self.tuning is None:
+            return self.blocks(hidden)
+        out = self.blocks(self.tuning.prepend(hidden), self.tuning.block_prompts())
+        return out[:, self.prefix_length:]
+
+
+def check_attention_mask(mask: torch.Tensor | None, *, cached: bool) -> None:
+    """Blocks attend causally and servers take no mask: padding at the end of a row (right
+    padding) changes no earlier position, so it is fine without a cache; anything else is not."""
+    if mask is None:
+        return
+    ones = mask.bool()
+    if bool(ones.all()):
+        return
+    if cached:
+        raise NotImplementedError("padded batches are not supported in inference sessions: generate one sequence "
+                                  "at a time or batch sequences of equal length")
+    if bool((ones[:, 1:] & ~ones[:, :-1]).any()):
+        raise NotImplementedError("only right padding is supported (the servers take no attention mask, and "
+                                  "causal attention keeps trailing pads out of earlier positions): pad on the right")
+
+
+def _as_dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.replace("torch.", ""), None)
+        if isinstance(value, torch.dtype):
+            return value
+    raise ValueError(f"not a torch dtype: {dtype!r}")
