@@ -5,6 +5,7 @@ compute with an adapter equals peft's PeftModel on the whole HF model (forward, 
 backward returns, greedy generation through inference sessions); without one, the base model.
 """
 import asyncio
+import logging
 
 import pytest
 import torch
@@ -164,23 +165,29 @@ def test_an_adapter_the_server_does_not_have_gets_unknown_adapter(swarm):
     assert run(lambda t: forward_chain(t, swarm[:1], hidden, "style")).shape == hidden.shape  # still serving
 
 
-@pytest.mark.parametrize("case", ["not LoRA", "missing"])
 def test_a_bad_adapter_stops_the_server_with_one_line_and_no_traceback(
-        case, tiny_model_dir, adapter_dirs, spawn_server, tmp_path):
-    if case == "not LoRA":
-        bad = tmp_path / "ia3"
-        bad.mkdir()
-        (bad / "adapter_config.json").write_text('{"peft_type": "IA3"}')
-        (bad / "adapter_model.safetensors").write_bytes(adapter_dirs["style"].joinpath(
-            "adapter_model.safetensors").read_bytes())
-        message = "cannot start: adapter .*ia3: peft_type is 'IA3'; zswarm servers serve LORA adapters only"
-    else:
-        bad = tmp_path / "no-such-dir"
-        message = "cannot start: adapter .*no-such-dir' is neither an existing directory nor a Hugging Face hub id"
+        tiny_model_dir, adapter_dirs, spawn_server, tmp_path):
+    bad = tmp_path / "ia3"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text('{"peft_type": "IA3"}')
+    (bad / "adapter_model.safetensors").write_bytes((adapter_dirs["style"] / "adapter_model.safetensors").read_bytes())
     server = spawn_server(tiny_model_dir, "--new-swarm", "--block-indices", "0:2", "--adapters", bad, *COMMON)
     assert server.proc.wait(60) == 2
-    log = server.log()
-    assert server.wait_for(message) and "Traceback" not in log
+    assert server.wait_for("cannot start: adapter .*ia3: peft_type is 'IA3'; zswarm servers serve LORA adapters only")
+    assert "Traceback" not in server.log()
+
+
+def test_a_missing_adapter_stops_the_start_before_joining_the_swarm(tiny_model_dir, tmp_path, caplog):
+    from zswarm.server.config import ServerConfig
+    from zswarm.server.server import run_server
+
+    caplog.set_level(logging.INFO)
+    config = ServerConfig(model=tiny_model_dir, new_swarm=True, block_indices=(0, 2), throughput=100.0, device="cpu",
+                          adapters=(str(tmp_path / "no-such-dir"),))
+    assert run_server(config) == 2
+    (error,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert error.getMessage().endswith("no-such-dir' is neither an existing directory nor a Hugging Face hub id")
+    assert not any("DHT node" in r.getMessage() for r in caplog.records)  # refused before joining
 
 
 def test_the_command_line_takes_several_adapters():

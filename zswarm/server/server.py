@@ -18,9 +18,12 @@ import signal
 import time
 from typing import Optional
 
+import zmq
+
 import zswarm
 from dht import DHTNode, Identity, ServerRecord, ServerState
 from wire import RpcServer, ZmqTransport
+from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error
 from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
 from zswarm.server.cache_budget import CacheBudget
@@ -86,6 +89,7 @@ class Server:
         cfg = self.config
         if not cfg.new_swarm and not cfg.initial_peers:
             raise ConfigError("give --initial-peers HOST:PORT to join a swarm, or --new-swarm to start one")
+        public_host = announced_host(cfg.host, cfg.public_host, cfg.initial_peers)
         loop = asyncio.get_running_loop()
         from zswarm.models import resolve_model
         from zswarm.server.loading import resolve_device, resolve_dtype
@@ -101,9 +105,14 @@ class Server:
 
         identity = Identity.load_or_create(cfg.identity) if cfg.identity else Identity.generate()
         self.node = DHTNode(host=cfg.host, port=cfg.dht_port, initial_peers=cfg.initial_peers, identity=identity)
-        await loop.run_in_executor(None, self.node.start)
+        try:
+            await loop.run_in_executor(None, self.node.start)
+        except OSError as exc:
+            raise bind_error(exc, "DHT port (UDP)", cfg.host, cfg.dht_port, "--dht-port") from None
+        dht_port = self.node.address.rsplit(":", 1)[1]
+        join_at = self.node.address if cfg.host not in WILDCARD_HOSTS else f"{public_host}:{dht_port}"
         logger.info("DHT node %s at %s (others join this swarm with --initial-peers %s)",
-                    self.node.peer_id, self.node.address, self.node.address)
+                    self.node.peer_id, self.node.address, join_at)
 
         shape = BlockShape.from_source(source)
         cache_tokens = cfg.attn_cache_tokens or default_cache_tokens(device)
@@ -136,8 +145,11 @@ class Server:
         )
         rpc = ServerRPC(self.state, self.sessions, self.compute)
         self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port)
-        await self.rpc_server.start()
-        self.address = f"tcp://{cfg.public_host or cfg.host}:{self.rpc_server.port}"
+        try:
+            await self.rpc_server.start()
+        except zmq.ZMQError as exc:
+            raise bind_error(exc, "RPC port (TCP)", cfg.host, cfg.port, "--port") from None
+        self.address = f"tcp://{public_host}:{self.rpc_server.port}"
         self.transport = ZmqTransport()
         self.announcer = Announcer(self.node, self.transport, self._record, num_blocks=source.num_blocks,
                                    ttl=cfg.record_ttl, period=cfg.update_period)
