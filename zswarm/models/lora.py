@@ -11,7 +11,10 @@ thread has weights for it. With no active adapter, the wrapper returns `base(x)`
 the model computes exactly what it computed before any adapter was added.
 
 The active adapter is a context variable: a server's compute thread sets it around one
-request's computation, so requests with different adapters can share the same weights.
+request's computation, so requests with different adapters can share the same weights. A CUDA
+decode graph (decode_graph.py) records the kernels of the adapter active when it was captured;
+it belongs to one cache, and a server session keeps one adapter for all its steps, so its
+replays compute what the session asked for.
 """
 
 from __future__ import annotations
