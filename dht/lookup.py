@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from kademlia.node import Node
 
 from dht.errors import BadRequest
-from dht.protocol import MAX_FIND_ITEMS, SwarmProtocol, known_per_item, parse_find_reply
+from dht.messages import MAX_FIND_ITEMS, known_per_item, parse_find_reply
+from dht.protocol import SwarmProtocol
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,166 @@
+"""DatagramRPC: kademlia's protocol on a hardened replacement of rpcudp's datagram layer.
+
+Datagrams keep rpcudp's framing (1 type byte, 20-byte message id, msgpack body) so kademlia's
+own ping/find_node still work, but are decoded here with size limits and every failure is
+contained: junk is dropped and logged once per peer, never raised into the event loop. Requests
+are dispatched to ``rpc_<name>`` methods (the prefix is the dispatch table, as in kademlia); calls
+wait `config.rpc_timeout`, and an address that let one time out is remembered as dead for
+`config.dead_contact_ttl` (see `is_dead`) until it is heard from again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+import msgpack
+from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
+
+from dht.config import DHTConfig
+from dht.errors import BadRequest
+from dht.log_once import LogOnce
+from dht.messages import HEADER_BYTES, MAX_DATAGRAM, MAX_PAYLOAD
+from dht.storage import SignedEntryStorage
+
+log = logging.getLogger(__name__)
+
+_REQUEST = 0
+_RESPONSE = 1
+
+
+class DatagramRPC(KademliaProtocol):
+    def __init__(self, source_node: Node, storage: SignedEntryStorage, config: DHTConfig):
+        super().__init__(source_node, storage, config.ksize)
+        self.config = config
+        self._wait_timeout = config.rpc_timeout
+        self.log_once = LogOnce(log)
+        self.dead: dict[tuple, float] = {}  # address -> monotonic time its last RPC timed out
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # room for bursts of replies (lookups also window their requests)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            except OSError as exc:
+                log.debug("could not enlarge the UDP receive buffer: %s", exc)
+
+    # -- datagrams ------------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr) -> None:
+        if len(data) > MAX_DATAGRAM or len(data) <= HEADER_BYTES:
+            self.log_once(addr, "datagram", f"{len(data)} bytes is outside 22..{MAX_DATAGRAM}")
+            return
+        kind, msg_id = data[0], data[1:HEADER_BYTES]
+        try:
+            payload = msgpack.unpackb(
+                data[HEADER_BYTES:], raw=False, max_bin_len=MAX_PAYLOAD, max_str_len=MAX_PAYLOAD,
+                max_array_len=MAX_PAYLOAD, max_map_len=64, max_ext_len=0,
+            )
+        except Exception as exc:  # msgpack raises several unrelated types on junk
+            self.log_once(addr, "datagram", f"malformed msgpack ({type(exc).__name__})")
+            return
+        if kind == _REQUEST:
+            self._answer(msg_id, payload, addr)
+        elif kind == _RESPONSE:
+            self._accept_response(msg_id, payload, addr)
+        else:
+            self.log_once(addr, "datagram", f"unknown type byte {kind}")
+
+    def error_received(self, exc) -> None:
+        log.debug("socket error: %s", exc)
+
+    def _answer(self, msg_id: bytes, payload, addr) -> None:
+        if not (isinstance(payload, list) and len(payload) == 2
+                and isinstance(payload[0], str) and isinstance(payload[1], list)):
+            self.log_once(addr, "request", "not [name, args]")
+            return
+        name, args = payload
+        handler = getattr(self, f"rpc_{name}", None) if name.isidentifier() else None
+        if handler is None:
+            self.log_once(addr, "request", f"unknown method {name[:40]!r}")
+            return
+        try:
+            reply = handler(addr, *args)
+            body = msgpack.packb(reply, use_bin_type=True)
+        except Exception as exc:  # untrusted arguments: contain everything, answer nothing
+            self.log_once(addr, f"{name} request", f"{type(exc).__name__}: {exc}")
+            log.debug("rejected %s request from %s", name, addr, exc_info=True)
+            return
+        if len(body) > MAX_PAYLOAD:
+            log.error("reply to %s from %s is %d bytes, over the datagram limit; not sent", name, addr, len(body))
+            return
+        self.dead.pop(tuple(addr)[:2], None)
+        if self.transport is not None:
+            self.transport.sendto(bytes([_RESPONSE]) + msg_id + body, addr)
+
+    def _accept_response(self, msg_id: bytes, payload, addr) -> None:
+        pending = self._outstanding.get(msg_id)
+        if pending is None or pending[2] != tuple(addr)[:2]:
+            log.debug("unexpected reply from %s; ignored", addr)  # late (timed out) or spoofed
+            return
+        del self._outstanding[msg_id]
+        future, timer, _ = pending
+        timer.cancel()
+        self.dead.pop(pending[2], None)
+        if not future.done():
+            future.set_result((True, payload))
+
+    # -- calls ----------------------------------------------------------------------------
+    def _call(self, address, name: str, *args) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        body = msgpack.packb([name, list(args)], use_bin_type=True)
+        if len(body) > MAX_PAYLOAD:
+            raise BadRequest(f"{name} request of {len(body)} bytes exceeds one datagram")
+        if self.transport is None or self.transport.is_closing():
+            future.set_result((False, None))
+            return future
+        msg_id = os.urandom(20)
+        address = (address[0], address[1])
+        timer = loop.call_later(self.config.rpc_timeout, self._timeout, msg_id)
+        self._outstanding[msg_id] = (future, timer, address)
+        self.transport.sendto(bytes([_REQUEST]) + msg_id + body, address)
+        return future
+
+    def _timeout(self, msg_id: bytes) -> None:
+        pending = self._outstanding.pop(msg_id, None)
+        if pending is None:
+            return
+        future, _, address = pending
+        self.dead[address] = time.monotonic()
+        log.info("no reply from %s:%s within %.1f s; marked dead", address[0], address[1], self.config.rpc_timeout)
+        if not future.done():
+            future.set_result((False, None))
+
+    def close(self) -> None:
+        for future, timer, _ in self._outstanding.values():
+            timer.cancel()
+            if not future.done():
+                future.set_result((False, None))
+        self._outstanding.clear()
+
+    # kademlia calls these by name (rpcudp would build them in __getattr__ with its 5 s timeout).
+    def ping(self, address, *args):
+        return self._call(address, "ping", *args)
+
+    def find_node(self, address, *args):
+        return self._call(address, "find_node", *args)
+
+    def find_value(self, address, *args):
+        return self._call(address, "find_value", *args)
+
+    def store(self, address, *args):
+        return self._call(address, "store", *args)
+
+    def is_dead(self, node: Node) -> bool:
+        since = self.dead.get((node.ip, node.port))
+        if since is None:
+            return False
+        if time.monotonic() - since > self.config.dead_contact_ttl:
+            del self.dead[(node.ip, node.port)]
+            return False
+        return True
