@@ -2,7 +2,8 @@
 
 Two servers host blocks 0:3 and 3:6 of the tiny Llama with the same two adapters. What they
 compute with an adapter equals peft's PeftModel on the whole HF model (forward, the gradients a
-backward returns, greedy generation through inference sessions); without one, the base model.
+backward returns, greedy generation through inference sessions, and the client's generate with
+`active_adapter`); without one, the base model.
 """
 import asyncio
 import logging
@@ -153,6 +154,26 @@ def test_greedy_generation_with_and_without_an_adapter_at_once_equals_peft_and_t
     assert with_adapter.tolist() == expected.tolist()
     assert without.tolist() == hf_generate(load_reference_model(tiny_model_dir), input_ids).tolist()
     assert with_adapter.tolist() != without.tolist()
+
+
+@pytest.mark.parametrize("adapter", ["terse", None])
+def test_the_client_with_active_adapter_generates_what_peft_generates(swarm, tiny_model_dir, adapter_dirs, adapter):
+    from zswarm import AutoDistributedModelForCausalLM
+
+    input_ids = prompt_ids(4)
+    model = AutoDistributedModelForCausalLM.from_pretrained(tiny_model_dir, initial_peers=[swarm[0].dht_address],
+                                                            active_adapter=adapter)
+    try:
+        out = model.generate(input_ids, max_new_tokens=NEW_TOKENS)
+    finally:
+        model.close()
+    base = hf_generate(load_reference_model(tiny_model_dir), input_ids).tolist()
+    if adapter is None:
+        assert out.tolist() == base
+    else:
+        assert out.tolist() == hf_generate(load_reference_peft_model(tiny_model_dir, adapter_dirs[adapter]),
+                                           input_ids).tolist()
+        assert out.tolist() != base  # so the adapter was applied
 
 
 def test_an_adapter_the_server_does_not_have_gets_unknown_adapter(swarm):
