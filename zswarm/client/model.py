@@ -27,6 +27,8 @@ from zswarm.client.remote_cache import RemoteCache
 # calls it `past_key_values`. Our forward takes either.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
     else "past_key_values"
+OUTPUT_CACHE_FIELD = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) \
+    else "past_key_values"
 
 
 class AutoDistributedModelForCausalLM(DistributedModelBase, GenerationMixin):
@@ -105,4 +107,4 @@ class AutoDistributedModelForCausalLM(DistributedModelBase, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=logits.shape[-1], **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{OUTPUT_CACHE_FIELD: past_key_values})
