@@ -123,6 +123,36 @@ def test_input_gradients_flow_through_the_adapter_as_in_peft(lora):
             assert all(not d.A.requires_grad and not d.B.requires_grad for d in module.adapters.values())
 
 
+FAMILY_TARGETS = {"mistral": "all-linear", "qwen2": "all-linear", "bloom": "all-linear", "falcon": "all-linear",
+                  "mixtral": ("q_proj", "k_proj", "v_proj", "o_proj")}  # its experts are parameters, not layers
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TARGETS))
+def test_every_family_with_an_adapter_on_its_linear_layers_equals_peft(family, request, tmp_path):
+    checkpoint = request.getfixturevalue(f"tiny_{family}_dir")
+    directory = make_tiny_lora_adapter(checkpoint, tmp_path / family, target_modules=FAMILY_TARGETS[family])
+    source = resolve_model(str(checkpoint))
+    adapter = open_lora_adapter(str(directory), source)
+    spans = [load_span(source, a, b) for a, b in SPLITS]
+    for span in spans:
+        add_lora(span, adapter.name, adapter.load(span.start, span.end, dtype=span.dtype, device=span.device))
+    parts = load_client_parts(source)
+    input_ids = tokens(1, 20, seed=9)  # longer than mistral's sliding window
+    with using_adapter(family):
+        hidden = parts.embed(input_ids)
+        for span in spans:
+            hidden = span.forward(hidden)
+    with torch.no_grad():
+        expected = load_reference_peft_model(checkpoint, directory)(input_ids).logits
+    assert (parts.head(parts.norm(hidden)) - expected).abs().max() <= TOL
+
+
+def test_lora_on_mixtral_experts_parameters_is_refused(tiny_mixtral_dir, tmp_path):
+    directory = make_tiny_lora_adapter(tiny_mixtral_dir, tmp_path / "experts", target_modules="all-linear")
+    with pytest.raises(AdapterError, match="LoRA on parameters .target_parameters."):
+        open_lora_adapter(str(directory), resolve_model(str(tiny_mixtral_dir)))
+
+
 def test_load_reads_only_the_hosted_blocks_in_the_span_dtype(lora):
     adapter = open_lora_adapter(str(lora["dirs"]["plain"]), lora["source"])
     assert adapter.name == "plain" and adapter.targets == ["down_proj", "q_proj", "v_proj"]

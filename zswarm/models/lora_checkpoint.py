@@ -27,6 +27,7 @@ from torch import nn
 from .errors import AdapterError, CheckpointError
 from .lora import LoraDelta
 from .source import HUB_ID, ModelSource
+from .span import block_config
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def open_lora_adapter(ref: str, source: ModelSource) -> LoraAdapter:
     if not pairs:
         raise AdapterError(f"adapter {ref}: {WEIGHTS_NAME} holds no LoRA weights")
 
+    config_for_blocks = block_config(source)
     blocks: dict[int, nn.Module] = {}
     layers: dict[int, dict[str, tuple[str, str, float]]] = {}
     for (layer_idx, path), keys in sorted(pairs.items()):
@@ -145,7 +147,7 @@ def open_lora_adapter(ref: str, source: ModelSource) -> LoraAdapter:
             missing = "lora_B" if "A" in keys else "lora_A"
             raise AdapterError(f"adapter {ref}: block {layer_idx} {path} has no {missing} weight")
         if layer_idx not in blocks:
-            blocks[layer_idx] = _meta_block(source, layer_idx)
+            blocks[layer_idx] = _meta_block(source, config_for_blocks, layer_idx)
         linear = _linear(blocks[layer_idx], path, layer_idx, ref)
         module_name = f"{source.family.base_prefix(source.weights)}{source.family.blocks_key}.{layer_idx}.{path}"
         r = _positive(_pattern_value(rank_pattern, module_name, rank), "rank_pattern", ref)
@@ -244,9 +246,9 @@ def _finite(tensor: torch.Tensor, key: str, ref: str) -> torch.Tensor:
 
 
 # ---- the model's side -------------------------------------------------------------------------
-def _meta_block(source: ModelSource, layer_idx: int) -> nn.Module:
+def _meta_block(source: ModelSource, config, layer_idx: int) -> nn.Module:
     """Block `layer_idx` without weights (meta device): its module names and linear shapes."""
-    return source.family.build_block(source.config, layer_idx)
+    return source.family.build_block(config, layer_idx)
 
 
 def _linear(block: nn.Module, path: str, layer_idx: int, ref: str) -> nn.Linear:

@@ -207,6 +207,16 @@ def _grad_leaf(tensor: torch.Tensor) -> torch.Tensor:
     return (tensor.clone() if tensor.is_inference() else tensor).requires_grad_(True)
 
 
+def block_config(source: "ModelSource"):
+    """The model's config as blocks are built with it: a copy naming the family's attention kernel."""
+    family = source.family
+    config = copy.deepcopy(source.config)
+    config._attn_implementation = family.attn_implementation
+    if family.experts_implementation is not None:
+        config._experts_implementation = family.experts_implementation
+    return config
+
+
 def load_span(source: "ModelSource", start: int, end: int, *, dtype: torch.dtype | str = torch.float32,
               device: torch.device | str = "cpu") -> BlockSpan:
     """Build blocks [start, end) from transformers' own layer classes and assign only their tensors."""
@@ -214,10 +224,7 @@ def load_span(source: "ModelSource", start: int, end: int, *, dtype: torch.dtype
         raise ValueError(f"blocks [{start}, {end}) are outside the model's [0, {source.num_blocks})")
     dtype, device = as_dtype(dtype), torch.device(device)
     family = source.family
-    config = copy.deepcopy(source.config)
-    config._attn_implementation = family.attn_implementation
-    if family.experts_implementation is not None:
-        config._experts_implementation = family.experts_implementation
+    config = block_config(source)
     index = source.weights
     began = time.monotonic()
     blocks = []

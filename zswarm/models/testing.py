@@ -97,7 +97,8 @@ def make_tiny_lora_adapter(checkpoint_dir: str | os.PathLike, out_dir: str | os.
     from peft import LoraConfig, get_peft_model
 
     model = load_reference_model(checkpoint_dir)
-    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(target_modules), init_lora_weights=False,
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)  # "all-linear" too
+    config = LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=targets, init_lora_weights=False,
                         **lora_options)
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, config)
