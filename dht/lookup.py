@@ -49,19 +49,22 @@ class KeyLookup:
 
 
 class MultiKeyLookup:
-    def __init__(self, protocol: SwarmProtocol, dkeys, *, want_entries: bool, known: dict | None = None):
+    def __init__(self, protocol: SwarmProtocol, dkeys, *, want_entries: bool, known: dict | None = None,
+                 width: int | None = None):
+        """`width`: how many of each key's closest live nodes must answer (default: `replicas`,
+        the holders of a key; a node lookup in Kademlia's sense asks for `ksize`)."""
         self.protocol = protocol
         self.want_entries = want_entries
-        self.replicas = protocol.config.replicas
+        self.replicas = width or protocol.config.replicas
         self.me = protocol.source_node
         self.failed: set[bytes] = set()
         self.lookups: dict[bytes, KeyLookup] = {}
-        width = max(protocol.config.ksize, self.replicas)
+        seeds = max(protocol.config.ksize, self.replicas)
         for dkey in dkeys:
             kl = KeyLookup(dkey, Node(dkey))
             if want_entries and known and known.get(dkey):
                 kl.known = list(known[dkey])[: known_per_item(MAX_FIND_ITEMS)]
-            for n in protocol.router.find_neighbors(kl.target, k=width):
+            for n in protocol.router.find_neighbors(kl.target, k=seeds):
                 if not protocol.is_dead(n):
                     kl.candidates[n.id] = n
             kl.candidates[self.me.id] = self.me  # this node may be one of the closest itself

@@ -49,7 +49,10 @@ class SwarmProtocol(DatagramRPC):
         return super().rpc_ping(sender, check_node_id(nodeid))
 
     def rpc_find_node(self, sender, nodeid, key):
-        return super().rpc_find_node(sender, check_node_id(nodeid), check_node_id(key))
+        source = Node(check_node_id(nodeid), sender[0], sender[1])
+        target = Node(check_node_id(key))
+        self.welcome_if_new(source)
+        return [tuple(n) for n in self.live_neighbors(target, self.config.ksize, exclude=source)]
 
     def rpc_find_value(self, sender, nodeid, key):
         # Values leave a node only through find_entries; answer as find_node does.
@@ -95,7 +98,7 @@ class SwarmProtocol(DatagramRPC):
         for dkey, cursor, _ in parsed:
             idxs, spent = [], 0
             if not cursor:
-                for n in self.router.find_neighbors(Node(dkey), k=self.config.replicas, exclude=exclude):
+                for n in self.live_neighbors(Node(dkey), self.config.replicas, exclude=exclude):
                     cost = 2 if n.id in index else len(n.ip) + 30
                     if spent + cost > share:
                         break
@@ -119,6 +122,13 @@ class SwarmProtocol(DatagramRPC):
                     held = [position[h] for h in held_hashes]
             replies.append([idxs, blobs, next_cursor, held])
         return [table, replies]
+
+    def live_neighbors(self, target: Node, k: int, exclude: Node | None = None) -> list[Node]:
+        """The `k` closest contacts to `target`, less those this node saw time out: a departed
+        node lingers in routing tables until someone asks it something, and every asker it is
+        handed to would wait for it."""
+        near = self.router.find_neighbors(target, k=2 * k, exclude=exclude)
+        return [n for n in near if not self.is_dead(n)][:k]
 
     # -- joining nodes ----------------------------------------------------------------------
     def welcome_if_new(self, node: Node) -> None:

@@ -39,6 +39,7 @@ class DatagramRPC(KademliaProtocol):
         self._wait_timeout = config.rpc_timeout
         self.log_once = LogOnce(log)
         self.dead: dict[tuple, float] = {}  # address -> monotonic time its last RPC timed out
+        self.timeouts = 0  # RPCs that got no reply in time, since start
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -131,7 +132,9 @@ class DatagramRPC(KademliaProtocol):
         if pending is None:
             return
         future, _, address = pending
+        self.timeouts += 1
         self.dead[address] = time.monotonic()
+        self.forget_address(address)
         log.info("no reply from %s:%s within %.1f s; marked dead", address[0], address[1], self.config.rpc_timeout)
         if not future.done():
             future.set_result((False, None))
@@ -155,6 +158,14 @@ class DatagramRPC(KademliaProtocol):
 
     def store(self, address, *args):
         return self._call(address, "store", *args)
+
+    def forget_address(self, address: tuple) -> None:
+        """Drop every routing-table contact at `address`. kademlia drops a contact only when a
+        call made through its call_* helpers fails; a timeout on any RPC is as good a sign."""
+        for bucket in self.router.buckets:
+            for node in [*bucket.nodes.values(), *bucket.replacement_nodes.values()]:
+                if (node.ip, node.port) == address:
+                    bucket.remove_node(node)
 
     def is_dead(self, node: Node) -> bool:
         since = self.dead.get((node.ip, node.port))

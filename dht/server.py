@@ -16,6 +16,7 @@ from kademlia.utils import digest
 from dht.config import DHTConfig
 from dht.entry import EntryVerifier
 from dht.errors import InvalidEntry
+from dht.join import join, refresh
 from dht.lookup import MultiKeyLookup
 from dht.protocol import SwarmProtocol
 from dht.storage import SignedEntryStorage
@@ -45,6 +46,15 @@ class SwarmServer(Server):
         if self.protocol is not None:
             self.protocol.close()
         super().stop()
+
+    async def bootstrap(self, addrs):
+        """Join through `addrs` (ip, port); returns the nodes that answered. See join.py for why
+        this replaces kademlia's crawl."""
+        return await join(self.protocol, addrs)
+
+    async def _refresh_table(self):
+        # kademlia also republishes here; owners re-announce their own entries instead
+        await refresh(self.protocol, self.protocol.get_refresh_ids())
 
     async def store_blobs(self, items: dict[bytes, bytes]) -> dict[bytes, bool]:
         """Store each signed blob on the `replicas` closest live nodes to its key (this node
