@@ -15,7 +15,8 @@ from zswarm.models import load_client_parts, load_span, resolve_model
 from zswarm.models.errors import AdapterError
 from zswarm.models.lora import LoraLinear, add_lora, adapters_on, using_adapter
 from zswarm.models.lora_checkpoint import open_lora_adapter
-from zswarm.models.testing import load_reference_model, load_reference_peft_model, make_tiny_lora_adapter
+from zswarm.models.testing import (load_reference_model, load_reference_peft_model, make_tiny_lora_adapter,
+                                   populate_hub_cache)
 
 TOL = 1e-5
 SPLITS = ((0, 2), (2, 6))  # a client's view: two servers
@@ -245,6 +246,17 @@ def test_an_adapter_that_cannot_be_found_gets_a_clear_error(lora, tmp_path, monk
     (tmp_path / "empty").mkdir()
     with pytest.raises(AdapterError, match="no adapter_config.json"):
         open_lora_adapter(str(tmp_path / "empty"), lora["source"])
+
+
+def test_a_hub_adapter_is_named_by_its_hub_id_and_read_from_the_hub_cache(lora, tmp_path):
+    cache = tmp_path / "hub"
+    populate_hub_cache(lora["dirs"]["plain"], "someone/tiny-lora", cache)
+    adapter = open_lora_adapter("someone/tiny-lora", lora["source"], hub_cache_dir=str(cache))
+    assert adapter.name == "someone/tiny-lora"
+    deltas = adapter.load(0, 6, dtype=torch.float32, device="cpu")
+    expected = open_lora_adapter(str(lora["dirs"]["plain"]), lora["source"]).load(0, 6, dtype=torch.float32,
+                                                                                    device="cpu")
+    assert torch.equal(deltas[5]["mlp.down_proj"].B, expected[5]["mlp.down_proj"].B)
 
 
 def test_an_adapter_for_another_base_model_is_a_warning_when_its_shapes_fit(lora, tmp_path, caplog):

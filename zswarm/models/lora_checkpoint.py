@@ -106,9 +106,9 @@ class LoraAdapter:
         return out
 
 
-def open_lora_adapter(ref: str, source: ModelSource) -> LoraAdapter:
+def open_lora_adapter(ref: str, source: ModelSource, *, hub_cache_dir: str | None = None) -> LoraAdapter:
     """A local peft adapter directory or a hub id -> a LoraAdapter checked against `source`."""
-    name, config_path, weights_path = _adapter_files(ref)
+    name, config_path, weights_path = _adapter_files(ref, hub_cache_dir)
     config = _read_config(config_path, ref)
     _check_options(config, ref)
     base = config.get("base_model_name_or_path")
@@ -168,7 +168,7 @@ def open_lora_adapter(ref: str, source: ModelSource) -> LoraAdapter:
 
 
 # ---- files ------------------------------------------------------------------------------------
-def _adapter_files(ref: str) -> tuple[str, Path, Path]:
+def _adapter_files(ref: str, hub_cache_dir: str | None) -> tuple[str, Path, Path]:
     local = Path(ref).expanduser()
     if local.is_dir():
         name = local.resolve().name
@@ -185,7 +185,7 @@ def _adapter_files(ref: str) -> tuple[str, Path, Path]:
     else:
         from .hub import HubFiles
 
-        name, files = str(ref), HubFiles(str(ref))
+        name, files = str(ref), HubFiles(str(ref), cache_dir=hub_cache_dir)
         try:
             config_path, weights_path = files.fetch(CONFIG_NAME), files.fetch(WEIGHTS_NAME)
         except CheckpointError as exc:
