@@ -28,7 +28,7 @@ from .errors import BadTensor, CorruptPayload
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
-    "DTYPES", "COMPRESSIONS", "encode_tensor", "decode_tensor", "check_descriptor", "decode_checked", "Checked",
+    "DTYPES", "COMPRESSIONS", "encode_tensor", "compression_bytes", "decode_tensor", "check_descriptor", "decode_checked", "Checked",
     "to_wire_dtype", "FP16_MAX", "AUTO_MIN_BYTES", "AUTO_MAX_RATIO", "AUTO_RAW_DTYPES",
 ]
 
@@ -87,6 +87,19 @@ def _probe_pays(u8: np.ndarray, itemsize: int) -> bool:
     sample = u8[: PROBE_BYTES - PROBE_BYTES % itemsize]
     _, packed = _compress(sample, itemsize)
     return len(packed) <= AUTO_MAX_RATIO * sample.size
+
+
+def compression_bytes(tensors, compression: str) -> int:
+    """Bytes of ``tensors`` that encoding may run lz4 over: the part of encoding that costs
+    milliseconds (the rest only wraps memory)."""
+    if compression == "none":
+        return 0
+    total = 0
+    for t in tensors:
+        nbytes = t.nbytes
+        if compression == "lz4" or (nbytes >= AUTO_MIN_BYTES and _DTYPE_NAMES.get(t.dtype) not in AUTO_RAW_DTYPES):
+            total += nbytes
+    return total
 
 
 def encode_tensor(t: torch.Tensor, *, compression: str = "auto") -> tuple[dict, object]:
