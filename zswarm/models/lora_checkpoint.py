@@ -47,7 +47,8 @@ UNSUPPORTED_OPTIONS = {
     "use_dora": "DoRA", "lora_bias": "a bias on lora_B", "fan_in_fan_out": "fan_in_fan_out (Conv1D layers)",
     "modules_to_save": "modules_to_save (whole trained modules)", "layer_replication": "layer replication",
     "use_qalora": "QA-LoRA", "alora_invocation_tokens": "activated LoRA", "target_parameters": "LoRA on parameters",
-    "trainable_token_indices": "trainable tokens", "megatron_config": "Megatron layers", "arrow_config": "Arrow routing",
+    "trainable_token_indices": "trainable tokens", "megatron_config": "Megatron layers",
+    "arrow_config": "Arrow routing",
     "kasa_config": "KaSA", "monteclora_config": "MonteCLoRA", "use_bdlora": "block-diagonal LoRA",
     "velora_config": "VeLoRA",
 }
@@ -122,23 +123,7 @@ def open_lora_adapter(ref: str, source: ModelSource, *, hub_cache_dir: str | Non
     alpha_pattern = _patterns(config, "alpha_pattern", ref)
 
     shapes = _tensor_header(weights_path, ref)
-    block_prefix = f"{PEFT_PREFIX}{source.family.base_prefix(source.weights)}{source.family.blocks_key}."
-    key_re = re.compile(rf"^{re.escape(block_prefix)}(\d+)\.(.+)$")
-    pairs: dict[tuple[int, str], dict[str, str]] = {}
-    for key in shapes:
-        parsed = LORA_KEY.match(key)
-        where = key_re.match(parsed.group("module")) if parsed else None
-        if where is None:
-            raise AdapterError(f"adapter {ref}: tensor {key!r} is not a LoRA weight inside a transformer block "
-                               f"(expected {block_prefix}N.<module>.lora_A.weight); servers apply only those")
-        layer_idx, path = int(where.group(1)), where.group(2)
-        if layer_idx >= source.num_blocks:
-            raise AdapterError(f"adapter {ref}: tensor {key!r} is for block {layer_idx}, "
-                               f"but {source.model_id} has {source.num_blocks} blocks")
-        pairs.setdefault((layer_idx, path), {})[parsed.group("ab")] = key
-    if not pairs:
-        raise AdapterError(f"adapter {ref}: {WEIGHTS_NAME} holds no LoRA weights")
-
+    pairs = _pairs_by_module(shapes, source, ref)
     config_for_blocks = block_config(source)
     blocks: dict[int, nn.Module] = {}
     layers: dict[int, dict[str, tuple[str, str, float]]] = {}
@@ -160,8 +145,8 @@ def open_lora_adapter(ref: str, source: ModelSource, *, hub_cache_dir: str | Non
         if r > min(MAX_RANK, linear.in_features, linear.out_features):
             raise AdapterError(f"adapter {ref}: rank {r} of block {layer_idx} {path} exceeds "
                                f"min({MAX_RANK}, {linear.in_features}, {linear.out_features})")
-        a = _number(_pattern_value(alpha_pattern, module_name, alpha), "alpha_pattern", ref)
-        scale = a / math.sqrt(r) if use_rslora else a / r
+        module_alpha = _number(_pattern_value(alpha_pattern, module_name, alpha), "alpha_pattern", ref)
+        scale = module_alpha / math.sqrt(r) if use_rslora else module_alpha / r
         layers.setdefault(layer_idx, {})[path] = (keys["A"], keys["B"], scale)
     return LoraAdapter(name=name, where=str(ref), weights_path=weights_path, rank=rank, alpha=alpha,
                        use_rslora=use_rslora, layers=layers)
@@ -230,7 +215,8 @@ def _tensor_header(path: Path, ref: str) -> dict[str, tuple[int, ...]]:
             for key in f.keys():
                 piece = f.get_slice(key)
                 if piece.get_dtype() not in FLOAT_DTYPES:
-                    raise AdapterError(f"adapter {ref}: tensor {key!r} has dtype {piece.get_dtype()}, not floating point")
+                    raise AdapterError(
+                        f"adapter {ref}: tensor {key!r} has dtype {piece.get_dtype()}, not floating point")
                 shapes[key] = tuple(piece.get_shape())
             return shapes
     except AdapterError:
@@ -246,6 +232,28 @@ def _finite(tensor: torch.Tensor, key: str, ref: str) -> torch.Tensor:
 
 
 # ---- the model's side -------------------------------------------------------------------------
+def _pairs_by_module(shapes: dict[str, tuple[int, ...]], source: ModelSource, ref: str
+                     ) -> dict[tuple[int, str], dict[str, str]]:
+    """(layer index, module path in the block) -> {"A": key, "B": key}; every key must be one of those."""
+    block_prefix = f"{PEFT_PREFIX}{source.family.base_prefix(source.weights)}{source.family.blocks_key}."
+    key_re = re.compile(rf"^{re.escape(block_prefix)}(\d+)\.(.+)$")
+    pairs: dict[tuple[int, str], dict[str, str]] = {}
+    for key in shapes:
+        parsed = LORA_KEY.match(key)
+        where = key_re.match(parsed.group("module")) if parsed else None
+        if where is None:
+            raise AdapterError(f"adapter {ref}: tensor {key!r} is not a LoRA weight inside a transformer block "
+                               f"(expected {block_prefix}N.<module>.lora_A.weight); servers apply only those")
+        layer_idx, path = int(where.group(1)), where.group(2)
+        if layer_idx >= source.num_blocks:
+            raise AdapterError(f"adapter {ref}: tensor {key!r} is for block {layer_idx}, "
+                               f"but {source.model_id} has {source.num_blocks} blocks")
+        pairs.setdefault((layer_idx, path), {})[parsed.group("ab")] = key
+    if not pairs:
+        raise AdapterError(f"adapter {ref}: {WEIGHTS_NAME} holds no LoRA weights")
+    return pairs
+
+
 def _meta_block(source: ModelSource, config, layer_idx: int) -> nn.Module:
     """Block `layer_idx` without weights (meta device): its module names and linear shapes."""
     return source.family.build_block(config, layer_idx)
