@@ -94,3 +94,19 @@ def test_a_session_cache_length_leaves_out_the_prompts_at_its_start(swarm, conne
     assert cache.get_seq_length() == 3 and cache.get_mask_sizes(1) == (4, 0)
     cache.crop(-2)
     assert session.position == 5
+
+
+def test_prompts_start_as_embeddings_of_real_tokens_in_a_family_whose_embedding_has_a_norm(tiny_bloom_dir):
+    from inprocess_swarm import InProcessSwarm, client_model, load_source
+
+    source = load_source(tiny_bloom_dir)
+    swarm = InProcessSwarm(source)
+    swarm.add(0, source.num_blocks)
+    connection = swarm.connect(tuning_mode="ptune", pre_seq_len=3)
+    try:
+        model = client_model(source, connection)
+        # Bloom's embedding is word embeddings + a LayerNorm: each prompt row is normalised like an input's.
+        assert torch.allclose(model.tuning.prompts.mean(dim=-1), torch.zeros(3), atol=1e-3)
+        assert model(IDS).logits.shape == (1, 6, source.config.vocab_size)
+    finally:
+        connection.close()

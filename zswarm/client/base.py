@@ -41,7 +41,8 @@ class DistributedModelBase(PreTrainedModel):
         self.client_config = client_config
         self.wire_dtype = wire_dtype
         self.tuning = (PromptTuning(client_config.tuning_mode, client_config.pre_seq_len, swarm.num_blocks,
-                                    parts.embeddings) if client_config.tuning_mode else None)
+                                    parts.embed, config.vocab_size, parts.device)
+                       if client_config.tuning_mode else None)
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod

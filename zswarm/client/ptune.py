@@ -17,19 +17,21 @@ from torch import nn
 
 
 class PromptTuning(nn.Module):
-    def __init__(self, mode: str, pre_seq_len: int, num_blocks: int, embeddings: nn.Module):
+    def __init__(self, mode: str, pre_seq_len: int, num_blocks: int, embed, vocab_size: int,
+                 device: torch.device | str = "cpu"):
+        """`embed`: input ids -> the hidden states the first block takes (the client's embeddings)."""
         super().__init__()
         if mode not in ("ptune", "deep_ptune"):
             raise ValueError(f"tuning mode must be 'ptune' or 'deep_ptune', not {mode!r}")
         self.mode = mode
         self.pre_seq_len = pre_seq_len
-        weight = embeddings.weight
         # Start from the embeddings of random vocabulary tokens: prompts then live where real
         # inputs do (a N(0, 1) start is far off the scale of small models' embeddings).
-        ids = torch.randint(0, weight.shape[0], (pre_seq_len,))
-        self.prompts = nn.Parameter(weight.detach()[ids.to(weight.device)].clone().float())
+        with torch.no_grad():
+            start = embed(torch.randint(0, vocab_size, (1, pre_seq_len), device=device))[0]
+        self.prompts = nn.Parameter(start.detach().clone().float())
         # Zero, as in Petals: a fresh deep_ptune model computes exactly what ptune does.
-        self.deep_prompts = (nn.Parameter(torch.zeros(num_blocks, pre_seq_len, weight.shape[1], device=weight.device))
+        self.deep_prompts = (nn.Parameter(torch.zeros(num_blocks, pre_seq_len, start.shape[-1], device=start.device))
                              if mode == "deep_ptune" else None)
 
     def prepend(self, hidden: torch.Tensor) -> torch.Tensor:
