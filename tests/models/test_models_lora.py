@@ -87,6 +87,25 @@ def test_prefill_then_decode_with_an_adapter_equals_peft_from_scratch(lora):
             history = torch.cat([history, new], dim=1)
 
 
+def test_the_decode_graph_body_runs_the_active_adapter_as_eager_steps_do(lora):
+    """What a CUDA decode graph captures (run here without capture): LoRA included, so a session's
+    graph, captured under its adapter, replays that adapter."""
+    from zswarm.models.decode_graph import StaticDecodeStep
+
+    span = lora["spans"][0]
+    torch.manual_seed(12)
+    prefill, tokens = torch.randn(1, 5, 64), [torch.randn(1, 1, 64) for _ in range(4)]
+    eager, static = span.new_cache(1, max_length=16), span.new_cache(1, max_length=16)
+    with using_adapter("fancy"), torch.inference_mode():
+        span.inference_step(prefill, eager)
+        span.inference_step(prefill, static)
+        step = StaticDecodeStep(span, static)
+        for token in tokens:
+            expected = span.inference_step(token, eager)
+            assert (step.run_eager(token, static.length) - expected).abs().max() <= TOL
+            static.length += 1
+
+
 def test_without_an_adapter_spans_are_bit_identical_to_the_base_model(lora):
     input_ids = tokens(2, 7, seed=4)
     plain_spans = [load_span(lora["source"], a, b) for a, b in SPLITS]
