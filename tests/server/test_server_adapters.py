@@ -250,6 +250,25 @@ def test_a_server_that_moves_keeps_serving_its_adapters_on_the_new_blocks(tiny_m
     assert (asyncio.run(asyncio.wait_for(main(), 60)) - expected).abs().max() <= TOL
 
 
+def test_adapter_names_must_be_distinct_and_fit_the_dht_record(adapter_dirs, tiny_source, tmp_path):
+    import shutil
+
+    from zswarm.models.errors import AdapterError
+    from zswarm.server.adapters import open_adapters
+
+    for parent in ("a", "b"):
+        shutil.copytree(adapter_dirs["style"], tmp_path / parent / "style")
+    with pytest.raises(AdapterError, match="two adapters are named 'style'"):
+        open_adapters([str(tmp_path / "a" / "style"), str(tmp_path / "b" / "style")], tiny_source)
+    many = []
+    for i in range(17):  # 17 names of 120 characters: more than the record has room for
+        many.append(tmp_path / "many" / f"{i:03d}".ljust(120, "x"))
+        shutil.copytree(adapter_dirs["style"], many[-1])
+    with pytest.raises(AdapterError, match="17 adapters with 2074 bytes of names do not fit"):
+        open_adapters([str(d) for d in many], tiny_source)
+    assert len(open_adapters([str(d) for d in many[:16]], tiny_source)) == 16
+
+
 def test_the_command_line_takes_several_adapters():
     from zswarm.server.cli import parse_config
 

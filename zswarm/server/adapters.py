@@ -18,6 +18,12 @@ from zswarm.models.lora_checkpoint import LoraAdapter, open_lora_adapter
 
 logger = logging.getLogger(__name__)
 
+# The names travel in our DHT record, which must fit one ~3.9 KB DHT value beside the rest of it
+# (up to ~1.4 KB with 16 next_pings and the longest model id and public name); records from
+# other servers with more than 64 adapters are refused by dht/records.py.
+MAX_ADAPTERS = 64
+MAX_NAME_BYTES_TOTAL = 2000
+
 
 def open_adapters(refs: Sequence[str], source) -> list[LoraAdapter]:
     """Check every adapter against the model; AdapterError (one line) for the first bad one."""
@@ -28,6 +34,11 @@ def open_adapters(refs: Sequence[str], source) -> list[LoraAdapter]:
             raise AdapterError(f"two adapters are named {adapter.name!r} (names are directory names or hub ids); "
                                f"rename one directory")
         adapters.append(adapter)
+    total = sum(len(a.name.encode()) + 2 for a in adapters)
+    if len(adapters) > MAX_ADAPTERS or total > MAX_NAME_BYTES_TOTAL:
+        raise AdapterError(f"{len(adapters)} adapters with {total} bytes of names do not fit this server's DHT record "
+                           f"(at most {MAX_ADAPTERS} adapters, {MAX_NAME_BYTES_TOTAL} bytes of names); serve fewer, "
+                           f"or give their directories shorter names")
     return adapters
 
 
