@@ -6,8 +6,9 @@ prompt of --prompt tokens, per one-token step (synchronised every step, as a ser
 
   hf          : the same layers as transformers' own LlamaModel with its DynamicCache
   span-eager  : BlockSpan.inference_step with CUDA graphs off (the path before decode graphs)
-  span-eager+ : the same while another Python thread keeps the interpreter busy, as a server's
-                event loop does while it receives the next request
+  span-eager+ : the same while another Python thread keeps the interpreter busy (as a server's
+                other threads may): every op hands the GIL back and waits to get it again; on an
+                H200 this took 4.5 minutes for 32 steps, so the busy rows run 4 steps only
   span-graph  : BlockSpan.inference_step replaying the captured decode graph
   span-graph+ : the same with the busy thread
 
@@ -116,7 +117,7 @@ def span_steps(span, prompt, tokens, device, *, graphs: bool, outputs: list | No
 
 
 def ms(samples: list[float]) -> float:
-    ordered = sorted(samples[2:] or samples)  # the first steps include capture and warm-up
+    ordered = sorted(samples[2:] if len(samples) > 4 else samples)  # the first steps include capture, warm-up
     return 1000 * ordered[len(ordered) // 2]
 
 
@@ -146,7 +147,7 @@ def run_quant(args, quant: str) -> dict:
     if args.busy:
         progress("span eager steps, busy interpreter")
         with BusyInterpreter():
-            row["span_eager_busy_ms"] = ms(span_steps(span, prompt, tokens, args.device, graphs=False))
+            row["span_eager_busy_ms"] = ms(span_steps(span, prompt, tokens[:4], args.device, graphs=False))
     if args.device.startswith("cuda"):
         progress("span graph steps")
         span.graphs.enabled = True
@@ -155,7 +156,7 @@ def run_quant(args, quant: str) -> dict:
         if args.busy:
             progress("span graph steps, busy interpreter")
             with BusyInterpreter():
-                row["span_graph_busy_ms"] = ms(span_steps(span, prompt, tokens, args.device, graphs=True))
+                row["span_graph_busy_ms"] = ms(span_steps(span, prompt, tokens[:4], args.device, graphs=True))
         row["graph_vs_eager_max_abs"] = max(float((g - e).abs().max()) for g, e in zip(graph_out, eager_out))
         row["graph_vs_eager_max_ref"] = max(float(e.abs().max()) for e in eager_out)
     if args.profile and quant == "none":
@@ -199,7 +200,9 @@ def main(argv=None) -> int:
     for quant in args.quant:
         row = run_quant(args, quant)
         rows.append(row)
-        print(f"done {quant}", file=sys.stderr, flush=True)
+        progress(f"{quant}: {json.dumps({k: v for k, v in row.items() if k != 'profile'})}")
+        if args.json:  # after every row: a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=2))
     print(f"\nDecode step of {args.layers} Llama-{args.shape}-shaped blocks on {name}, batch {args.batch}, "
           f"after {args.prompt} tokens; median ms per step (torch {torch.__version__})")
     cols = ["quant", "hf_ms", "span_eager_ms", "span_eager_busy_ms", "span_graph_ms", "span_graph_busy_ms",
