@@ -70,6 +70,24 @@ def test_should_move_fills_a_gap_and_stays_in_a_balanced_swarm():
     assert all(should_move(balanced, p, "latency") is None for p in "abcd")
 
 
+def test_a_server_moves_to_complete_its_regions_chain_when_that_costs_no_throughput():
+    # per block: 3 on 0..10 (a, b in the US, c in the EU), 2 on 10..20 (d, e in the EU): every US
+    # route crosses the ocean for 10..20. Moving a US twin there keeps the weakest block at 2.
+    view = SwarmView(20, [_span("a", 0, 10, region="us"), _span("b", 0, 10, region="us"),
+                          _span("c", 0, 10, region="eu"), _span("d", 10, 20, region="eu"),
+                          _span("e", 10, 20, region="eu")])
+    assert should_move(view, "a", "latency") == (10, 20)
+    assert should_move(view, "b", "latency") is None  # its twin "a" moves first
+    assert should_move(view, "a", "petals") is None  # Petals' rule sees a balanced enough swarm
+
+
+def test_a_server_does_not_move_for_latency_if_the_weakest_block_would_get_weaker():
+    # without c, 0..10 has throughput 2 (a and b) like 10..20: a move would leave 0..10 at 1
+    view = SwarmView(20, [_span("a", 0, 10, region="us"), _span("b", 0, 10, region="us"),
+                          _span("d", 10, 20, region="eu"), _span("e", 10, 20, region="eu")])
+    assert should_move(view, "a", "latency") is None
+
+
 def test_rebalancing_settles_without_returning_to_an_earlier_placement():
     rng = random.Random(4)
     moves = 0

@@ -85,3 +85,53 @@ def test_cli_prints_a_table_and_writes_json(tmp_path, capsys):
     payload = json.loads(out.read_text())
     assert {r["strategy"] for r in payload["results"]} == {"petals", "latency"}
     assert payload["results"][0]["timeline"]
+
+
+def test_reshuffled_instances_keep_the_servers_and_change_only_seed_and_join_order():
+    from simulator.scenario import reshuffled
+
+    sc = load_scenario("public-swarm")
+    assert reshuffled(sc, 0) is sc
+    other = reshuffled(sc, 3)
+    assert [(s.name, s.blocks, s.region) for s in other.servers] == [(s.name, s.blocks, s.region) for s in sc.servers]
+    assert sorted(s.join_at_s for s in other.servers) == sorted(s.join_at_s for s in sc.servers)
+    assert [s.join_at_s for s in other.servers] != [s.join_at_s for s in sc.servers]
+    assert other.seed != sc.seed and sc.servers[0].join_at_s == 0  # the original is untouched
+    assert [s.join_at_s for s in reshuffled(sc, 3).servers] == [s.join_at_s for s in other.servers]
+
+
+def test_bound_parts_add_up_and_no_placement_could_be_twice_as_fast_as_petals_on_the_public_swarm():
+    from simulator.bound import client_weighted_bound, least_time_breakdown
+
+    sc = load_scenario("public-swarm")
+    floor = least_time_breakdown(sc, "eu", "client")
+    # three 24 GB cards (38 blocks each) per route; each span pays a 30 ms round trip and 8 ms overhead
+    assert floor.spans == 3 and floor.network == pytest.approx(0.09) and floor.overhead == pytest.approx(0.024)
+    assert floor.total == pytest.approx(floor.compute + floor.network + floor.overhead)
+    assert least_time_per_token(sc, "eu", "client") == pytest.approx(floor.total)
+    petals = run(sc, "petals")
+    assert petals.mean_ms < 2 * 1000 * client_weighted_bound(sc, "client")
+
+
+def test_what_if_variants_recompute_what_follows_from_the_edit():
+    from simulator.whatif import VARIANTS, variant
+
+    assert {s.blocks for s in variant("public-swarm", "half-kv").servers if s.gpu.memory_gb == 24} == {40}
+    assert {s.blocks for s in variant("public-swarm", "double-memory").servers if s.gpu.name == "rtx4090"} == {76}
+    assert variant("public-swarm", "server-relay").relay == "server"
+    assert set(variant("public-swarm", "far-clients").client_regions) == {"elsewhere"}
+    for name in VARIANTS:
+        assert variant("split-regions", name).servers
+
+
+def test_cli_reports_instances_and_what_if(tmp_path, capsys):
+    import simulate
+
+    assert simulate.main(["-s", "split-regions", "--instances", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean speedup" in printed and "instances" in printed
+    out = tmp_path / "w.json"
+    assert simulate.main(["--what-if", "split-regions", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "petals/bound" in printed and "half-kv" in printed
+    assert {v["variant"] for v in json.loads(out.read_text())["what_if"]} >= {"as-modelled", "server-relay"}

@@ -12,6 +12,7 @@ It leaves out queueing, batching and transfer time, so simulated runs sit above 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 
 from .scenario import Scenario
@@ -31,8 +32,22 @@ def _compute_s(chosen, num_blocks: int) -> float | None:
     return None
 
 
-def least_time_per_token(sc: Scenario, region: str, relay: str) -> float | None:
-    """The lower bound above, in seconds, for a client in `region` (None when too many servers)."""
+@dataclass
+class Floor:
+    """The cheapest route any placement could give one client, and what it is made of (seconds)."""
+
+    spans: int
+    compute: float  # every block on the fastest chosen server with room
+    network: float  # client round trips (relay "client") or legs and hand-overs (relay "server")
+    overhead: float  # per-call overhead, once per span
+
+    @property
+    def total(self) -> float:
+        return self.compute + self.network + self.overhead
+
+
+def least_time_breakdown(sc: Scenario, region: str, relay: str) -> Floor | None:
+    """The lower bound above for a client in `region`, with its parts (None when too many servers)."""
     servers = sc.servers
     if len(servers) > MAX_SERVERS:
         return None
@@ -40,14 +55,14 @@ def least_time_per_token(sc: Scenario, region: str, relay: str) -> float | None:
     fewest = next((k for k in range(1, len(biggest) + 1) if sum(biggest[:k]) >= sc.num_blocks), None)
     if fewest is None:
         return None
-    best = None
+    best: Floor | None = None
     min_ping = min(sc.rtt(a.region, b.region) for a in servers for b in servers)
     min_rtt = min(sc.rtt(region, s.region) for s in servers)
     min_compute = sc.num_blocks * min(s.gpu.block_ms for s in servers) / 1000
     for k in range(fewest, len(servers) + 1):
         # what any route of k spans pays at least; once that exceeds the best found, more spans cannot help
         per_span = sc.hop_overhead_s + (min_rtt if relay == "client" else min_ping / 2)
-        if best is not None and min_compute + k * per_span >= best:
+        if best is not None and min_compute + k * per_span >= best.total:
             break
         for chosen in combinations(servers, k):
             compute = _compute_s(chosen, sc.num_blocks)
@@ -58,10 +73,16 @@ def least_time_per_token(sc: Scenario, region: str, relay: str) -> float | None:
                 network = sum(rtts)
             else:  # in at the nearest, out at the next nearest, hand-overs at the smallest ping
                 network = (rtts[0] + (rtts[1] if k > 1 else rtts[0])) / 2 + (k - 1) * min_ping / 2
-            cost = compute + network + k * sc.hop_overhead_s
-            if best is None or cost < best:
-                best = cost
+            floor = Floor(k, compute, network, k * sc.hop_overhead_s)
+            if best is None or floor.total < best.total:
+                best = floor
     return best
+
+
+def least_time_per_token(sc: Scenario, region: str, relay: str) -> float | None:
+    """The lower bound above, in seconds, for a client in `region` (None when too many servers)."""
+    floor = least_time_breakdown(sc, region, relay)
+    return None if floor is None else floor.total
 
 
 def client_weighted_bound(sc: Scenario, relay: str) -> float | None:

@@ -250,3 +250,24 @@ def load_scenario(name_or_path: str) -> Scenario:
 
 def list_scenarios() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.json"))
+
+
+def reshuffled(sc: Scenario, k: int) -> Scenario:
+    """Instance `k` of the same swarm: k = 0 is the file itself; k > 0 draws another seed (check times,
+    clients, random churn) and another order in which the same servers join (at the same times).
+
+    One join order is one roll of the dice: which server came first decides much of a greedy
+    placement, so a strategy is judged on several instances, not on the one the file happens to list.
+    """
+    if k == 0:
+        return sc
+    import copy
+    import random
+
+    out = copy.deepcopy(sc)
+    out.seed = sc.seed + 1000 * k
+    times = [s.join_at_s for s in out.servers]
+    random.Random(out.seed).shuffle(times)
+    for spec, t in zip(out.servers, times):
+        spec.join_at_s = t
+    return out

@@ -5,47 +5,59 @@ span of the route, one network leg and one call's overhead. Petals places a serv
 swarm's throughput is weakest; that maximises capacity but ignores where the server is and how
 routes will cut the model.
 
-What we tried and what the simulator (tools/simulate.py, results in docs/placement_results.md)
-says wins:
-
-- Judge a window by the routes it enables, priced by the router's own cost model. For each
-  candidate window we add the server and route one representative client per region (weighted
-  by where servers are, or `client_weights`) with `zswarm.routing`: fast servers, fewer hops
-  and spans that continue a chain in the same region all fall out of this one number. This is
-  the idea of Helix (max-flow placement) and of arXiv 2512.21884 (joint placement and
-  routing), made per-server: a volunteer swarm never re-places everyone at once, so each server
-  decides alone, on arrival, from what the DHT shows. HexGen's search becomes a search over a
-  handful of windows: those that start or end where another span starts or ends (a route only
-  changes server at such boundaries, so an unaligned window buys an extra hop), the model's
-  ends, the edges of gaps and Petals' own choice.
-- Where this wins big is where Petals' rule gives a continent only part of the model: every
-  route then crosses an ocean once per span (split-regions: 1.7x lower time per token, equal
-  throughput). On larger swarms with several replicas of every block, the router already finds
-  near-floor routes on Petals' placement: the exact lower bound over all placements
-  (tools/simulator/bound.py) leaves at most 1.1-1.3x to gain there, and we get 1.0-1.1x.
-- Giving up throughput for latency did not pay: letting the latency score pick windows that
-  raise the weakest block less (a slack of 3-10%) gained up to 1.2x on some swarms but lost up
-  to 15% capacity on others, depending chaotically on join order. So by default we keep
-  Petals' throughput exactly: among the windows that give the swarm's minimum block throughput
-  its best value, the latency score decides. `throughput_slack` (or `target_throughput`, when
-  the demand is known: "fill the bottleneck only as far as needed") trades capacity back.
-
-The rule (`latency_choose_blocks`), over the candidate windows:
+The rule (`latency_choose_blocks`), over a handful of candidate windows (those that start or
+end where another span starts or ends, the model's ends, the edges of gaps and Petals' own
+choice: a route only changes server at such boundaries, so an unaligned window buys an extra
+hop):
 
 1. coverage first: fewest blocks that nobody serves;
 2. throughput: the windows whose resulting minimum per-block throughput is within
    `throughput_slack` (default 0) of the best window's, or at least `target_throughput`;
-3. the least expected time per token over the representative clients; unserved blocks count
-   as served by a far, slow stand-in, so even before the model is covered a server extends the
-   chain nearest to it. Ties go to Petals' order.
+3. the least expected time per token over representative clients, one per region (weighted by
+   where servers are, or `client_weights`), each routed by `zswarm.routing` with the client's
+   own cost model: fast servers, fewer hops and spans that continue a chain in the same region
+   all fall out of this one number. Unserved blocks count as served by a far, slow stand-in, so
+   even before the model is covered a server extends the chain nearest to it. Ties go to
+   Petals' order.
 
-Rebalancing (`latency_should_move`) re-runs the same choice with the server taken out and
-moves only for a real gain: fewer unserved blocks, or a minimum throughput that is now below
-`balance_quality` of what the move gives (Petals' test, but on this move alone), or a time per
-token lower by `min_gain` (15%) without losing more than `throughput_slack` of throughput. The
-margins are the hysteresis: the move back can never pass the same test; and of identical
-servers on the same blocks only the one with the smallest peer_id moves in a given check (see
-`has_senior_twin`).
+Rebalancing (`latency_should_move`), in this order:
+
+- Petals' reasons, judged on this move alone: the choice above (with this server taken out)
+  serves more blocks, or the minimum block throughput where the server is now is below
+  `balance_quality` of what that choice gives;
+- latency: the window with the least time per token among those after which every block is
+  still served and the swarm's weakest block is no weaker than now, if it lowers the time per
+  token by `min_gain` (1%). A server that alone holds some blocks does not move for latency
+  (they would go unserved while it reloads).
+
+No cycles (with the default slack 0): a throughput move raises the minimum block throughput by
+a third, a latency move never lowers it and lowers the time per token, so (minimum, -time) rises with every move and
+no sequence of moves returns to an earlier placement. Of identical servers on the same blocks
+only the one with the smallest peer_id moves in a given check (`has_senior_twin`).
+
+What the simulator says (tools/simulate.py; docs/placement_results.md has the tables):
+
+- Joins decide little once the model is covered: with throughput kept (step 2) the weakest
+  block fixes the window, as in Petals. Where Petals' rule gives a continent only part of the
+  model, every route crosses an ocean once per span, and the latency score wins big
+  (split-regions: 1.7x lower time per token at equal throughput).
+- The latency move is where the public swarms gain: greedy joins leave a region with three
+  replicas of the first half and none of the second (public-swarm: us-east); a move that
+  completes the region's chain without weakening the weakest block cuts that region's routes
+  by 10-15%. Over 6 join orders of public-swarm this gave 1.08x on average (min 1.02x)
+  against 1.02x for the same rule without the move (1.00x on public-swarm-big-gpus, now
+  1.06x). A 15% threshold almost never fired; 0.5-4% all gave 1.06-1.08x and 1% was the best
+  of those on the mean (chosen on those same instances: read it as a setting, not a proof).
+- Giving up throughput for latency did not pay: letting joins pick windows that raise the
+  weakest block less (a slack of 3-20%) gained up to 1.15x on some swarms but lost 5-25%
+  capacity on others, depending chaotically on join order.
+- The ceiling is low on a public swarm: `tools/simulator/bound.py` enumerates every set of
+  servers that could hold the model and gives the least unloaded time per token any placement
+  could give. On public-swarm that is 195 ms (three 24 GB cards are needed per route: 81 ms
+  compute, 3 x 30 ms client round trips, 3 x 8 ms call overhead) against Petals' 244 ms, so no
+  placement could be more than 1.25x faster there; the 2x asked for in issue 9 would need 122
+  ms, less than compute plus one span. docs/placement_results.md derives this and shows which
+  assumption moves it (`--what-if`).
 
 Distances: client-to-server RTTs come from `region_rtt(a, b)` (a dict keyed by region pairs or a
 function) for servers whose `region` is known, else from defaults by whether regions match. A
@@ -83,7 +95,7 @@ class LatencyModel:
     relay: str = "client"
     throughput_slack: float = 0.0
     target_throughput: float | None = None
-    min_gain: float = 0.15
+    min_gain: float = 0.01
 
     def rtt(self, a: str | None, b: str | None) -> float:
         if self.region_rtt is not None and a is not None and b is not None:
@@ -209,31 +221,60 @@ def latency_choose_blocks(view: SwarmView, num_blocks_to_host: int, *, my_peer_i
     return best[2], best[2] + n
 
 
+def _latency_move(view: SwarmView, me: ServerSpan, live: list[ServerSpan], now: _Score, model: LatencyModel,
+                  clients) -> tuple[float, int] | None:
+    """The window where this server gives the least time per token without costing throughput.
+
+    Only windows after which every block is still served and the swarm's minimum block
+    throughput is at least what it is now (less `throughput_slack`) qualify; a server that alone
+    holds some blocks does not move at all (they would go unserved while it reloads).
+    """
+    others = [s for s in live if s.peer_id != me.peer_id]
+    thr = block_throughputs(view.num_blocks, others)
+    if now.uncovered == 0 and min(thr) <= 0:
+        return None
+    mine, n = clean_throughput(me.throughput), me.length
+    floor = (1 - model.throughput_slack) * now.min_throughput
+    best = None
+    for start in _candidate_starts(view.num_blocks, n, others, thr):
+        if start == me.start:
+            continue
+        after = thr[:start] + [t + mine for t in thr[start:start + n]] + thr[start + n:]
+        if after.count(0.0) > now.uncovered or min(after) < floor:
+            continue
+        moved = ServerSpan(me.peer_id, start, start + n, me.throughput, me.inference_rps, me.state, me.next_pings,
+                           me.region)
+        key = (expected_time_per_token(view.num_blocks, others + [moved], model, clients), start)
+        if best is None or key < best:
+            best = key
+    return best
+
+
 def latency_should_move(view: SwarmView, my_peer_id: str, *, balance_quality: float = 0.75,
                         model: LatencyModel | None = None, **_ignored) -> tuple[int, int] | None:
     """Where this server should move to, or None; only for a gain no move back could also show."""
     model = model or LatencyModel()
     me = view.find(my_peer_id)
     live = view.live()
-    if me is None or me not in live:
+    if me is None or me not in live or has_senior_twin(view, me):
         return None
+    clients = _clients(live, model)
+    now = _score(view.num_blocks, live, model, clients)
     start, end = latency_choose_blocks(view, me.length, my_peer_id=my_peer_id, throughput=me.throughput,
                                        inference_rps=me.inference_rps, region=me.region,
                                        pings=me.next_pings, model=model)
-    if start == me.start or has_senior_twin(view, me):
-        return None
-    others = [s for s in live if s.peer_id != my_peer_id]
-    moved = ServerSpan(me.peer_id, start, end, me.throughput, me.inference_rps, me.state, me.next_pings, me.region)
-    clients = _clients(live, model)
-    now = _score(view.num_blocks, live, model, clients)
-    then = _score(view.num_blocks, others + [moved], model, clients)
-    if then.uncovered != now.uncovered:
-        return (start, end) if then.uncovered < now.uncovered else None
-    if balance_quality > 1.0:  # forced, as in Petals
-        return start, end
-    if then.min_throughput > 0 and now.min_throughput < balance_quality * then.min_throughput:
-        return start, end  # the bottleneck is badly under-served where it is now
-    if (then.latency <= (1 - model.min_gain) * now.latency
-            and then.min_throughput >= (1 - model.throughput_slack) * now.min_throughput):
-        return start, end
+    if start != me.start:  # where a fresh join would go: for coverage or a starved bottleneck
+        others = [s for s in live if s.peer_id != my_peer_id]
+        moved = ServerSpan(me.peer_id, start, end, me.throughput, me.inference_rps, me.state, me.next_pings,
+                           me.region)
+        then = _score(view.num_blocks, others + [moved], model, clients)
+        if then.uncovered != now.uncovered:
+            return (start, end) if then.uncovered < now.uncovered else None
+        if balance_quality > 1.0:  # forced, as in Petals
+            return start, end
+        if then.min_throughput > 0 and now.min_throughput < balance_quality * then.min_throughput:
+            return start, end  # the bottleneck is badly under-served where it is now
+    best = _latency_move(view, me, live, now, model, clients)
+    if best is not None and best[0] <= (1 - model.min_gain) * now.latency:
+        return best[1], best[1] + me.length
     return None
