@@ -1,7 +1,8 @@
 """Proof of fine-tuning through the swarm on real processes: zswarm-server processes on
 loopback, a real DHT, the tiny fp32 llama, hidden states in float32 on the wire.
 
-Servers: a 0-3, b and b2 3-6 (replicas). The reference is the local Hugging Face model with the
+Servers: a 0-3, b and b2 3-6 (replicas), and spares d 3-4, e 4-6 that only the kill test uses
+(the others block them). The reference is the local Hugging Face model with the
 same prompts applied the same way: ptune prompts prepended to the input embeddings; deep
 prompts added, before block i, to the hidden states of positions < pre_seq_len (forward
 pre-hooks on the HF layers, as zswarm/models/span.py add_prompt does on the servers).
@@ -26,7 +27,8 @@ def swarm(tiny_llama_dir, tmp_path_factory):
     source = resolve_model(str(tiny_llama_dir))
     swarm = LocalSwarm(tiny_llama_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("tuning-swarm"))
     try:
-        servers = [swarm.start("a", 0, 3), swarm.start("b", 3, 6), swarm.start("b2", 3, 6)]
+        servers = [swarm.start("a", 0, 3), swarm.start("b", 3, 6), swarm.start("b2", 3, 6),
+                   swarm.start("d", 3, 4), swarm.start("e", 4, 6)]
         swarm.wait_online(*servers)
         yield swarm
     finally:
@@ -38,7 +40,9 @@ def connect(swarm, tiny_llama_dir):
     made = []
 
     def make(cls=AutoDistributedModelForCausalLM, **kwargs):
-        model = cls.from_pretrained(str(tiny_llama_dir), initial_peers=swarm.initial_peers, **{**CONFIG, **kwargs})
+        spares = tuple(swarm.servers[name].peer_id for name in ("d", "e"))
+        model = cls.from_pretrained(str(tiny_llama_dir), initial_peers=swarm.initial_peers,
+                                    **{**CONFIG, "blocked_servers": spares, **kwargs})
         made.append(model)
         return model
 
@@ -179,17 +183,20 @@ def test_classification_head_gets_a_gradient_and_learns_through_the_swarm(connec
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_kill_9_of_the_replica_used_between_forward_and_backward_reroutes_backward(connect, swarm, llama_reference):
+def test_kill_9_between_forward_and_backward_reroutes_backward_over_two_other_servers(connect, swarm,
+                                                                                      llama_reference):
+    """b dies after the forward that used it; its blocks 3-5 are then d 3-4 + e 4-6: backward
+    recomputes the input of e with a forward on d, and the gradients are still exact."""
     torch.manual_seed(4)
-    model = connect(tuning_mode="deep_ptune")
+    model = connect(tuning_mode="deep_ptune", blocked_servers=(swarm.servers["b2"].peer_id,))
     with torch.no_grad():
         model.tuning.deep_prompts.normal_(std=0.5)
     out = model(IDS, labels=IDS)
     (route,) = model.blocks.last_routes
-    victim = next(s for s in swarm.servers.values() if s.peer_id == route[-1].peer_id)
-    swarm.kill(victim)
+    assert route[-1].peer_id == swarm.servers["b"].peer_id
+    swarm.kill(swarm.servers["b"])
     out.loss.backward()
     _, expected_prompts, expected_deep = _reference_grads(llama_reference, model, IDS)
     torch.testing.assert_close(model.tuning.prompts.grad, expected_prompts, atol=1e-4, rtol=0)
     torch.testing.assert_close(model.tuning.deep_prompts.grad, expected_deep, atol=1e-4, rtol=0)
-    assert model.swarm.manager.bans.failures(victim.peer_id) >= 1
+    assert model.swarm.manager.bans.failures(swarm.servers["b"].peer_id) >= 1
