@@ -110,3 +110,19 @@ def test_prompts_start_as_embeddings_of_real_tokens_in_a_family_whose_embedding_
         assert model(IDS).logits.shape == (1, 6, source.config.vocab_size)
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("search", [dict(), dict(num_beams=3, num_return_sequences=2)])
+def test_generate_with_tuned_prompts_equals_local_hf_given_the_prompts_as_embeddings(swarm, connect, llama_reference,
+                                                                                     search):
+    # ptune sends nothing new to servers (the prompts are ordinary input positions), so the
+    # in-process servers compute exactly what real ones do.
+    swarm.add(0, 3), swarm.add(3, 6)
+    torch.manual_seed(5)
+    model = connect(tuning_mode="ptune", pre_seq_len=3)
+    out = model.generate(IDS, max_new_tokens=5, **search)
+    with torch.no_grad():
+        embeds = torch.cat([model.tuning.prompts[None], llama_reference.get_input_embeddings()(IDS)], dim=1)
+        new = llama_reference.generate(inputs_embeds=embeds, max_new_tokens=5, **search)
+    assert torch.equal(out[:, :IDS.shape[1]], IDS.expand(out.shape[0], -1))
+    assert torch.equal(out[:, IDS.shape[1]:], new[:, -5:])
