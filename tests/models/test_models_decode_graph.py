@@ -64,3 +64,13 @@ def test_families_without_graphs_say_why(tiny_model_dirs):
         span = load_span(resolve_model(tiny_model_dirs[family]), 0, 1)
         span.device = torch.device("cuda")  # only the reason is asked for; nothing runs
         assert decode_graphs_supported(span) is not None
+
+
+def test_unwritten_cache_positions_hold_zeros(tiny_llama_dir):
+    # the fixed-shape step multiplies masked positions' values by 0: uninitialised NaN would leak
+    span = load_span(resolve_model(tiny_llama_dir), 0, 2)
+    cache = span.new_cache(1, max_length=64)
+    span.inference_step(torch.randn(1, 3, span.hidden_size), cache)
+    for store in (cache._keys, cache._values):
+        for buffer in store.values():
+            assert buffer.shape[-2] == 64 and torch.count_nonzero(buffer[:, :, 3:]) == 0

@@ -61,7 +61,9 @@ class SpanCache:
         old_capacity = 0 if old is None else old.shape[-2]
         capacity = max(end, self._capacity_hint, 2 * old_capacity)
         batch, heads, _, dim = new.shape
-        buffer = torch.empty(batch, heads, capacity, dim, dtype=new.dtype, device=new.device)
+        # zeros, not empty: a decode graph attends over the whole capacity with a mask, and a masked
+        # NaN left in uninitialised memory still makes 0 * NaN = NaN (seen on an H200)
+        buffer = torch.zeros(batch, heads, capacity, dim, dtype=new.dtype, device=new.device)
         self.generation += 1
         if old is not None and pos > 0:
             buffer[:, :, :pos].copy_(old[:, :, :pos])
