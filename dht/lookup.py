@@ -153,6 +153,13 @@ class MultiKeyLookup:
                     dirty |= waiting_on.get(node.id, set())
         if inflight:
             log.debug("lookup left %d slow requests behind", len(inflight))
+        # Nodes given up on count as dead until they answer (a late reply clears the mark), so
+        # the lookups that follow -- a server announcing right after it joined, say -- do not
+        # wait on them again in the seconds before their RPC timeout confirms it.
+        now = loop.time()
+        for node, sent in inflight.values():
+            if now - sent >= give_up:
+                self.protocol.mark_unresponsive(node)
         return self.lookups
 
     def _still_needed(self, node_id: bytes, waiting_on: dict) -> bool:

@@ -167,6 +167,10 @@ class DatagramRPC(KademliaProtocol):
                 if (node.ip, node.port) == address:
                     bucket.remove_node(node)
 
+    def mark_unresponsive(self, node: Node) -> None:
+        """A lookup gave up waiting for `node`: treat it as dead until it answers."""
+        self.dead[(node.ip, node.port)] = time.monotonic()
+
     def is_dead(self, node: Node) -> bool:
         since = self.dead.get((node.ip, node.port))
         if since is None:

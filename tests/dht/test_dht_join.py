@@ -3,6 +3,7 @@ them, and they leave the joiner's routing table. Counts of RPCs, not seconds, ar
 
 import asyncio
 import time
+from collections import Counter
 
 from dht import DHTConfig, DHTNode
 
@@ -28,6 +29,12 @@ def _outstanding_to(node: DHTNode, addresses: set) -> int:
     return _on_loop(node, lambda: sum(1 for *_, a in protocol._outstanding.values() if a in addresses))
 
 
+def _asked(node: DHTNode, addresses: set) -> dict:
+    """address -> requests in flight to it, for those of `addresses` that have any."""
+    protocol = node._server.protocol
+    return _on_loop(node, lambda: dict(Counter(a for *_, a in protocol._outstanding.values() if a in addresses)))
+
+
 def _routing_addresses(node: DHTNode) -> set:
     protocol = node._server.protocol
     return _on_loop(node, lambda: {(n.ip, n.port) for b in protocol.router.buckets for n in b.get_nodes()})
@@ -41,20 +48,25 @@ def _settle(node: DHTNode) -> None:
         time.sleep(0.05)
 
 
-def test_join_through_departed_contacts_waits_for_no_rpc_timeout(make_swarm):
+def test_join_through_departed_contacts_waits_for_no_rpc_timeout_nor_asks_them_twice(make_swarm):
     nodes = make_swarm(14)
     departed = nodes[2:8]
     gone = {_address(n) for n in departed}
+    assert nodes[1].store("before-join", b"v", time.time() + 60)
     for node in departed:
         node.shutdown()  # the others still list them: nobody has asked them anything since
     newcomer = DHTNode(initial_peers=[nodes[0].address], config=PATIENT).start()
     try:
         protocol = newcomer._server.protocol
         assert protocol.timeouts == 0  # start() returned without waiting for a departed node
-        asked_gone = _outstanding_to(newcomer, gone)
-        assert asked_gone >= 1, "the departed nodes were never offered to the joiner: the test proves nothing"
+        asked = _asked(newcomer, gone)
+        assert asked, "the departed nodes were never offered to the joiner: the test proves nothing"
         live = {_address(n) for n in nodes if n not in departed}
         assert len(_routing_addresses(newcomer) & live) >= 4  # the join filled its table
+        # The next lookup comes long before those requests time out; it does not repeat them.
+        assert newcomer.get("before-join")[nodes[1].peer_id].value == b"v"
+        assert _asked(newcomer, set(asked)) == asked
+        assert protocol.timeouts == 0
     finally:
         newcomer.shutdown()
 
