@@ -8,6 +8,12 @@ round trips (one request in flight) of an echo: the reply carries the same tenso
   decode step : 1x1x4096 fp16   (8 KiB)      bar: real p50 <= 1.5x bare p50
   prefill     : 1x512x4096 fp16 (4 MiB)      bar: >= 1 GB/s of tensor bytes (one way)
 
+The prefill path copies nothing in user space: the tensor's memory goes to libzmq as is, and the
+received frame becomes the tensor (tests/wire/test_wire_envelope.py pins both). perf on the
+2-core dev box: ~80% of a 4 MiB round trip's CPU is libzmq's I/O threads in the kernel's TCP
+copies, for ours and bare zmq alike: ours tracks bare zmq and the machine sets both, so judge
+the 1 GB/s bar on a quiet machine with cores to spare, and read the ratio to bare everywhere.
+
 It also measures the lz4 codec (encode + decode CPU time, ratio) on fp16 and bf16 activations
 and prints the link speed below which compressing pays: saved bytes / extra CPU seconds.
 
