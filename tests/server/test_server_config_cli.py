@@ -2,6 +2,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from zswarm.server.cli import build_parser, field_help, parse_config
 from zswarm.server.config import ConfigError, ServerConfig
@@ -63,3 +64,14 @@ def test_config_refuses_bad_values_directly_too():
     with pytest.raises(ConfigError, match="dtype"):
         ServerConfig(dtype="float8")
     assert ServerConfig(update_period=10, expiration_periods=3).record_ttl == 30
+
+
+def test_cuda_graphs_default_on_and_can_be_turned_off(tiny_llama_dir):
+    from zswarm.models import resolve_model
+    from zswarm.server.loading import load_blocks
+
+    assert parse_config(["m", "--num-blocks", "1"]).cuda_graphs
+    assert not parse_config(["m", "--num-blocks", "1", "--no-cuda-graphs"]).cuda_graphs
+    source = resolve_model(tiny_llama_dir)
+    span = load_blocks(source, 0, 2, dtype=torch.float32, device="cpu", cuda_graphs=False)
+    assert not span.graphs.enabled and not span.sub(1, 2).graphs.enabled

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "adapters": dict(nargs="+", metavar="PATH"),
         "new_swarm": dict(action="store_true"),
         "rebalance": dict(action=argparse.BooleanOptionalAction),
+        "cuda_graphs": dict(action=argparse.BooleanOptionalAction),
         "log_level": dict(type=str.upper, choices=LOG_LEVELS),
     }
     for f in dataclasses.fields(ServerConfig):  # in the dataclass's order, so --help reads like config.py

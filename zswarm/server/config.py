@@ -54,6 +54,7 @@ class ServerConfig:
     device: str = "auto"  # cuda | cpu | auto (cuda when available)
     dtype: str = "auto"  # weights and compute dtype; auto: the checkpoint's (bfloat16 -> float32 on cpu)
     quant: str = "none"  # weight quantization through bitsandbytes (cuda only): none | int8 | nf4
+    cuda_graphs: bool = True  # replay one-token decode steps as CUDA graphs (Llama/Mistral/Qwen2 on cuda; not int8)
     throughput: Optional[float] = None  # announce this throughput (tokens/s) instead of measuring
     throughput_cache: Optional[str] = None  # measured-throughput cache file; default $ZSWARM_CACHE/throughput.json
 

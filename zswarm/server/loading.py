@@ -41,8 +41,19 @@ def resolve_device(requested: str) -> str:
 
 
 def load_blocks(source, start: int, end: int, *, dtype: torch.dtype, device: str, quant: str = "none",
-                progress: Callable[[str], None] = logger.info) -> BlockSpan:
+                cuda_graphs: bool = True, progress: Callable[[str], None] = logger.info) -> BlockSpan:
     """Blocks [start, end) as one BlockSpan, logging progress after each block."""
+    span = _load_blocks(source, start, end, dtype=dtype, device=device, quant=quant, progress=progress)
+    if not cuda_graphs:
+        span.graphs.disable(span, "--no-cuda-graphs")
+    elif quant == "int8":
+        # bitsandbytes' int8 layers pick outlier columns by value (a host sync): capture fails (seen on an H200)
+        span.graphs.disable(span, "int8 layers cannot be captured")
+    return span
+
+
+def _load_blocks(source, start: int, end: int, *, dtype: torch.dtype, device: str, quant: str,
+                 progress: Callable[[str], None]) -> BlockSpan:
     total = end - start
     began = time.monotonic()
     load_device = "cpu" if quant != "none" else device  # bitsandbytes quantizes on the move to the GPU

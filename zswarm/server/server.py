@@ -251,9 +251,11 @@ class Server:
         from zswarm.server.loading import load_blocks
 
         dtype_name = str(self.dtype).removeprefix("torch.")
-        return get_rates(self.source.model_id, self.device, dtype_name, cfg.quant,
+        # the cached rates were measured on one decode path: with graphs they are ~10x higher on a GPU
+        graphs = cfg.cuda_graphs and self.device.startswith("cuda") and cfg.quant != "int8"
+        return get_rates(self.source.model_id, self.device, dtype_name, cfg.quant + (",cuda-graphs" if graphs else ""),
                          lambda: load_blocks(self.source, 0, 1, dtype=self.dtype, device=self.device,
-                                             quant=cfg.quant, progress=logger.debug),
+                                             quant=cfg.quant, cuda_graphs=cfg.cuda_graphs, progress=logger.debug),
                          cfg.throughput_cache)
 
     async def _load(self, start: int, end: int):
@@ -263,7 +265,8 @@ class Server:
         logger.info("loading weights of blocks %d:%d (%s, %s, quant=%s) ...", start, end, self.device,
                     str(self.dtype).removeprefix("torch."), self.config.quant)
         def load():
-            span = load_blocks(self.source, start, end, dtype=self.dtype, device=self.device, quant=self.config.quant)
+            span = load_blocks(self.source, start, end, dtype=self.dtype, device=self.device,
+                               quant=self.config.quant, cuda_graphs=self.config.cuda_graphs)
             attach_adapters(span, self.adapters)
             return span
 
