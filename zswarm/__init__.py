@@ -10,6 +10,7 @@ from zswarm.errors import NoRouteError, ServerError, SessionClosedError, Session
 
 __all__ = [
     "AutoDistributedModelForCausalLM",
+    "AutoDistributedModelForSequenceClassification",
     "ClientConfig",
     "NoRouteError",
     "ServerError",
@@ -22,7 +23,7 @@ __all__ = [
 def __getattr__(name):
     # The client pulls in transformers' model classes; servers and tools that only need
     # `zswarm.errors` or `zswarm.models` should not pay for that import.
-    if name in ("AutoDistributedModelForCausalLM", "ClientConfig"):
+    if name in ("AutoDistributedModelForCausalLM", "AutoDistributedModelForSequenceClassification", "ClientConfig"):
         import zswarm.client
 
         return getattr(zswarm.client, name)

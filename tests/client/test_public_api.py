@@ -4,7 +4,7 @@ import zswarm
 
 def test_zswarm_exports_exactly_the_public_api():
     assert sorted(zswarm.__all__) == [
-        "AutoDistributedModelForCausalLM", "ClientConfig", "NoRouteError", "ServerError",
+        "AutoDistributedModelForCausalLM", "AutoDistributedModelForSequenceClassification", "ClientConfig", "NoRouteError", "ServerError",
         "SessionClosedError", "SessionLengthError", "ZswarmError",
     ]
     for name in zswarm.__all__:
