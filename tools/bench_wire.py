@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -118,14 +119,18 @@ class WireClient:
 
 async def measure(cases: dict, iters: dict, warmup: int, rounds: int) -> dict:
     """Time every case in `rounds` interleaved blocks, so load from elsewhere on the machine
-    falls on all cases alike."""
+    falls on all cases alike. The order is shuffled each round: a block runs slower after a
+    CPU-heavy one (an lz4 prefill), and a fixed order always put the same case there."""
     times = {name: [] for name in cases}
     for name, client in cases.items():
         for _ in range(warmup):
             await client.round_trip()
+    order = list(cases)
+    shuffle = random.Random(0).shuffle
     for _ in range(rounds):
-        for name, client in cases.items():
-            block = times[name]
+        shuffle(order)
+        for name in order:
+            client, block = cases[name], times[name]
             for _ in range(max(1, iters[name[1]] // rounds)):
                 t0 = time.perf_counter()
                 await client.round_trip()
