@@ -28,7 +28,7 @@ from .errors import BadTensor, CorruptPayload
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
-    "DTYPES", "COMPRESSIONS", "encode_tensor", "compression_bytes", "decode_tensor", "check_descriptor", "decode_checked", "Checked",
+    "DTYPES", "COMPRESSIONS", "encode_tensor", "wire_tensor", "plan_compression", "decode_tensor", "check_descriptor", "decode_checked", "Checked",
     "to_wire_dtype", "FP16_MAX", "AUTO_MIN_BYTES", "AUTO_MAX_RATIO", "AUTO_RAW_DTYPES",
 ]
 
@@ -89,17 +89,31 @@ def _probe_pays(u8: np.ndarray, itemsize: int) -> bool:
     return len(packed) <= AUTO_MAX_RATIO * sample.size
 
 
-def compression_bytes(tensors, compression: str) -> int:
-    """Bytes of ``tensors`` that encoding may run lz4 over: the part of encoding that costs
-    milliseconds (the rest only wraps memory)."""
-    if compression == "none":
-        return 0
-    total = 0
-    for t in tensors:
-        nbytes = t.nbytes
-        if compression == "lz4" or (nbytes >= AUTO_MIN_BYTES and _DTYPE_NAMES.get(t.dtype) not in AUTO_RAW_DTYPES):
-            total += nbytes
-    return total
+def wire_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the wire sends it: detached, on the CPU, contiguous (itself when it already is)."""
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_cpu:
+        t = t.cpu()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t
+
+
+def plan_compression(t: torch.Tensor, compression: str = "auto") -> str:
+    """``"lz4"`` or ``"none"``: what encoding does with ``t`` (a wire_tensor); ``"auto"`` decides
+    here, from the dtype, the size and the probe. Lets a caller that knows lz4 will run (it
+    costs milliseconds per MiB) move the encoding off its event loop, without probing twice."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
+    name = _DTYPE_NAMES.get(t.dtype)
+    if compression == "none" or name is None or t.nbytes == 0:
+        return "none"
+    if compression == "lz4":
+        return "lz4"
+    if t.nbytes < AUTO_MIN_BYTES or name in AUTO_RAW_DTYPES:
+        return "none"
+    return "lz4" if _probe_pays(_raw_bytes(t), _ITEMSIZE[name]) else "none"
 
 
 def encode_tensor(t: torch.Tensor, *, compression: str = "auto") -> tuple[dict, object]:
@@ -108,24 +122,13 @@ def encode_tensor(t: torch.Tensor, *, compression: str = "auto") -> tuple[dict, 
     name = _DTYPE_NAMES.get(t.dtype)
     if name is None:
         raise BadTensor(f"dtype {t.dtype} cannot go on the wire (supported: {', '.join(DTYPES)})")
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
-    if t.requires_grad:
-        t = t.detach()
-    if not t.is_cpu:
-        t = t.cpu()
-    if not t.is_contiguous():
-        t = t.contiguous()
+    t = wire_tensor(t)
     desc = {"dtype": name, "shape": list(t.shape), "codec": "none"}
-    nbytes = t.nbytes
-    if nbytes == 0:
+    if t.nbytes == 0:
         return desc, b""
-    if compression != "none":
-        itemsize = _ITEMSIZE[name]
-        if compression == "lz4" or (nbytes >= AUTO_MIN_BYTES and name not in AUTO_RAW_DTYPES
-                                    and _probe_pays(_raw_bytes(t), itemsize)):
-            desc["codec"], packed = _compress(_raw_bytes(t), itemsize)
-            return desc, packed
+    if plan_compression(t, compression) == "lz4":
+        desc["codec"], packed = _compress(_raw_bytes(t), _ITEMSIZE[name])
+        return desc, packed
     return desc, _raw_bytes(t)  # flat uint8, so len() is the byte count
 
 

@@ -52,13 +52,17 @@ def error_message(request_id: int, code: str, message: str, method: str = "") ->
     return Message(method, {"code": code, "message": message}, [], request_id, "error")
 
 
-def encode_message(msg: Message, *, compression: str = "auto") -> list:
-    """Frames for ``msg``: the msgpack header, then one payload buffer per tensor."""
+def encode_message(msg: Message, *, compression: str | Sequence[str] = "auto") -> list:
+    """Frames for ``msg``: the msgpack header, then one payload buffer per tensor.
+    ``compression``: one setting for every tensor, or one per tensor (see codec.plan_compression)."""
     descs, frames = [], [b""]
-    for t in msg.tensors:
+    per_tensor = [compression] * len(msg.tensors) if isinstance(compression, str) else compression
+    if len(per_tensor) != len(msg.tensors):
+        raise ValueError(f"{len(per_tensor)} compression settings for {len(msg.tensors)} tensors")
+    for t, tensor_compression in zip(msg.tensors, per_tensor):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"tensors must be torch.Tensor, got {type(t).__name__}")
-        desc, payload = encode_tensor(t, compression=compression)
+        desc, payload = encode_tensor(t, compression=tensor_compression)
         descs.append(desc)
         frames.append(payload)
     frames[0] = msgpack.packb({"v": PROTOCOL_VERSION, "id": msg.request_id, "k": msg.kind,

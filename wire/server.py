@@ -18,7 +18,7 @@ from typing import Mapping
 
 import zmq
 
-from .codec import compression_bytes
+from .codec import plan_compression, wire_tensor
 from .dispatch import Handler, Request, exception_reply, run_handler
 from .envelope import (Message, decode_header, decode_tensors, encode_message, error_message,
                        with_request_id)
@@ -123,18 +123,28 @@ class RpcServer:
             self._send(peer, exception_reply(request, exc))
             return
         reply = await run_handler(handler, request)
-        if compression_bytes(reply.tensors, self.compression) > OFFLOAD_ENCODE_BYTES:
-            frames = await asyncio.get_running_loop().run_in_executor(None, self._encode, reply)
+        plan = self._plan(reply)
+        if sum(t.nbytes for t, c in zip(reply.tensors, plan) if c == "lz4") > OFFLOAD_ENCODE_BYTES:
+            frames = await asyncio.get_running_loop().run_in_executor(None, self._encode, reply, plan)
         else:
-            frames = self._encode(reply)
+            frames = self._encode(reply, plan)
         self._post(peer, frames)
 
     def _send(self, peer: bytes, reply: Message) -> None:
         self._post(peer, self._encode(reply))
 
-    def _encode(self, reply: Message) -> list:
+    def _plan(self, reply: Message) -> list:
+        """Per reply tensor, whether it gets lz4 (the probe runs here, once); [] when it cannot
+        be planned, in which case _encode reports why."""
         try:
-            return encode_message(reply, compression=self.compression)
+            reply.tensors = [wire_tensor(t) for t in reply.tensors]
+            return [plan_compression(t, self.compression) for t in reply.tensors]
+        except Exception:
+            return []
+
+    def _encode(self, reply: Message, plan: list | None = None) -> list:
+        try:
+            return encode_message(reply, compression=plan or self.compression)
         except Exception as exc:  # e.g. meta that msgpack cannot encode, a dtype the wire lacks
             logger.error("cannot encode reply to %r: %s", reply.method, exc)
             return encode_message(error_message(reply.request_id, "internal",

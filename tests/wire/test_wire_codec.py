@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from wire.codec import (AUTO_MIN_BYTES, DTYPES, check_descriptor, decode_tensor, encode_tensor,
-                        to_wire_dtype)
+                        plan_compression, to_wire_dtype)
 from wire.errors import BadTensor, CorruptPayload
 from wire.limits import Limits
 
@@ -73,6 +73,16 @@ def test_auto_sends_fp16_raw_without_probing_and_lz4_still_compresses_it():
     desc, payload = encode_tensor(zeros, compression="lz4")
     assert desc["codec"] == "lz4s" and len(payload) < zeros.nbytes // 10
     assert_bit_exact(decode_tensor(desc, payload), zeros)
+
+
+def test_plan_says_what_encoding_will_do():
+    zeros_bf16 = torch.zeros(AUTO_MIN_BYTES, dtype=torch.bfloat16)
+    noise_fp32 = torch.randn(AUTO_MIN_BYTES)
+    assert plan_compression(zeros_bf16) == "lz4" and encode_tensor(zeros_bf16)[0]["codec"] == "lz4s"
+    assert plan_compression(noise_fp32) == encode_tensor(noise_fp32)[0]["codec"] == "none"
+    assert plan_compression(torch.zeros(AUTO_MIN_BYTES, dtype=torch.float16)) == "none"
+    assert plan_compression(torch.zeros(16), "lz4") == "lz4"
+    assert plan_compression(zeros_bf16, "none") == "none"
 
 
 def test_uncompressed_encode_shares_the_tensor_memory():

@@ -19,6 +19,16 @@ def test_message_round_trips_with_one_frame_per_tensor():
     assert all(torch.equal(a, b) for a, b in zip(back.tensors, tensors))
 
 
+def test_compression_can_be_set_per_tensor():
+    zeros = [torch.zeros(1, 256, 256).half(), torch.zeros(1, 256, 256).half()]
+    frames = encode_message(Message("forward", {}, zeros, 3), compression=["lz4", "none"])
+    assert len(frames[1]) < zeros[0].nbytes // 10 and len(frames[2]) == zeros[1].nbytes
+    back = decode_message([bytes(f) for f in frames])
+    assert all(torch.equal(a, b) for a, b in zip(back.tensors, zeros))
+    with pytest.raises(ValueError):
+        encode_message(Message("forward", {}, zeros, 3), compression=["lz4"])
+
+
 def test_header_is_validated_before_payloads_are_touched():
     too_big = Limits(max_message_bytes=1000)
     with pytest.raises(MessageTooLarge):
