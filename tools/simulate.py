@@ -135,7 +135,8 @@ def main(argv=None) -> int:
                       "min capacity ratio", "min coverage ratio", "within 5%"], rows))
         print("\ninstance 0 is the scenario file; instance k > 0 has another seed and the same servers joining in"
               "\nanother order (tools/simulator/scenario.py: reshuffled); 'within 5%' counts instances.")
-    print(f"\n{len(results)} runs in {total:.1f} s")
+    runs = len(results) + sum(2 * (len(cs) - 1) for cs in instances.values())
+    print(f"\n{runs} runs in {total:.1f} s")
 
     if args.json:
         payload = {"command": "python tools/simulate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
