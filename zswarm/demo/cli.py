@@ -26,11 +26,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from zswarm.demo.chat import Chat
 from zswarm.demo.config import EXIT_FAILED, EXIT_OK, DemoConfig, DemoError, say
-from zswarm.demo.local_swarm import LocalSwarm
+
+if TYPE_CHECKING:  # imported when a run starts: zswarm.client imports torch, and --help should not wait for it
+    from zswarm.client.local_swarm import LocalSwarm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +63,39 @@ def _stop_on_signal(signum, frame):
     raise KeyboardInterrupt  # SIGTERM / SIGHUP: leave through the same clean path as Ctrl-C
 
 
+def start_servers(swarm: LocalSwarm, config: DemoConfig) -> None:
+    """The model's blocks split evenly over config.servers servers; server i on port+1+i when a base port is given."""
+    from zswarm.client.local_swarm import split_blocks
+
+    try:
+        spans = split_blocks(swarm.num_blocks, config.servers)
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
+    for i, (start, end) in enumerate(spans):
+        swarm.start(f"server-{i}", start, end, throughput=None, threads=config.threads_per_server,
+                    port=config.port + 1 + i if config.port else 0)
+    say(f"starting {config.servers} server{'s' if config.servers > 1 else ''} for {swarm.model_id} "
+        f"({', '.join(f'{s.start}:{s.end}' for s in swarm.servers.values())}); logs in {swarm.workdir}")
+
+
+def wait_online(swarm: LocalSwarm, config: DemoConfig) -> None:
+    """Until every server is ONLINE, a line as each comes; DemoError with the log's end when one fails."""
+    from zswarm.client.local_swarm import ServerExitedError, ServersNotOnlineError
+
+    def online(server, seconds):
+        say(f"server {server.index + 1}/{len(swarm.servers)} online: blocks {server.start}:{server.end} "
+            f"at {server.address} ({seconds:.1f} s)")
+
+    try:
+        swarm.wait_online(timeout=config.startup_timeout, on_online=online)
+    except ServerExitedError as exc:
+        s = exc.server
+        raise DemoError(f"server {s.index + 1} (blocks {s.start}:{s.end}) exited with status {s.popen.returncode} "
+                        f"while starting; the end of its log ({s.log}):\n{s.tail(25)}") from None
+    except ServersNotOnlineError as exc:
+        raise DemoError(str(exc)) from None
+
+
 def run(config: DemoConfig) -> int:
     workdir = Path(config.workdir) if config.workdir else Path(tempfile.mkdtemp(prefix="zswarm-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -69,15 +104,19 @@ def run(config: DemoConfig) -> int:
     try:
         began = time.monotonic()
         say(f"preparing {config.model} ...")
+        from zswarm.client.local_swarm import LocalSwarm
         from zswarm.models import resolve_model
 
         source = resolve_model(config.model)
         say(f"model {source.model_id}: {source.num_blocks} blocks, ready in {time.monotonic() - began:.1f} s")
-        swarm = LocalSwarm(config, source.model_id, source.num_blocks, workdir)
-        swarm.start()
-        swarm.wait_online()
+        # Bound before any server starts, so a Ctrl-C from here on stops what was started.
+        swarm = LocalSwarm(config.model, source.model_id, source.num_blocks, workdir, device=config.device,
+                           dtype=config.dtype, bootstrap_port=config.port, offline=False)
+        say(f"bootstrap DHT node at {swarm.bootstrap.address}")
+        start_servers(swarm, config)
+        wait_online(swarm, config)
         say("connecting the client ...")
-        chat = Chat(config, [swarm.bootstrap.address])
+        chat = Chat(config, swarm.initial_peers)
         say(f"swarm ready in {time.monotonic() - began:.1f} s")
         if config.prompt and not config.interactive:
             print(f"you> {config.prompt}\nassistant> ", end="", flush=True)
@@ -104,7 +143,7 @@ def run(config: DemoConfig) -> int:
                 logging.getLogger(__name__).debug("closing the client: %s", exc)
         if swarm is not None:
             say("stopping the servers ...")
-            swarm.stop()
+            swarm.close(stop_timeout=config.stop_timeout)
         if config.workdir or (status != EXIT_OK and swarm is not None and swarm.servers):
             say(f"stopped; server logs are in {workdir}")
         else:
