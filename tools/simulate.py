@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     ap.add_argument("--throughput-slack", type=float, default=None,
                     help="latency strategy: share of the swarm's minimum block throughput it may give up for "
                          "latency (default: zswarm.placement.LatencyModel's)")
+    ap.add_argument("--blind", action="store_true",
+                    help="placement sees no region labels, only the RTTs the deciding server measured to the others "
+                         "(what a real server can know); clients and routing are unchanged")
     ap.add_argument("--instances", type=int, default=1, metavar="N",
                     help="also run N-1 more instances of each scenario (other seeds and join orders) and print "
                          "the spread of the comparison (default 1: the file only)")
@@ -72,6 +75,8 @@ def main(argv=None) -> int:
     if not 1 <= args.instances <= 50:
         ap.error("--instances must be between 1 and 50")
     knobs = {} if args.throughput_slack is None else {"throughput_slack": args.throughput_slack}
+    if args.blind:
+        knobs["regions_known"] = False
     if args.what_if:
         return _what_if(args.what_if, args.relay, knobs, args.json, argv)
     strategies = args.strategy or list(STRATEGIES)

@@ -26,6 +26,14 @@ def test_a_server_completes_the_chain_of_its_own_region_where_petals_does_not():
     assert choose_blocks(view, 40, "petals", region="eu") == (0, 40)  # a tie, broken by the lowest start
 
 
+def test_without_region_labels_the_servers_own_pings_find_its_region():
+    # the same swarm as above, as a real server sees it: no regions, only the RTTs it measured
+    view = SwarmView(80, [_span("us1", 0, 40), _span("us2", 40, 80), _span("us3", 40, 80), _span("eu1", 0, 40)])
+    pings = {"us1": 0.11, "us2": 0.12, "us3": 0.1, "eu1": 0.02}
+    assert choose_blocks(view, 40, "latency", inference_rps=100.0, pings=pings) == (40, 80)
+    assert choose_blocks(view, 40, "latency", inference_rps=100.0) == (0, 40)  # nothing measured: a tie
+
+
 def test_a_new_server_aligns_with_existing_span_boundaries():
     view = SwarmView(90, [_span("a", 0, 30), _span("b", 30, 60), _span("c", 60, 90)])
     start, end = choose_blocks(view, 30, "latency", throughput=1.0, inference_rps=300.0)
@@ -79,6 +87,14 @@ def test_a_server_moves_to_complete_its_regions_chain_when_that_costs_no_through
     assert should_move(view, "a", "latency") == (10, 20)
     assert should_move(view, "b", "latency") is None  # its twin "a" moves first
     assert should_move(view, "a", "petals") is None  # Petals' rule sees a balanced enough swarm
+
+
+def test_the_latency_move_works_from_measured_pings_alone():
+    view = SwarmView(20, [_span("a", 0, 10), _span("b", 0, 10), _span("c", 0, 10), _span("d", 10, 20),
+                          _span("e", 10, 20)])
+    pings = {"b": 0.03, "c": 0.1, "d": 0.1, "e": 0.11}  # "a" is near "b" only: both in the US
+    assert should_move(view, "a", "latency", pings=pings) == (10, 20)
+    assert should_move(view, "a", "latency") is None  # without measurements nothing says where "a" is
 
 
 def test_a_server_does_not_move_for_latency_if_the_weakest_block_would_get_weaker():

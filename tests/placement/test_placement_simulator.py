@@ -31,6 +31,12 @@ def test_latency_placement_beats_petals_where_petals_splits_the_model_across_con
     assert 1000 * bound <= latency.mean_ms <= 1.1 * 1000 * bound
 
 
+def test_placement_that_sees_only_measured_rtts_still_gives_each_continent_the_whole_model(split_regions):
+    sc, petals, _ = split_regions
+    blind = run(sc, "latency", regions_known=False)  # no region labels: only what a server can measure
+    assert compare(blind, petals).latency_speedup > 1.5
+
+
 def test_simulation_is_deterministic(split_regions):
     sc, petals, _ = split_regions
     again = run(sc, "petals")

@@ -90,9 +90,12 @@ class Client:
 
 class Simulation:
     def __init__(self, scenario: Scenario, strategy: str, *, relay: str | None = None,
-                 petals_hysteresis: bool = False, **latency_knobs):
+                 petals_hysteresis: bool = False, regions_known: bool = True, **latency_knobs):
         self.sc = scenario
         self.strategy = strategy
+        # False: placement sees what a real server can know, no region labels, only the RTTs it
+        # measured itself to every other server (and the next-block pings others announced).
+        self.regions_known = regions_known
         # Petals' own rule has no hysteresis; True runs our anti-flip-flop variant of it instead.
         self.petals_hysteresis = petals_hysteresis
         self.relay = relay or scenario.relay
@@ -188,7 +191,12 @@ class Simulation:
 
     # ---- servers --------------------------------------------------------------------------
     def span_of(self, s: SimServer) -> ServerSpan:
-        return ServerSpan(s.peer_id, s.start, s.end, s.throughput, s.rps, s.state, self.next_pings(s), s.region)
+        return ServerSpan(s.peer_id, s.start, s.end, s.throughput, s.rps, s.state, self.next_pings(s),
+                          s.region if self.regions_known else None)
+
+    def pings_from(self, s: SimServer) -> dict[str, float]:
+        """RTTs `s` measures to every server it can see (a real server can ping them all)."""
+        return {o.peer_id: self.server_rtt(s, o) for o in self.servers if o is not s and o.state != OFFLINE}
 
     def view(self) -> SwarmView:
         return SwarmView(self.sc.num_blocks, [self.span_of(s) for s in self.servers if s.state != OFFLINE])
@@ -196,9 +204,9 @@ class Simulation:
     def join(self, s: SimServer) -> None:
         if s.state != OFFLINE:
             return
-        pings = {o.peer_id: self.server_rtt(s, o) for o in self.servers if o is not s and o.state != OFFLINE}
         start, end = choose_blocks(self.view(), s.blocks, self.strategy, my_peer_id=s.peer_id,
-                                   throughput=s.throughput, inference_rps=s.rps, region=s.region, pings=pings,
+                                   throughput=s.throughput, inference_rps=s.rps,
+                                   region=s.region if self.regions_known else None, pings=self.pings_from(s),
                                    model=self.model)
         self._load(s, start, end)
 
@@ -216,7 +224,8 @@ class Simulation:
         if s.epoch != epoch or s.state != ONLINE:
             return
         target = should_move(self.view(), s.peer_id, self.strategy, balance_quality=0.75,
-                             rng=self.petals_rng, hysteresis=self.petals_hysteresis, model=self.model)
+                             rng=self.petals_rng, hysteresis=self.petals_hysteresis, model=self.model,
+                             pings=self.pings_from(s))
         if target is not None and tuple(target) != (s.start, s.end):
             self.moves += 1
             self._stop(s, vanished=False)

@@ -73,7 +73,7 @@ everyone: the score then rewards fewer hops and faster servers only. Server-to-s
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 from zswarm.placement.petals import best_start
@@ -86,7 +86,9 @@ __all__ = ["LatencyModel", "latency_choose_blocks", "latency_should_move"]
 SAME_REGION_RTT = 0.02  # s
 CROSS_REGION_RTT = 0.12  # s
 UNKNOWN_RTT = 0.06  # s: a server whose place is not known is assumed neither near nor far
+NEAR_RTT = 0.05  # s: without region labels, servers this close to the deciding one count as its region
 _GAP_PEER = "\x00gap"  # the stand-in for unserved blocks; not a valid peer id
+_NEAR = "\x00near"  # the pseudo-region of the deciding server and those it measured as near
 
 
 @dataclass
@@ -112,6 +114,41 @@ class LatencyModel:
         if a is None or b is None:
             return UNKNOWN_RTT
         return SAME_REGION_RTT if a == b else CROSS_REGION_RTT
+
+
+def _regions_from_pings(view: SwarmView, my_peer_id: str | None, region: str | None, pings, model: LatencyModel):
+    """Without region labels, the RTTs the deciding server measured stand in for them.
+
+    A real server knows no regions; it can measure its RTT to the others. Servers within
+    `NEAR_RTT` of it form its region (a client near it reaches them at their measured RTT);
+    every other server is a region of its own, far from all but itself. So "complete my
+    region's chain" works from measurements alone. Labels, where any are known, win.
+    """
+    measured = {}
+    for peer, rtt in (pings or {}).items() if isinstance(pings, Mapping) else ():
+        try:
+            rtt = float(rtt)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(rtt) and rtt >= 0:
+            measured[peer] = rtt
+    if region is not None or not measured or any(s.region is not None for s in view.servers):
+        return view, region, model
+
+    def label(peer: str) -> str:
+        near = peer == my_peer_id or measured.get(peer, math.inf) <= NEAR_RTT
+        return _NEAR if near else f"far:{peer}"
+
+    def rtt(a: str, b: str) -> float:
+        if a == b:
+            return SAME_REGION_RTT
+        if _NEAR in (a, b):
+            other = b if a == _NEAR else a
+            return measured.get(other[len("far:"):], CROSS_REGION_RTT)
+        return CROSS_REGION_RTT
+
+    spans = [replace(s, region=label(s.peer_id)) for s in view.servers]
+    return SwarmView(view.num_blocks, spans), _NEAR, replace(model, region_rtt=rtt)
 
 
 def _rps(s: ServerSpan) -> float:
@@ -199,6 +236,7 @@ def latency_choose_blocks(view: SwarmView, num_blocks_to_host: int, *, my_peer_i
     """The window for a joining (or moving) server; see the module docstring for the rule."""
     n = check_request(view, num_blocks_to_host)
     model = model or LatencyModel()
+    view, region, model = _regions_from_pings(view, my_peer_id, region, pings, model)
     others = view.live(exclude=my_peer_id)
     thr = block_throughputs(view.num_blocks, others)
     mine = clean_throughput(throughput)
@@ -256,10 +294,17 @@ def _latency_move(view: SwarmView, me: ServerSpan, live: list[ServerSpan], now: 
 
 
 def latency_should_move(view: SwarmView, my_peer_id: str, *, balance_quality: float = 0.75,
-                        model: LatencyModel | None = None, **_ignored) -> tuple[int, int] | None:
-    """Where this server should move to, or None; only for a gain no move back could also show."""
+                        model: LatencyModel | None = None, pings: Mapping[str, float] | None = None,
+                        **_ignored) -> tuple[int, int] | None:
+    """Where this server should move to, or None; only for a gain no move back could also show.
+
+    `pings`: this server's measured RTTs to others (peer_id -> s), used when no regions are known.
+    """
     model = model or LatencyModel()
     me = view.find(my_peer_id)
+    if me is not None:
+        view, _, model = _regions_from_pings(view, my_peer_id, me.region, pings, model)
+        me = view.find(my_peer_id)
     live = view.live()
     if me is None or me not in live or has_senior_twin(view, me):
         return None
