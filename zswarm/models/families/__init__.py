@@ -1,4 +1,8 @@
-"""Model-family adapters, found by `config.model_type`."""
+"""Model-family adapters, found by `config.model_type`.
+
+An adapter imports its transformers modeling module when a checkpoint first needs its classes, so
+importing this package (every server and client does) loads none of them.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.models.bloom import modeling_bloom
 
 from ..positions import AlibiTable, additive_mask
 from .base import FamilyAdapter, StepInputs
@@ -32,6 +31,8 @@ class BloomFamily(FamilyAdapter):
     attn_implementation = "eager"  # BLOOM's attention is its own eager code
 
     def block_class(self, config):
+        from transformers.models.bloom import modeling_bloom  # on use: only BLOOM servers pay for it
+
         return modeling_bloom.BloomBlock
 
     def cache_heads_and_dim(self, config):

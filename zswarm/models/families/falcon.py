@@ -7,7 +7,6 @@ so it is refused rather than run inexactly.
 from __future__ import annotations
 
 from torch import nn
-from transformers.models.falcon import modeling_falcon
 
 from .base import FamilyAdapter
 
@@ -21,9 +20,13 @@ class FalconFamily(FamilyAdapter):
     final_norm_key = "ln_f"
 
     def block_class(self, config):
+        from transformers.models.falcon import modeling_falcon  # on use: only Falcon servers pay for it
+
         return modeling_falcon.FalconDecoderLayer
 
     def rotary_class(self, config):
+        from transformers.models.falcon import modeling_falcon
+
         return modeling_falcon.FalconRotaryEmbedding
 
     def check_config(self, config):

@@ -6,24 +6,25 @@ original checkpoints store one matrix per expert; transformers 5 fuses them into
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import nn
-from transformers.models.llama import modeling_llama
-from transformers.models.mistral import modeling_mistral
-from transformers.models.mixtral import modeling_mixtral
-from transformers.models.qwen2 import modeling_qwen2
 
 from ..checkpoint import WeightIndex
 from .base import FamilyAdapter
 
-_CLASSES = {
-    "llama": (modeling_llama.LlamaDecoderLayer, modeling_llama.LlamaRotaryEmbedding, modeling_llama.LlamaRMSNorm),
-    "mistral": (modeling_mistral.MistralDecoderLayer, modeling_mistral.MistralRotaryEmbedding,
-                modeling_mistral.MistralRMSNorm),
-    "qwen2": (modeling_qwen2.Qwen2DecoderLayer, modeling_qwen2.Qwen2RotaryEmbedding, modeling_qwen2.Qwen2RMSNorm),
-    "mixtral": (modeling_mixtral.MixtralDecoderLayer, modeling_mixtral.MixtralRotaryEmbedding,
-                modeling_mixtral.MixtralRMSNorm),
-}
+# model_type -> the prefix of its transformers classes; modeling_<type> is imported on first use,
+# so a server pays only for its own family (`import zswarm.models` imports no modeling code).
+_PREFIXES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "mixtral": "Mixtral"}
+
+
+def _classes(model_type: str) -> tuple[type, type, type]:
+    """(decoder layer, rotary embedding, RMSNorm) classes of a model type."""
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    prefix = _PREFIXES[model_type]
+    return (getattr(module, f"{prefix}DecoderLayer"), getattr(module, f"{prefix}RotaryEmbedding"),
+            getattr(module, f"{prefix}RMSNorm"))
 
 
 class LlamaFamily(FamilyAdapter):
@@ -32,13 +33,13 @@ class LlamaFamily(FamilyAdapter):
     decode_graphs = True
 
     def block_class(self, config):
-        return _CLASSES[config.model_type][0]
+        return _classes(config.model_type)[0]
 
     def rotary_class(self, config):
-        return _CLASSES[config.model_type][1]
+        return _classes(config.model_type)[1]
 
     def build_final_norm(self, config) -> nn.Module:
-        return _CLASSES[config.model_type][2](config.hidden_size, eps=config.rms_norm_eps)
+        return _classes(config.model_type)[2](config.hidden_size, eps=config.rms_norm_eps)
 
     def sliding_window(self, config, layer_idx):
         window = getattr(config, "sliding_window", None)
