@@ -7,6 +7,10 @@ flipping back and forth (Petals #389), on top of placement's own balance-quality
 - it announces its new blocks (JOINING) the moment it decides, so a peer checking a moment
   later already sees the swarm as it will be, and does not make the same move;
 - check periods are random (uniform in 0.5x..1.5x the mean), so peers rarely check at once.
+
+The latency strategy is fed the RTTs this server measures to every other server of the model
+(one `ping` each, at once, before each decision): they stand in for the regions a real server
+does not know (`zswarm.placement.latency`).
 """
 
 from __future__ import annotations
@@ -22,16 +26,24 @@ from dht import ServerRecord, ServerState, afetch_block_servers
 logger = logging.getLogger(__name__)
 
 
-def swarm_view(num_blocks: int, blocks: list[dict[str, ServerRecord]], *, exclude: Optional[str] = None):
-    """DHT records (one dict per block) -> placement.SwarmView with one ServerSpan per live server."""
-    from zswarm.placement import ServerSpan, SwarmView
+PING_TIMEOUT = 1.0  # s: a server that does not answer a ping in this time is left out of the RTTs
 
+
+def _live_records(blocks: list[dict[str, ServerRecord]], exclude: Optional[str] = None) -> dict[str, ServerRecord]:
     servers: dict[str, ServerRecord] = {}
     for per_block in blocks:
         for peer_id, record in per_block.items():
             if peer_id == exclude or record.state == ServerState.OFFLINE:
                 continue
             servers.setdefault(peer_id, record)
+    return servers
+
+
+def swarm_view(num_blocks: int, blocks: list[dict[str, ServerRecord]], *, exclude: Optional[str] = None):
+    """DHT records (one dict per block) -> placement.SwarmView with one ServerSpan per live server."""
+    from zswarm.placement import ServerSpan, SwarmView
+
+    servers = _live_records(blocks, exclude)
     spans = [
         ServerSpan(peer_id=r.peer_id, start=r.start, end=min(r.end, num_blocks), throughput=r.throughput,
                    inference_rps=r.inference_rps, state=r.state, next_pings=dict(r.next_pings))
@@ -45,15 +57,41 @@ async def fetch_swarm_view(node, model_id: str, num_blocks: int, *, exclude: Opt
     return swarm_view(num_blocks, blocks, exclude=exclude)
 
 
+async def measure_rtts(blocks: list[dict[str, ServerRecord]], my_peer_id: str) -> dict[str, float]:
+    """peer_id -> RTT (s) of one `ping` to every other live server; those that do not answer are left out."""
+    from wire import ZmqTransport
+
+    records = _live_records(blocks, exclude=my_peer_id)
+    if not records:
+        return {}
+    transport = ZmqTransport()
+
+    async def rtt(record: ServerRecord):
+        started = time.monotonic()
+        try:
+            await transport.call(record.address, "ping", timeout=PING_TIMEOUT)
+        except Exception:  # gone, busy or not a server: no measurement, not an error
+            return record.peer_id, None
+        return record.peer_id, time.monotonic() - started
+
+    try:
+        results = await asyncio.gather(*(rtt(r) for r in records.values()))
+    finally:
+        await transport.close()
+    return {peer_id: t for peer_id, t in results if t is not None}
+
+
 async def choose_initial_blocks(node, model_id: str, num_blocks: int, blocks_to_host: int, strategy: str,
                                 my_peer_id: str, throughput: float, inference_rps: float) -> tuple[int, int]:
     from zswarm.placement import choose_blocks
 
-    view = await fetch_swarm_view(node, model_id, num_blocks, exclude=my_peer_id)
+    blocks = await afetch_block_servers(node, model_id, 0, num_blocks)
+    view = swarm_view(num_blocks, blocks, exclude=my_peer_id)
+    pings = await measure_rtts(blocks, my_peer_id) if strategy == "latency" else {}
     start, end = choose_blocks(view, blocks_to_host, strategy=strategy, my_peer_id=my_peer_id,
-                               throughput=throughput, inference_rps=inference_rps)
-    logger.info("chose blocks %d:%d (%s placement; %d other servers in the swarm)",
-                start, end, strategy, len(view.servers))
+                               throughput=throughput, inference_rps=inference_rps, pings=pings)
+    logger.info("chose blocks %d:%d (%s placement; %d other servers in the swarm, %d answered a ping)",
+                start, end, strategy, len(view.servers), len(pings))
     return int(start), int(end)
 
 
@@ -76,10 +114,12 @@ class Rebalancer:
 
         if time.monotonic() - self.last_move < self.min_move_interval:
             return None
-        view = await fetch_swarm_view(self.node, self.model_id, self.num_blocks)
+        blocks = await afetch_block_servers(self.node, self.model_id, 0, self.num_blocks)
+        view = swarm_view(self.num_blocks, blocks)
         if not any(s.peer_id == self.peer_id for s in view.servers):
             return None  # our own record is not visible yet: no basis to decide on
-        target = should_move(view, self.peer_id, self.strategy, balance_quality=self.balance_quality)
+        pings = await measure_rtts(blocks, self.peer_id) if self.strategy == "latency" else {}
+        target = should_move(view, self.peer_id, self.strategy, balance_quality=self.balance_quality, pings=pings)
         if target is None or tuple(target) == tuple(self.current_range()):
             return None
         return int(target[0]), int(target[1])
