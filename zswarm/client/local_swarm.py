@@ -88,7 +88,7 @@ class ServersNotOnlineError(TimeoutError):
     def __init__(self, servers: list[ServerProcess], timeout: float):
         self.servers = servers
         tails = "\n".join(f"--- server {s.name} ({s.log}):\n{s.tail()}" for s in servers)
-        super().__init__(f"servers {', '.join(s.name for s in servers)} not online after {timeout:.0f} s:\n{tails}")
+        super().__init__(f"servers {', '.join(s.name for s in servers)} not online after {timeout:g} s:\n{tails}")
 
 
 class LocalSwarm:

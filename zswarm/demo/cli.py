@@ -93,7 +93,8 @@ def wait_online(swarm: LocalSwarm, config: DemoConfig) -> None:
         raise DemoError(f"server {s.index + 1} (blocks {s.start}:{s.end}) exited with status {s.popen.returncode} "
                         f"while starting; the end of its log ({s.log}):\n{s.tail(25)}") from None
     except ServersNotOnlineError as exc:
-        raise DemoError(str(exc)) from None
+        tails = "\n".join(f"--- server {s.index + 1} ({s.log}):\n{s.tail(25)}" for s in exc.servers)
+        raise DemoError(f"servers not online after {config.startup_timeout:.0f} s:\n{tails}") from None
 
 
 def run(config: DemoConfig) -> int:
