@@ -65,9 +65,13 @@ What the simulator says (tools/simulate.py; docs/placement_results.md has the ta
 
 Distances: client-to-server RTTs come from `region_rtt(a, b)` (a dict keyed by region pairs or a
 function) for servers whose `region` is known, else from defaults by whether regions match. A
-real server that knows no regions gets one representative client at an unknown distance from
-everyone: the score then rewards fewer hops and faster servers only. Server-to-server legs
-(relay "server") use the announced `next_pings` and the joining server's measured `pings`.
+real server knows no regions; it measures its RTT to every other server (`pings`, as
+zswarm/server/rebalancer.py does) and those within `NEAR_RTT` (50 ms) become its region, every
+other server a region of its own (`_regions_from_pings`). In the simulator this recovers the
+split-regions win (1.71x) with no labels at all (`tools/simulate.py --blind`). With neither
+labels nor pings, one representative client sits at an unknown distance from everyone and the
+score rewards fewer hops and faster servers only. Server-to-server legs (relay "server") use
+the announced `next_pings` and the deciding server's `pings`.
 """
 
 from __future__ import annotations
