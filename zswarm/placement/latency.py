@@ -52,8 +52,8 @@ What the simulator says (tools/simulate.py; docs/placement_results.md has the ta
   passes). A 15% threshold almost never fired; 0.5-4% all gave 1.06-1.08x and 1% was the
   best of those on the mean (chosen on those same instances: a setting, not a proof).
 - Giving up throughput for latency did not pay: letting joins pick windows that raise the
-  weakest block less (a slack of 3-20%) gained up to 1.15x on some swarms but lost 5-25%
-  capacity on others, depending chaotically on join order.
+  weakest block less (a slack of 5%, 20%, 100%) gained up to 1.17x on some swarms but lost
+  4-25% capacity on others, depending chaotically on join order.
 - The ceiling is low on a public swarm: `tools/simulator/bound.py` enumerates every set of
   servers that could hold the model and gives the least unloaded time per token any placement
   could give. On public-swarm that is 195 ms (three 24 GB cards are needed per route: 81 ms
