@@ -6,9 +6,10 @@ prompt of --prompt tokens, per one-token step (synchronised every step, as a ser
 
   hf          : the same layers as transformers' own LlamaModel with its DynamicCache
   span-eager  : BlockSpan.inference_step with CUDA graphs off (the path before decode graphs)
-  span-eager+ : the same while another Python thread keeps the interpreter busy (as a server's
-                other threads may): every op hands the GIL back and waits to get it again; on an
-                H200 this took 4.5 minutes for 32 steps, so the busy rows run 4 steps only
+  span-eager+ : the same while another Python thread keeps the interpreter busy. Measured on an
+                H200: about 8 s per step, with or without graphs (the step's thread waits for the
+                GIL each time it gives it up), so the busy rows run 4 steps only. A server's
+                compute thread must not share the interpreter with a thread that spins.
   span-graph  : BlockSpan.inference_step replaying the captured decode graph
   span-graph+ : the same with the busy thread
 
