@@ -22,9 +22,14 @@ from .errors import SpanInputError
 
 
 class SpanCache:
-    def __init__(self, start: int, end: int, batch_size: int, *, capacity: int = 0):
+    def __init__(self, start: int, end: int, batch_size: int, *, capacity: int = 0,
+                 left_pad: torch.Tensor | None = None):
         self.start, self.end = start, end
         self.batch_size = batch_size
+        # [batch] long on the span's device, or None: row r's first left_pad[r] positions are padding
+        # (never attended to; rotary positions count from the first real token). Fixed per session,
+        # reordered with the rows; a decode graph reads it, so a same-batch reorder writes it in place.
+        self.left_pad = left_pad
         self.length = 0  # tokens held, the same for every layer
         self._capacity_hint = capacity
         self._keys: dict[int, torch.Tensor] = {}
@@ -123,6 +128,12 @@ class SpanCache:
                         held.copy_(held.index_select(0, ids.to(buffer.device)))
                     else:
                         store[layer_idx] = buffer.index_select(0, ids.to(buffer.device))
+        if self.left_pad is not None:
+            pads = self.left_pad.index_select(0, ids.to(self.left_pad.device))
+            if same_batch:
+                self.left_pad.copy_(pads)
+            else:
+                self.left_pad = pads
         if not same_batch:
             self.generation += 1
         self.batch_size = int(ids.numel())

@@ -43,20 +43,31 @@ class StaticDecodeStep:
         self.hidden = torch.zeros(cache.batch_size, 1, span.hidden_size, dtype=span.dtype, device=device)
         self.key_positions = torch.arange(self.capacity, device=device)
         self.cos, self.sin = span.rotary.get(0, self.capacity)  # held: see the module docstring
+        # [batch] leading pads per row (left-padded batches) or None; a same-batch beam reorder
+        # rewrites it in place, a batch change retires this step (new generation)
+        self.pad = cache.left_pad
         self.out: torch.Tensor | None = None
 
     def usable_for(self, cache, batch: int) -> bool:
         return cache is self._cache() and cache.generation == self.generation and batch == self.hidden.shape[0]
 
     def body(self) -> torch.Tensor:
-        span, position = self.span, self.position
-        rope = (self.cos.index_select(1, position), self.sin.index_select(1, position))
+        span, position, pad = self.span, self.position, self.pad
+        if pad is None:
+            rope = (self.cos.index_select(1, position), self.sin.index_select(1, position))
+        else:  # rows count rotary positions from their first real token (see positions.padded_positions)
+            rows = (position - pad).clamp(min=0)
+            rope = (self.cos[0].index_select(0, rows).unsqueeze(1), self.sin[0].index_select(0, rows).unsqueeze(1))
         masks = {}
         for window in span.windows_used:
             allowed = self.key_positions <= position
             if window is not None:
                 allowed = allowed & (self.key_positions > position - window)
-            masks[window] = allowed.view(1, 1, 1, self.capacity)
+            if pad is None:
+                masks[window] = allowed.view(1, 1, 1, self.capacity)
+            else:  # less each row's pads (a pad position attends itself: see positions.padded_mask)
+                keep = (self.key_positions[None, :] >= pad[:, None]) | (self.key_positions == position)[None, :]
+                masks[window] = (allowed[None, :] & keep).view(-1, 1, 1, self.capacity)
         inputs = StepInputs(past=-1, q=1, rope=rope, masks=masks)  # past: positions live on the device
         hidden, cache = self.hidden, self._cache()
         with cache.static_writes(position):

@@ -48,6 +48,35 @@ class RotaryTable:
                     self._sin, self._cos = sin, cos  # sin first: readers check _cos
         return self._cos[:, past:end], self._sin[:, past:end]
 
+    def get_rows(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for per-row positions [batch, q] (left-padded batches), shaped [batch, q, dim]."""
+        if self.dynamic:
+            return self._compute(positions)
+        self.get(0, int(positions.max()) + 1)  # grows the table to cover them
+        cos, sin = self._cos, self._sin
+        return cos[0][positions], sin[0][positions]
+
+
+def padded_positions(past: int, q: int, left_pad: torch.Tensor) -> torch.Tensor:
+    """[batch, q] rotary positions of absolute positions [past, past+q) in rows with `left_pad`
+    leading pads: counted from each row's first real token, as transformers' generate computes
+    position_ids (cumsum(mask) - 1, pads at 0)."""
+    absolute = torch.arange(past, past + q, device=left_pad.device)
+    return (absolute[None, :] - left_pad[:, None]).clamp_(min=0)
+
+
+def padded_mask(past: int, q: int, window: int | None, left_pad: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, q, past+q] bool: the causal (and window) mask, less each row's leading pads.
+
+    A pad position attends to itself alone: a row with nothing to attend to would give NaN, and
+    a NaN that reaches the cache poisons later steps even where it is masked (0 * NaN)."""
+    device = left_pad.device
+    allowed = bool_causal_mask(past, q, window, device)
+    k_pos = torch.arange(past + q, device=device)
+    real = k_pos[None, :] >= left_pad[:, None]                                      # [batch, kv]
+    itself = k_pos[None, :] == torch.arange(past, past + q, device=device)[:, None]  # [q, kv]
+    return allowed & (real[:, None, None, :] | itself[None, None])
+
 
 def bool_causal_mask(past: int, q: int, window: int | None, device: torch.device) -> torch.Tensor:
     """[1, 1, q, past+q]: True where query (absolute position past+i) may attend key j."""

@@ -82,11 +82,16 @@ class BlockSpan(nn.Module):
         view.alibi = self.alibi
         return view
 
-    def new_cache(self, batch_size: int, max_length: int | None = None) -> SpanCache:
-        """A fresh KV cache for one session; `max_length` (optional) preallocates that many positions."""
+    def new_cache(self, batch_size: int, max_length: int | None = None, *, left_pad=None) -> SpanCache:
+        """A fresh KV cache for one session; `max_length` (optional) preallocates that many positions.
+
+        `left_pad` (optional, one int per row): row r's first left_pad[r] positions are padding, as in
+        a left-padded batch: later tokens never attend to them and count rotary positions from the
+        row's first real token. All zeros is the same as none."""
         if batch_size < 1:
             raise SpanInputError("batch_size must be at least 1")
-        return SpanCache(self.start, self.end, int(batch_size), capacity=int(max_length or 0))
+        return SpanCache(self.start, self.end, int(batch_size), capacity=int(max_length or 0),
+                         left_pad=self._check_left_pad(left_pad, int(batch_size), max_length))
 
     def cache_bytes_per_token(self, batch_size: int = 1) -> int:
         heads, head_dim = self.family.cache_heads_and_dim(self.config)
@@ -170,12 +175,30 @@ class BlockSpan(nn.Module):
              ) -> torch.Tensor:
         batch, q, _ = hidden.shape
         family = self.family
-        inputs = family.step_inputs(self, past, q, batch)
+        left_pad = cache.left_pad if cache is not None else None
+        if left_pad is None:
+            inputs = family.step_inputs(self, past, q, batch)
+        else:
+            inputs = family.step_inputs(self, past, q, batch, left_pad=left_pad)
         for i, block in enumerate(self.blocks):
             if prompts is not None:
                 hidden = add_prompt(hidden, prompts[i], past)
             hidden = family.run_block(block, hidden, inputs, self.windows[i], cache)
         return hidden
+
+    def _check_left_pad(self, left_pad, batch_size: int, max_length: int | None) -> torch.Tensor | None:
+        if left_pad is None:
+            return None
+        pads = torch.as_tensor(left_pad)
+        if pads.ndim != 1 or pads.numel() != batch_size or pads.dtype.is_floating_point or pads.dtype == torch.bool:
+            raise SpanInputError(f"left_pad must be {batch_size} integers (one per row), got {left_pad!r}")
+        if int(pads.min()) < 0 or (max_length and int(pads.max()) >= max_length):
+            raise SpanInputError(f"left_pad values must lie in [0, max_length={max_length}), got {pads.tolist()}")
+        if not bool(pads.any()):
+            return None  # no padding: exactly the unpadded path
+        if not self.family.left_padding:
+            raise SpanInputError(f"left padding is not supported for family {self.family.name}")
+        return pads.to(device=self.device, dtype=torch.long)
 
     def _check_hidden(self, hidden) -> torch.Tensor:
         if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3 or hidden.shape[-1] != self.hidden_size:

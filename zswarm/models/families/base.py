@@ -17,7 +17,7 @@ from torch import nn
 
 from ..checkpoint import WeightIndex
 from ..errors import CheckpointError, UnsupportedModelError
-from ..positions import RotaryTable, sdpa_mask
+from ..positions import RotaryTable, padded_mask, padded_positions, sdpa_mask
 
 
 @dataclass
@@ -42,6 +42,7 @@ class FamilyAdapter:
     attn_implementation: str = "sdpa"
     experts_implementation: str | None = None     # for mixture-of-experts layers
     decode_graphs: bool = False                   # one-token steps capturable as CUDA graphs (no host syncs)
+    left_padding: bool = False                    # step_inputs honours left-padded rows (per-row rope and mask)
 
     # ---- classes and config -------------------------------------------------------------------
     def block_class(self, config) -> type[nn.Module]:
@@ -123,8 +124,17 @@ class FamilyAdapter:
         raise NotImplementedError
 
     # ---- running ------------------------------------------------------------------------------
-    def step_inputs(self, span: Any, past: int, q: int, batch: int) -> StepInputs:
+    def step_inputs(self, span: Any, past: int, q: int, batch: int, left_pad: torch.Tensor | None = None
+                    ) -> StepInputs:
+        """Rotary cos/sin and masks; with `left_pad` ([batch], see SpanCache) per row: [batch, q, dim]
+        cos/sin and [batch, 1, q, kv] masks. Without it, exactly the unpadded path."""
         inputs = StepInputs(past, q)
+        if left_pad is not None:
+            if span.rotary is not None:
+                inputs.rope = span.rotary.get_rows(padded_positions(past, q, left_pad))
+            for window in span.windows_used:
+                inputs.masks[window] = padded_mask(past, q, window, left_pad)
+            return inputs
         if span.rotary is not None:
             inputs.rope = span.rotary.get(past, q)
         for window in span.windows_used:

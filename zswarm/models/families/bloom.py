@@ -56,7 +56,7 @@ class BloomFamily(FamilyAdapter):
                               "bias": tensors[f"{base}word_embeddings_layernorm.bias"]}, assign=True)
         return BloomEmbeddings(embeddings, norm)
 
-    def step_inputs(self, span, past, q, batch):
+    def step_inputs(self, span, past, q, batch, left_pad=None):  # left_padding is False: never given one
         if span.alibi is None:
             span.alibi = AlibiTable(span.config.n_head, span.dtype, span.device)
         return StepInputs(past, q, masks={None: additive_mask(past, q, span.dtype, span.device)},

@@ -31,6 +31,7 @@ class LlamaFamily(FamilyAdapter):
     name = "llama"
     model_types = ("llama", "mistral", "qwen2")
     decode_graphs = True
+    left_padding = True  # SDPA attention takes per-row bool masks, rotary takes per-row cos/sin
 
     def block_class(self, config):
         return _classes(config.model_type)[0]
