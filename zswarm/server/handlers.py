@@ -22,7 +22,7 @@ from zswarm.server import compute as priorities
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.sessions import InferenceSession, SessionManager
 from zswarm.server.validation import block_range, check_hidden, check_hypo_ids, check_prompts, \
-    check_same, check_tokens, meta_float, meta_int, meta_str, named_tensors
+    check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_str, named_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,10 @@ class ServerRPC:
             raise TooManyTokensError(f"batch_size {batch_size} exceeds this server's limit of {s.max_batch_size}")
         wait = meta_float(meta, "wait_timeout", default=0.0, high=s.max_wait_timeout)
         span = self._span_for(start, end)
+        left_pad = meta_left_pad(meta, batch_size, max_length, span.family)
         session = await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
-                                           wait_timeout=wait, span=span, peer=request.peer, adapter=adapter)
+                                           wait_timeout=wait, span=span, peer=request.peer, adapter=adapter,
+                                           left_pad=left_pad)
         return {"session_id": session.session_id}, []
 
     async def rpc_close_session(self, request):
@@ -242,7 +244,7 @@ def _run_inference(session: InferenceSession, hidden, prompts, hypo_ids, positio
         if session.cache is None:
             # the whole max_length at once (the budget already reserved it): buffers that never move let
             # decode steps replay as CUDA graphs
-            session.cache = span.new_cache(session.batch_size, session.max_length)
+            session.cache = span.new_cache(session.batch_size, session.max_length, left_pad=session.left_pad)
         cache = session.cache
         if position < cache.length:
             cache.rollback(position)

@@ -34,6 +34,7 @@ class InferenceSession:
     span: Any  # BlockSpan view over [start, end)
     peer: bytes = b""
     adapter: Optional[str] = None  # the LoRA adapter every step of this session runs with
+    left_pad: Optional[list[int]] = None  # leading pads per row of a left-padded batch (validated)
     cache: Any = None  # SpanCache, created on the first step (on the compute thread)
     last_used: float = 0.0
     steps: int = 0
@@ -66,7 +67,8 @@ class SessionManager:
         return iter(list(self._sessions.values()))
 
     async def open(self, *, start: int, end: int, max_length: int, batch_size: int, wait_timeout: float,
-                   span: Any, peer: bytes = b"", adapter: Optional[str] = None) -> InferenceSession:
+                   span: Any, peer: bytes = b"", adapter: Optional[str] = None,
+                   left_pad: Optional[list[int]] = None) -> InferenceSession:
         if not self.accepting:
             raise ShuttingDownError(self.refusal)
         tokens = batch_size * max_length
@@ -87,7 +89,7 @@ class SessionManager:
             raise ShuttingDownError(self.refusal)
         session = InferenceSession(
             session_id=secrets.token_hex(16), start=start, end=end, max_length=max_length,
-            batch_size=batch_size, span=span, peer=peer, adapter=adapter, last_used=self.clock(),
+            batch_size=batch_size, span=span, peer=peer, adapter=adapter, left_pad=left_pad, last_used=self.clock(),
         )
         self._sessions[session.session_id] = session
         logger.info("session %s opened: blocks %d:%d, batch %d, max_length %d%s (%d cache tokens left)",

@@ -46,6 +46,24 @@ def meta_str(meta: dict, name: str, *, max_len: int = 256) -> Optional[str]:
     return value
 
 
+def meta_left_pad(meta: dict, batch_size: int, max_length: int, family) -> Optional[list[int]]:
+    """open_session's optional `left_pad`: leading pads per row of a left-padded batch, or None
+    (also for all zeros: no padding at all)."""
+    value = meta.get("left_pad")
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != batch_size
+            or not all(isinstance(p, int) and not isinstance(p, bool) for p in value)):
+        raise BadInputError(f"meta field 'left_pad' must be a list of {batch_size} integers (one per row)")
+    if any(p < 0 or p >= max_length for p in value):
+        raise BadInputError(f"meta field 'left_pad' values must lie in [0, max_length={max_length}), got {list(value)}")
+    if not any(value):
+        return None
+    if not family.left_padding:
+        raise BadInputError(f"left padding is not supported for family {family.name}")
+    return list(value)
+
+
 def block_range(meta: dict, hosted_start: int, hosted_end: int) -> tuple[int, int]:
     """The request's [start, end); defaults to everything hosted; must lie within it."""
     start = meta_int(meta, "start", default=hosted_start)
