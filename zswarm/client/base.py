@@ -117,11 +117,15 @@ class DistributedModelBase(PreTrainedModel):
         """Embed (or take `inputs_embeds`), put the tuned prompts first, run every block in the
         swarm (on `session`'s caches if given, else forward with autograd) and return the last
         block's hidden states at the caller's positions only."""
-        check_attention_mask(attention_mask, cached=session is not None)
+        pads = check_attention_mask(attention_mask, cached=session is not None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         hidden = self.parts.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if session is not None:
+            if pads is not None and self.tuning is not None:
+                raise NotImplementedError("left padding with prompt tuning is not supported (the tuned prompts "
+                                          "would stand between a row's pads and its tokens)")
+            session_left_pad(session, attention_mask, pads, hidden.shape[1])
             prefix = self.prefix_length if session.position == 0 else 0   # prompts start the session
             if prefix:
                 hidden = self.tuning.prepend(hidden)
@@ -133,20 +137,55 @@ class DistributedModelBase(PreTrainedModel):
         return out[:, self.prefix_length:]
 
 
-def check_attention_mask(mask: torch.Tensor | None, *, cached: bool) -> None:
-    """Blocks attend causally and servers take no mask: padding at the end of a row (right
-    padding) changes no earlier position, so it is fine without a cache; anything else is not."""
+def check_attention_mask(mask: torch.Tensor | None, *, cached: bool) -> list[int] | None:
+    """Blocks attend causally and servers take no mask with a step: padding at the end of a row
+    (right padding) changes no earlier position, so it is fine without a cache. In a session
+    (generate) rows may be padded on the left instead, 0...0 1...1 each, as tokenizers do with
+    padding_side="left": the servers are told each row's pads when the session opens. Returns
+    those leading pads per row (None where no row has any)."""
     if mask is None:
-        return
+        return None
     ones = mask.bool()
     if bool(ones.all()):
-        return
+        return None
     if cached:
-        raise NotImplementedError("padded batches are not supported in inference sessions: generate one sequence "
-                                  "at a time or batch sequences of equal length")
+        if bool((ones[:, :-1] & ~ones[:, 1:]).any()):   # a 1 followed by a 0
+            raise NotImplementedError("inference sessions support left padding only (each attention_mask row "
+                                      "0...0 1...1): pad on the left (tokenizer.padding_side = 'left')")
+        pads = (~ones).sum(dim=1)
+        if bool((pads == mask.shape[1]).any()):
+            raise ValueError("a row of the attention_mask is all zeros: every row needs at least one token")
+        return [int(p) for p in pads]
     if bool((ones[:, 1:] & ~ones[:, :-1]).any()):
         raise NotImplementedError("only right padding is supported (the servers take no attention mask, and "
                                   "causal attention keeps trailing pads out of earlier positions): pad on the right")
+    return None
+
+
+def session_left_pad(session: InferenceSession, mask: torch.Tensor | None, pads: list[int] | None, new: int) -> None:
+    """Give a session's first step its rows' pads; check that later masks (transformers passes the
+    whole sequence's mask with each step) still show those pads."""
+    if session.position == 0:
+        session.set_left_pad(pads)
+        return
+    if mask is None:
+        return
+    fixed = session.left_pad or [0] * mask.shape[0]
+    if mask.shape[1] == session.position + new:
+        if (pads or [0] * mask.shape[0]) != fixed:
+            raise ValueError(f"the attention_mask pads rows with {pads or 'nothing'}, but this session's rows were "
+                             f"padded with {session.left_pad or 'nothing'} when it began; open a new session")
+    elif pads is not None:
+        raise NotImplementedError("padding after a session's first step is not supported: only its first tokens "
+                                  "may be left padding")
+
+
+def left_pad_mask(left_pad: list[int] | None, batch: int, length: int) -> torch.Tensor:
+    """The attention mask of a session's first `length` tokens: 0 on each row's leading pads."""
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row, pad in enumerate(left_pad or ()):
+        mask[row, :pad] = 0
+    return mask
 
 
 def _as_dtype(dtype) -> torch.dtype | None:

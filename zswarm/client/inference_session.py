@@ -117,6 +117,9 @@ class InferenceSession:
         # Token ids of earlier generate() calls, the last one not yet through the blocks:
         # generate(session=...) prepends them so the next call continues the conversation.
         self.output_ids: torch.Tensor | None = None
+        # Leading pads per row of a left-padded batch (None: no padding). Every server session is
+        # opened with them (replacements too, in the rows' current order): see set_left_pad.
+        self.left_pad: list[int] | None = None
 
     # ---- synchronous twins ----------------------------------------------------------------
     def step(self, hidden: torch.Tensor, *, hypo_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,11 +179,27 @@ class InferenceSession:
             return
         for past in self.history.values():
             past.reorder(hypo_ids)
+        if self.left_pad is not None:
+            self.left_pad = [self.left_pad[i] for i in hypo_ids.tolist()]
         for span in self.spans:
-            if span.session_id is not None and span.position > 0:
+            # a server session holds the rows' pads from its opening, so even one with no tokens reorders
+            if span.session_id is not None and (span.position > 0 or self.left_pad is not None):
                 # Two reorders before a step compose: cache[p1][p2] == cache[p1[p2]].
                 previous = span.pending_hypo_ids
                 span.pending_hypo_ids = hypo_ids if previous is None else previous[hypo_ids]
+
+    def set_left_pad(self, left_pad: list[int] | None) -> None:
+        """Rows are left-padded: row r's first left_pad[r] tokens are pads, never attended to, and
+        its positions count from its first real token. Fixed once a server session is open."""
+        left_pad = [int(p) for p in left_pad] if left_pad and any(left_pad) else None
+        if left_pad == self.left_pad:
+            return
+        if any(span.session_id is not None for span in self.spans):
+            raise ValueError(f"this session's rows were padded with {self.left_pad or 'nothing'} when it began; "
+                             f"a batch padded with {left_pad or 'nothing'} needs a new session")
+        if left_pad is not None and self.batch_size is not None and len(left_pad) != self.batch_size:
+            raise ValueError(f"left_pad has {len(left_pad)} rows, this session holds {self.batch_size}")
+        self.left_pad = left_pad
 
     def rollback(self, position: int) -> None:
         """Forget tokens from `position` on; servers roll back with the next step."""
@@ -278,6 +297,8 @@ class InferenceSession:
     async def _open(self, span: SpanSession) -> None:
         meta = self.manager.request_meta(start=span.start, end=span.end, max_length=self.max_length,
                                          batch_size=self.batch_size, wait_timeout=self.config.cache_wait_timeout)
+        if self.left_pad is not None:
+            meta["left_pad"] = list(self.left_pad)  # in the rows' current order (reorder keeps it so)
         reply = await self.manager.call(span.address, "open_session", meta, timeout=self.config.request_timeout)
         session_id = reply.meta.get("session_id")
         if not isinstance(session_id, (str, int)):

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from zswarm.client.base import DistributedModelBase, choose_wire_dtype  # noqa: F401 (tests import it here)
+from zswarm.client.base import left_pad_mask
 from zswarm.client.inference_session import InferenceSession
 from zswarm.client.remote_cache import RemoteCache
 
@@ -57,8 +58,12 @@ class AutoDistributedModelForCausalLM(DistributedModelBase, GenerationMixin):
                 previous = session.output_ids.to(inputs.device) if inputs is not None else session.output_ids
                 inputs = previous if inputs is None else torch.cat([previous, inputs], dim=1)
                 mask = kwargs.get("attention_mask")
+                if mask is None and session.left_pad is not None:
+                    mask = torch.ones(inputs.shape[0], inputs.shape[1] - done, dtype=torch.long, device=inputs.device)
                 if mask is not None and mask.shape[1] == inputs.shape[1] - done:
-                    kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], done), mask], dim=1)
+                    # the earlier calls' part: ones, less the pads of a left-padded session's first call
+                    past = left_pad_mask(session.left_pad, mask.shape[0], done).to(mask.device, mask.dtype)
+                    kwargs["attention_mask"] = torch.cat([past, mask], dim=1)
             result = super().generate(inputs, generation_config, **{CACHE_KWARG: RemoteCache(session)}, **kwargs)
             sequences = result.sequences if isinstance(result, ModelOutput) else result
             session.output_ids = sequences
