@@ -93,3 +93,10 @@ def test_masks_a_session_cannot_take_are_refused_before_any_server_sees_them(mod
     with pytest.raises(ValueError, match="all zeros"):
         model.generate(input_ids=ids, attention_mask=mask * torch.tensor([[1], [0], [1]]), max_new_tokens=2,
                        pad_token_id=PAD)
+
+
+def test_left_padded_beam_search_equals_local_beam_search(model, llama_reference):
+    ids, mask = _left_padded(ROWS)
+    args = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, num_beams=3, num_return_sequences=2,
+                pad_token_id=PAD)
+    assert torch.equal(model.generate(**args), llama_reference.generate(**args))
