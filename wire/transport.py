@@ -35,6 +35,12 @@ class Transport(ABC):
         """Send one request and wait for its reply; raise RequestTimeout, RemoteError,
         ProtocolError or TransportClosed."""
 
+    def start_call(self, address: str, method: str, meta: dict | None = None,
+                   tensors: Sequence[torch.Tensor] = (), *, timeout: float) -> asyncio.Future:
+        """``call``, begun now: a plain Future of its Reply (or error). Whoever holds it may end
+        the call early by setting its exception or cancelling it. Must run on the event loop."""
+        return _future_of(self.call(address, method, meta, tensors, timeout=timeout))
+
     @abstractmethod
     async def close(self) -> None: ...
 
@@ -43,6 +49,29 @@ class Transport(ABC):
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+def _future_of(coro) -> asyncio.Future:
+    """A plain Future that ends as the coroutine ``coro`` (run as a task) ends; ending the
+    Future first (an exception, a cancel) cancels the task."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    task = loop.create_task(coro)
+
+    def copy(done: asyncio.Task) -> None:
+        exc = None if done.cancelled() else done.exception()  # read, so asyncio logs nothing
+        if fut.done():
+            return
+        if done.cancelled():
+            fut.cancel()
+        elif exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(done.result())
+
+    task.add_done_callback(copy)
+    fut.add_done_callback(lambda _: task.cancel())
+    return fut
 
 
 def _reply_or_error(msg: Message):
@@ -126,24 +155,52 @@ class ZmqTransport(Transport):
 
     async def call(self, address: str, method: str, meta: dict | None = None,
                    tensors: Sequence[torch.Tensor] = (), *, timeout: float) -> Reply:
+        return await self.start_call(address, method, meta, tensors, timeout=timeout)
+
+    def start_call(self, address: str, method: str, meta: dict | None = None,
+                   tensors: Sequence[torch.Tensor] = (), *, timeout: float) -> asyncio.Future:
+        # Sent here, without a task: the reply future is completed by the connection's reader
+        # callback, and a done-callback tidies up (a task per call cost an event-loop pass).
         if self._closed:
             raise TransportClosed("transport is closed")
         conn = self._connections.get(address) or self._connect(address)
         rid = next(self._ids)
         frames = encode_message(Message(method, meta if meta is not None else {}, list(tensors), rid),
                                 compression=self.compression)
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        conn.pending[rid] = fut
-        timer = loop.call_later(timeout, _expire, fut, f"{method} to {address}", timeout)
         try:
-            while True:
+            conn.sock.send(frames)
+        except zmq.Again:  # queue full: wait for room in a task, but never past the timeout
+            return _future_of(self._send_when_room(conn, frames, rid, method, address, timeout))
+        except zmq.ZMQError as exc:
+            if conn.sock.closed:
+                raise TransportClosed(f"transport to {address} closed") from exc
+            raise
+        fut = asyncio.get_running_loop().create_future()
+        self._track(conn, fut, rid, method, address, timeout)
+        return fut
+
+    @staticmethod
+    def _track(conn: _Connection, fut: asyncio.Future, rid: int, method: str, address: str,
+               timeout: float) -> None:
+        conn.pending[rid] = fut
+        timer = fut.get_loop().call_later(timeout, _expire, fut, f"{method} to {address}", timeout)
+
+        def done(_) -> None:
+            timer.cancel()
+            conn.pending.pop(rid, None)
+
+        fut.add_done_callback(done)
+
+    async def _send_when_room(self, conn: _Connection, frames: list, rid: int, method: str,
+                              address: str, timeout: float) -> Reply:
+        fut = asyncio.get_running_loop().create_future()
+        self._track(conn, fut, rid, method, address, timeout)
+        try:
+            while not fut.done():
                 try:
                     conn.sock.send(frames)
                     break
-                except zmq.Again:  # queue full: wait for room, but never past the timeout
-                    if fut.done():
-                        break
+                except zmq.Again:
                     await asyncio.sleep(FULL_QUEUE_RETRY_S)
                 except zmq.ZMQError as exc:
                     if conn.sock.closed:
@@ -151,8 +208,7 @@ class ZmqTransport(Transport):
                     raise
             return await fut
         finally:
-            timer.cancel()
-            del conn.pending[rid]
+            fut.cancel()
 
     async def close(self) -> None:
         self._closed = True
