@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from zswarm.errors import BadInputError, BlocksNotServedError, TooManyTokensError
@@ -114,9 +115,25 @@ def check_hidden(t: torch.Tensor, hidden_size: int, name: str = "hidden") -> tor
     return t
 
 
+# 16-bit floats are NaN or inf exactly when all their exponent bits are set
+_EXPONENT_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+
+
 def check_finite(t: torch.Tensor, name: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if t.is_floating_point() and not _all_finite(t):
         raise BadInputError(f"{name} contains NaN or inf")
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    # numpy, on the bits for 16-bit floats: torch.isfinite(t).all() costs 3-20x more (7 us for
+    # one token on the dev box; 4 ms for a 512x4096 fp16 prefill, on the server's event loop)
+    if t.is_cpu and not t.requires_grad:
+        bits = _EXPONENT_BITS.get(t.dtype)
+        if bits is not None:
+            return not ((t.view(torch.int16).numpy() & bits) == bits).any()
+        if t.dtype == torch.float32:
+            return bool(np.isfinite(t.numpy()).all())
+    return bool(torch.isfinite(t).all())
 
 
 def check_same(t: torch.Tensor, like: torch.Tensor, name: str, like_name: str = "hidden") -> None:
