@@ -161,11 +161,14 @@ class InferenceSession:
         if hypo_ids is not None:
             self.reorder(hypo_ids)
         outputs = []
+        wire = to_wire_dtype(hidden.detach().cpu(), self.wire_dtype)
+        per_row = self._tokens_per_row()
         # A long prefill goes in pieces that each fit a server's cap on tokens per request.
-        for piece in to_wire_dtype(hidden.detach().cpu(), self.wire_dtype).split(self._tokens_per_row(), dim=1):
+        for piece in (wire,) if n <= per_row else wire.split(per_row, dim=1):
             outputs.append(await self._through_route(piece))
             self.position += piece.shape[1]
-        return torch.cat(outputs, dim=1).to(hidden.device, hidden.dtype)
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # a token step: no copy
+        return out.to(hidden.device, hidden.dtype)
 
     def _tokens_per_row(self) -> int:
         return max(1, self.config.max_request_tokens // (self.batch_size or 1))
@@ -244,7 +247,7 @@ class InferenceSession:
                 continue
             self.manager.on_success(span.peer_id)
             self._history_at(block, hidden).write(self.position, hidden)
-            if replayed.shape[1] and span.end < self.end:
+            if replayed is not None and span.end < self.end:
                 # A fresh span's replay outputs are the history of a fresh boundary after it.
                 past = self._history_at(span.end, replayed)
                 if past.length < self.position:
@@ -255,7 +258,8 @@ class InferenceSession:
 
     async def _step_span(self, span: SpanSession, hidden: torch.Tensor):
         """One step on `span`, preceded by the history it lacks (a fresh server: all of it).
-        Returns (position the replay started at, replay outputs, step outputs)."""
+        Returns (position the replay started at, replay outputs or None if nothing was replayed,
+        step outputs)."""
         if span.session_id is None:
             await self._open(span)
         if span.position > self.position:
@@ -272,6 +276,8 @@ class InferenceSession:
         lag = self.position - span.position
         inputs = torch.cat([past.read(span.position, self.position), hidden], dim=1) if lag else hidden
         out = await self._send(span, inputs)
+        if not lag and not replayed:  # the usual token step: no slicing, no copies
+            return replayed_from, None, out
         replayed.append(out[:, :lag])
         return replayed_from, torch.cat(replayed, dim=1), out[:, lag:]
 
