@@ -1,4 +1,5 @@
 """Fixtures for server tests: a tiny random-weight Llama checkpoint and a live in-process server."""
+import asyncio
 import os
 
 import pytest
@@ -127,3 +128,15 @@ def dht_client():
     finally:
         for node in nodes:
             node.shutdown()
+
+
+@pytest.fixture
+def wait_until():
+    """`await wait_until(predicate)`: poll until it holds; fails after `timeout` seconds (a hang guard, not a timing)."""
+    async def wait(predicate, timeout=30.0):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            assert loop.time() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.02)
+    return wait

@@ -18,14 +18,6 @@ IN_PROCESS = dict(block_indices=(0, 6), throughput=100.0, device="cpu", attn_cac
                   drain_timeout=1)
 
 
-async def wait_until(predicate, timeout=30.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
 def test_the_announced_host_is_public_host_then_host_then_the_route_to_the_swarm():
     assert announced_host("0.0.0.0", "203.0.113.7", ["10.0.0.1:31337"]) == "203.0.113.7"
     assert announced_host("192.168.1.5", None, ["10.0.0.1:31337"]) == "192.168.1.5"
@@ -40,7 +32,7 @@ def test_the_announced_host_is_public_host_then_host_then_the_route_to_the_swarm
         announced_host("0.0.0.0", None, ["10.0.0.1:31337"], route=lambda host, port: "127.0.0.1")
 
 
-def test_a_server_on_every_interface_announces_an_address_others_can_reach(tiny_model_dir, tiny_model_id):
+def test_a_server_on_every_interface_announces_an_address_others_can_reach(tiny_model_dir, tiny_model_id, wait_until):
     async def main():
         loop = asyncio.get_running_loop()
         swarm = DHTNode()  # a swarm on loopback to join

@@ -14,15 +14,8 @@ def config_for(model_dir, **kw):
                         update_period=5, **kw)
 
 
-async def wait_until(predicate, timeout=30.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
-
-
-def test_server_serves_then_stops_with_exit_code_0_and_an_offline_record(tiny_model_dir, tiny_model_id, tiny_span):
+def test_server_serves_then_stops_with_exit_code_0_and_an_offline_record(tiny_model_dir, tiny_model_id, tiny_span,
+                                                                         wait_until):
     async def main():
         server = Server(config_for(tiny_model_dir))
         running = asyncio.ensure_future(server.run())

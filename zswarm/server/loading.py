@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -44,12 +44,20 @@ def load_blocks(source, start: int, end: int, *, dtype: torch.dtype, device: str
                 cuda_graphs: bool = True, progress: Callable[[str], None] = logger.info) -> BlockSpan:
     """Blocks [start, end) as one BlockSpan, logging progress after each block."""
     span = _load_blocks(source, start, end, dtype=dtype, device=device, quant=quant, progress=progress)
-    if not cuda_graphs:
-        span.graphs.disable(span, "--no-cuda-graphs")
-    elif quant == "int8":
-        # bitsandbytes' int8 layers pick outlier columns by value (a host sync): capture fails (seen on an H200)
-        span.graphs.disable(span, "int8 layers cannot be captured")
+    why_not = graphs_refused(cuda_graphs, quant)
+    if why_not:
+        span.graphs.disable(span, why_not)
     return span
+
+
+def graphs_refused(cuda_graphs: bool, quant: str) -> Optional[str]:
+    """Why the server's settings keep decode graphs off its spans, or None where they allow them."""
+    if not cuda_graphs:
+        return "--no-cuda-graphs"
+    if quant == "int8":
+        # bitsandbytes' int8 layers pick outlier columns by value (a host sync): capture fails (seen on an H200)
+        return "int8 layers cannot be captured"
+    return None
 
 
 def _load_blocks(source, start: int, end: int, *, dtype: torch.dtype, device: str, quant: str,

@@ -248,11 +248,11 @@ class Server:
         if cfg.throughput is not None:  # given: every per-block rate follows from it
             per_block = cfg.throughput * blocks_to_host
             return Rates(inference_rps=per_block, forward_rps=per_block)
-        from zswarm.server.loading import load_blocks
+        from zswarm.server.loading import graphs_refused, load_blocks
 
         dtype_name = str(self.dtype).removeprefix("torch.")
         # the cached rates were measured on one decode path: with graphs they are ~10x higher on a GPU
-        graphs = cfg.cuda_graphs and self.device.startswith("cuda") and cfg.quant != "int8"
+        graphs = self.device.startswith("cuda") and graphs_refused(cfg.cuda_graphs, cfg.quant) is None
         return get_rates(self.source.model_id, self.device, dtype_name, cfg.quant + (",cuda-graphs" if graphs else ""),
                          lambda: load_blocks(self.source, 0, 1, dtype=self.dtype, device=self.device,
                                              quant=cfg.quant, cuda_graphs=cfg.cuda_graphs, progress=logger.debug),
