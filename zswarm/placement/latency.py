@@ -289,8 +289,7 @@ def _latency_move(view: SwarmView, me: ServerSpan, live: list[ServerSpan], now: 
         after = thr[:start] + [t + mine for t in thr[start:start + n]] + thr[start + n:]
         if after.count(0.0) > now.uncovered or min(after) < floor:
             continue
-        moved = ServerSpan(me.peer_id, start, start + n, me.throughput, me.inference_rps, me.state, me.next_pings,
-                           me.region)
+        moved = replace(me, start=start, end=start + n)
         key = (expected_time_per_token(view.num_blocks, others + [moved], model, clients), start)
         if best is None or key < best:
             best = key
@@ -319,8 +318,7 @@ def latency_should_move(view: SwarmView, my_peer_id: str, *, balance_quality: fl
                                        pings=me.next_pings, model=model)
     if start != me.start:  # where a fresh join would go: for coverage or a starved bottleneck
         others = [s for s in live if s.peer_id != my_peer_id]
-        moved = ServerSpan(me.peer_id, start, end, me.throughput, me.inference_rps, me.state, me.next_pings,
-                           me.region)
+        moved = replace(me, start=start, end=end)
         then = _score(view.num_blocks, others + [moved], model, clients)
         if then.uncovered != now.uncovered:
             return (start, end) if then.uncovered < now.uncovered else None

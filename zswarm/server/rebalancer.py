@@ -52,11 +52,6 @@ def swarm_view(num_blocks: int, blocks: list[dict[str, ServerRecord]], *, exclud
     return SwarmView(num_blocks=num_blocks, servers=spans)
 
 
-async def fetch_swarm_view(node, model_id: str, num_blocks: int, *, exclude: Optional[str] = None):
-    blocks = await afetch_block_servers(node, model_id, 0, num_blocks)
-    return swarm_view(num_blocks, blocks, exclude=exclude)
-
-
 async def measure_rtts(blocks: list[dict[str, ServerRecord]], my_peer_id: str) -> dict[str, float]:
     """peer_id -> RTT (s) of one `ping` to every other live server; those that do not answer are left out."""
     from wire import ZmqTransport
