@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from zswarm import AutoDistributedModelForCausalLM
-    from zswarm.client.local_swarm import LocalSwarm
+    from zswarm.client.local_swarm import LocalSwarm, split_blocks
     from zswarm.models import resolve_model
 
     torch.manual_seed(args.seed)
@@ -97,9 +97,8 @@ def main(argv=None) -> int:
         swarm = LocalSwarm(args.model, source.model_id, source.num_blocks, workdir)
         model = None
         try:
-            bounds = [round(i * source.num_blocks / args.servers) for i in range(args.servers + 1)]
             servers = [swarm.start(f"server-{i}", a, b, threads=args.threads)
-                       for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+                       for i, (a, b) in enumerate(split_blocks(source.num_blocks, args.servers))]
             print(f"starting {args.servers} servers for {source.num_blocks} blocks of {source.model_id}...", flush=True)
             swarm.wait_online(*servers, timeout=300)
             model = AutoDistributedModelForCausalLM.from_pretrained(

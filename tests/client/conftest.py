@@ -1,4 +1,6 @@
-"""Fixtures of the client tests: the tiny llama's source and reference model, in-process swarms."""
+"""Fixtures of the client tests: the tiny llama's source and reference model, in-process swarms,
+and `local_swarm` for the tests on real server processes."""
+import contextlib
 import sys
 from pathlib import Path
 
@@ -42,6 +44,21 @@ def connect(swarm, llama_source):
     yield make
     for connection in made:
         connection.close()
+
+
+@contextlib.contextmanager
+def local_swarm(model_dir, workdir, *servers):
+    """A LocalSwarm of `model_dir` whose `servers`, (name, start, end) or (name, start, end, start
+    keyword arguments), are all online; everything it started is stopped on leaving."""
+    from zswarm.client.local_swarm import LocalSwarm
+    from zswarm.models import resolve_model
+
+    source = resolve_model(str(model_dir))
+    with LocalSwarm(model_dir, source.model_id, source.num_blocks, workdir) as swarm:
+        for name, start, end, *options in servers:
+            swarm.start(name, start, end, **(options[0] if options else {}))
+        swarm.wait_online()
+        yield swarm
 
 
 class AtStep(StoppingCriteria):

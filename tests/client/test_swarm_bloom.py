@@ -4,10 +4,8 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-from conftest import AtStep
-from zswarm.client.local_swarm import LocalSwarm
+from conftest import AtStep, local_swarm
 from zswarm import AutoDistributedModelForCausalLM
-from zswarm.models import resolve_model
 
 PROMPT = torch.tensor([[3, 14, 15, 92, 65]])
 
@@ -21,14 +19,9 @@ def bloom_reference(tiny_bloom_dir):
 
 @pytest.fixture(scope="module")
 def swarm(tiny_bloom_dir, tmp_path_factory):
-    source = resolve_model(str(tiny_bloom_dir))
-    swarm = LocalSwarm(tiny_bloom_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("bloom-swarm"))
-    try:
-        servers = [swarm.start("x", 0, 2), swarm.start("y", 2, 4), swarm.start("z", 4, 6), swarm.start("z2", 4, 6)]
-        swarm.wait_online(*servers)
+    with local_swarm(tiny_bloom_dir, tmp_path_factory.mktemp("bloom-swarm"), ("x", 0, 2), ("y", 2, 4), ("z", 4, 6),
+                     ("z2", 4, 6)) as swarm:
         yield swarm
-    finally:
-        swarm.close()
 
 
 @pytest.fixture(scope="module")

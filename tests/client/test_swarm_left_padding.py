@@ -9,11 +9,9 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-from conftest import AtStep
+from conftest import AtStep, local_swarm
 from zswarm import AutoDistributedModelForCausalLM
-from zswarm.client.local_swarm import LocalSwarm
 from zswarm.errors import BadInputError
-from zswarm.models import resolve_model
 
 PAD = 0
 ROWS = [[1, 5, 9, 33, 7, 2, 40], [11, 12], [60, 61, 62, 63]]  # 0, 5 and 3 pads on the left
@@ -30,14 +28,9 @@ def _left_padded(rows):
 
 @pytest.fixture(scope="module")
 def swarm(tiny_llama_dir, tmp_path_factory):
-    source = resolve_model(str(tiny_llama_dir))
-    swarm = LocalSwarm(tiny_llama_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("left-pad"))
-    try:
-        servers = [swarm.start("a", 0, 3), swarm.start("b", 3, 6), swarm.start("b2", 3, 6)]
-        swarm.wait_online(*servers)
+    with local_swarm(tiny_llama_dir, tmp_path_factory.mktemp("left-pad"), ("a", 0, 3), ("b", 3, 6),
+                     ("b2", 3, 6)) as swarm:
         yield swarm
-    finally:
-        swarm.close()
 
 
 @pytest.fixture(scope="module")

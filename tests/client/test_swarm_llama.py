@@ -9,10 +9,8 @@ import pytest
 import torch
 from transformers import StoppingCriteriaList
 
-from conftest import AtStep
-from zswarm.client.local_swarm import LocalSwarm
+from conftest import AtStep, local_swarm
 from zswarm import AutoDistributedModelForCausalLM, NoRouteError
-from zswarm.models import resolve_model
 
 PROMPT = torch.tensor([[1, 5, 9, 33, 7, 2]])
 FAST_FAILOVER = dict(wire_dtype="float32", ping_timeout=1.0, liveness_interval_s=0.5, step_timeout=20.0,
@@ -21,15 +19,9 @@ FAST_FAILOVER = dict(wire_dtype="float32", ping_timeout=1.0, liveness_interval_s
 
 @pytest.fixture(scope="module")
 def swarm(tiny_llama_dir, tmp_path_factory):
-    source = resolve_model(str(tiny_llama_dir))
-    swarm = LocalSwarm(tiny_llama_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("llama-swarm"))
-    try:
-        servers = [swarm.start("a", 0, 2), swarm.start("b", 2, 4), swarm.start("b2", 2, 4), swarm.start("c", 4, 6),
-                   swarm.start("d", 2, 3, throughput=2), swarm.start("e", 3, 6, throughput=2)]
-        swarm.wait_online(*servers)
+    with local_swarm(tiny_llama_dir, tmp_path_factory.mktemp("llama-swarm"), ("a", 0, 2), ("b", 2, 4), ("b2", 2, 4),
+                     ("c", 4, 6), ("d", 2, 3, {"throughput": 2}), ("e", 3, 6, {"throughput": 2})) as swarm:
         yield swarm
-    finally:
-        swarm.close()
 
 
 @pytest.fixture(scope="module")

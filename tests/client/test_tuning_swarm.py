@@ -11,10 +11,9 @@ The kill test runs last.
 import pytest
 import torch
 
+from conftest import local_swarm
 from zswarm.client import AutoDistributedModelForSequenceClassification
-from zswarm.client.local_swarm import LocalSwarm
 from zswarm import AutoDistributedModelForCausalLM
-from zswarm.models import resolve_model
 
 PRE_SEQ_LEN = 4
 IDS = torch.tensor([[1, 5, 9, 33, 7, 2], [4, 8, 15, 16, 23, 42], [100, 3, 3, 7, 90, 11], [6, 6, 6, 1, 2, 3]])
@@ -24,15 +23,9 @@ CONFIG = dict(wire_dtype="float32", ping_timeout=1.0, liveness_interval_s=0.5, m
 
 @pytest.fixture(scope="module")
 def swarm(tiny_llama_dir, tmp_path_factory):
-    source = resolve_model(str(tiny_llama_dir))
-    swarm = LocalSwarm(tiny_llama_dir, source.model_id, source.num_blocks, tmp_path_factory.mktemp("tuning-swarm"))
-    try:
-        servers = [swarm.start("a", 0, 3), swarm.start("b", 3, 6), swarm.start("b2", 3, 6),
-                   swarm.start("d", 3, 4), swarm.start("e", 4, 6)]
-        swarm.wait_online(*servers)
+    with local_swarm(tiny_llama_dir, tmp_path_factory.mktemp("tuning-swarm"), ("a", 0, 3), ("b", 3, 6), ("b2", 3, 6),
+                     ("d", 3, 4), ("e", 4, 6)) as swarm:
         yield swarm
-    finally:
-        swarm.close()
 
 
 @pytest.fixture(scope="module")
