@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from zswarm.models import load_client_parts, load_span, resolve_model
+from zswarm.models.decode_graph import StaticDecodeStep
 from zswarm.models.testing import load_reference_model
 
 SPLITS = ((0, 2), (2, 3), (3, 6))  # three spans of a 6-block tiny model, uneven on purpose
@@ -46,3 +47,19 @@ def reference(checkpoint_dir):
 def reference_last_logits(model, token_history: torch.Tensor) -> torch.Tensor:
     """What the whole model predicts after this exact history, computed from scratch (no cache)."""
     return model(token_history).logits[:, -1]
+
+
+def eager_and_static(span, prefill: torch.Tensor, max_length: int, left_pad=None):
+    """Two caches after the same prefill, and the fixed-shape decode step (uncaptured) over the second."""
+    eager = span.new_cache(prefill.shape[0], max_length=max_length, left_pad=left_pad)
+    static = span.new_cache(prefill.shape[0], max_length=max_length, left_pad=left_pad)
+    span.inference_step(prefill, eager)
+    span.inference_step(prefill, static)
+    return eager, static, StaticDecodeStep(span, static)
+
+
+def static_step(step: StaticDecodeStep, cache, token: torch.Tensor) -> torch.Tensor:
+    """One token through the fixed-shape step at the cache's length, which then advances as inference_step's does."""
+    out = step.run_eager(token, cache.length)
+    cache.length += 1
+    return out

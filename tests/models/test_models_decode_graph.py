@@ -8,6 +8,8 @@ import torch
 from zswarm.models import load_span, resolve_model
 from zswarm.models.decode_graph import StaticDecodeStep, decode_graphs_supported
 
+from models_testlib import eager_and_static, static_step
+
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
 def test_static_decode_step_equals_eager_steps(family, tiny_model_dirs):
@@ -16,16 +18,11 @@ def test_static_decode_step_equals_eager_steps(family, tiny_model_dirs):
     prefill = torch.randn(2, 5, span.hidden_size)
     tokens = [torch.randn(2, 1, span.hidden_size) for _ in range(12)]
 
-    eager_cache = span.new_cache(2, max_length=20)
-    static_cache = span.new_cache(2, max_length=20)
-    span.inference_step(prefill, eager_cache)
-    span.inference_step(prefill, static_cache)
-    step = StaticDecodeStep(span, static_cache)
+    eager_cache, static_cache, step = eager_and_static(span, prefill, max_length=20)
     with torch.inference_mode():
         for i, token in enumerate(tokens):
             expected = span.inference_step(token, eager_cache)
-            got = step.run_eager(token, static_cache.length)
-            static_cache.length += 1
+            got = static_step(step, static_cache, token)
             assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), f"{family} step {i}"
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from zswarm.models import SpanInputError, load_span, resolve_model
-from zswarm.models.decode_graph import StaticDecodeStep
+
+from models_testlib import eager_and_static, static_step
 
 PADS = [3, 0, 5]
 PROMPT, DECODE = 9, 8
@@ -47,11 +48,7 @@ def test_left_padded_rows_equal_each_row_alone(family, tiny_model_dirs):
 def test_static_decode_step_with_pads_equals_eager_steps(family, tiny_model_dirs):
     span = load_span(resolve_model(tiny_model_dirs[family]), 0, 2)
     prompt, tokens = _padded_batch(span, seed=1)
-    eager = span.new_cache(len(PADS), max_length=PROMPT + DECODE, left_pad=PADS)
-    static = span.new_cache(len(PADS), max_length=PROMPT + DECODE, left_pad=PADS)
-    span.inference_step(prompt, eager)
-    span.inference_step(prompt, static)
-    step = StaticDecodeStep(span, static)
+    eager, static, step = eager_and_static(span, prompt, max_length=PROMPT + DECODE, left_pad=PADS)
     with torch.inference_mode():
         for i, token in enumerate(tokens):
             if i == 4:  # a beam reorder moves the rows' pads with them, in place for the graph
@@ -59,8 +56,7 @@ def test_static_decode_step_with_pads_equals_eager_steps(family, tiny_model_dirs
                     cache.reorder([2, 0, 1])
                 assert step.pad is static.left_pad and static.left_pad.tolist() == [5, 3, 0]
             expected = span.inference_step(token, eager)
-            got = step.run_eager(token, static.length)
-            static.length += 1
+            got = static_step(step, static, token)
             assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), f"{family} step {i}"
 
 

@@ -120,6 +120,8 @@ class SpanCache:
             raise SpanInputError(f"hypo_ids must lie in [0, {self.batch_size})")
         ids = ids.to(torch.long)
         same_batch = ids.numel() == self.batch_size
+        if self._keys:  # a span's buffers share one device: copy ids there once, not once per layer
+            ids = ids.to(next(iter(self._keys.values())).device)
         with torch.inference_mode():
             for store in (self._keys, self._values):
                 for layer_idx, buffer in store.items():

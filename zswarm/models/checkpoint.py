@@ -69,6 +69,17 @@ def refuse_pickle(description: str, names: Iterable[str]) -> None:
     )
 
 
+def read_json(path: Path, max_bytes: int, label: str, error: type[CheckpointError] = CheckpointError):
+    """A small JSON file of an untrusted checkpoint or adapter; `error` (naming `label`) when it is
+    larger than `max_bytes` or not JSON."""
+    if path.stat().st_size > max_bytes:
+        raise error(f"{label} is larger than {max_bytes} bytes")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise error(f"{label} is not valid JSON: {exc}") from exc
+
+
 def _check_shard_name(filename: object, description: str) -> str:
     if (not isinstance(filename, str) or not filename.endswith(".safetensors") or filename.startswith(("/", "\\"))
             or ".." in filename.split("/") or "\\" in filename):
@@ -88,13 +99,7 @@ class WeightIndex:
     @classmethod
     def open(cls, files: CheckpointFiles) -> "WeightIndex":
         if files.has(INDEX_NAME):
-            path = files.fetch(INDEX_NAME)
-            if path.stat().st_size > MAX_INDEX_BYTES:
-                raise CheckpointError(f"{files.description}: {INDEX_NAME} is larger than {MAX_INDEX_BYTES} bytes")
-            try:
-                index = json.loads(path.read_text())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{files.description}: {INDEX_NAME} is not valid JSON: {exc}") from exc
+            index = read_json(files.fetch(INDEX_NAME), MAX_INDEX_BYTES, f"{files.description}: {INDEX_NAME}")
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f"{files.description}: {INDEX_NAME} has no 'weight_map'")

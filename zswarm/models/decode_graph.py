@@ -24,6 +24,7 @@ import weakref
 import torch
 
 from .families.base import StepInputs
+from .positions import causal_rule, positions_from_first_token, without_pads
 
 logger = logging.getLogger(__name__)
 
@@ -46,28 +47,23 @@ class StaticDecodeStep:
         # [batch] leading pads per row (left-padded batches) or None; a same-batch beam reorder
         # rewrites it in place, a batch change retires this step (new generation)
         self.pad = cache.left_pad
-        self.out: torch.Tensor | None = None
 
-    def usable_for(self, cache, batch: int) -> bool:
-        return cache is self._cache() and cache.generation == self.generation and batch == self.hidden.shape[0]
+    def usable_for(self, cache) -> bool:
+        """Whether `cache`'s buffers are still the ones this step was built on: a growth or a batch
+        change bumps the generation (the cache holds this step, so it is always the same cache)."""
+        return cache.generation == self.generation
 
     def body(self) -> torch.Tensor:
-        span, position, pad = self.span, self.position, self.pad
+        span, position, pad, keys = self.span, self.position, self.pad, self.key_positions
         if pad is None:
             rope = (self.cos.index_select(1, position), self.sin.index_select(1, position))
-        else:  # rows count rotary positions from their first real token (see positions.padded_positions)
-            rows = (position - pad).clamp(min=0)
+        else:  # the eager path's rule (positions.py), at the device-side position
+            rows = positions_from_first_token(position, pad).view(-1)
             rope = (self.cos[0].index_select(0, rows).unsqueeze(1), self.sin[0].index_select(0, rows).unsqueeze(1))
         masks = {}
         for window in span.windows_used:
-            allowed = self.key_positions <= position
-            if window is not None:
-                allowed = allowed & (self.key_positions > position - window)
-            if pad is None:
-                masks[window] = allowed.view(1, 1, 1, self.capacity)
-            else:  # less each row's pads (a pad position attends itself: see positions.padded_mask)
-                keep = (self.key_positions[None, :] >= pad[:, None]) | (self.key_positions == position)[None, :]
-                masks[window] = (allowed[None, :] & keep).view(-1, 1, 1, self.capacity)
+            allowed = causal_rule(position, keys, window)  # [1, capacity]
+            masks[window] = allowed[None, None] if pad is None else without_pads(allowed, position, keys, pad)
         inputs = StepInputs(past=-1, q=1, rope=rope, masks=masks)  # past: positions live on the device
         hidden, cache = self.hidden, self._cache()
         with cache.static_writes(position):
@@ -91,6 +87,7 @@ class DecodeGraph(StaticDecodeStep):
         super().__init__(span, cache)
         self.graph = torch.cuda.CUDAGraph()
         self.pool = pool
+        self.out: torch.Tensor | None = None  # the captured body's output buffer
 
     def capture(self, hidden: torch.Tensor, past: int) -> torch.Tensor:
         """Warm up on a side stream (as CUDA graphs require), capture, replay once; returns this step."""

@@ -13,7 +13,6 @@ local copy of a model has another name); the shapes are what must agree.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -24,6 +23,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .checkpoint import read_json
 from .errors import AdapterError, CheckpointError
 from .lora import LoraDelta
 from .source import HUB_ID, ModelSource
@@ -182,12 +182,7 @@ def _adapter_files(ref: str, hub_cache_dir: str | None) -> tuple[str, Path, Path
 
 
 def _read_config(path: Path, ref: str) -> dict:
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise AdapterError(f"adapter {ref}: {CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"adapter {ref}: {CONFIG_NAME} is not valid JSON ({exc})") from None
+    config = read_json(path, MAX_CONFIG_BYTES, f"adapter {ref}: {CONFIG_NAME}", AdapterError)
     if not isinstance(config, dict):
         raise AdapterError(f"adapter {ref}: {CONFIG_NAME} is not a JSON object")
     return config

@@ -57,35 +57,49 @@ class RotaryTable:
         return cos[0][positions], sin[0][positions]
 
 
-def padded_positions(past: int, q: int, left_pad: torch.Tensor) -> torch.Tensor:
-    """[batch, q] rotary positions of absolute positions [past, past+q) in rows with `left_pad`
-    leading pads: counted from each row's first real token, as transformers' generate computes
-    position_ids (cumsum(mask) - 1, pads at 0)."""
-    absolute = torch.arange(past, past + q, device=left_pad.device)
+def positions_from_first_token(absolute: torch.Tensor, left_pad: torch.Tensor) -> torch.Tensor:
+    """[batch, q] rotary positions of absolute positions [q] in rows with `left_pad` leading pads:
+    counted from each row's first real token, as transformers' generate computes position_ids
+    (cumsum(mask) - 1, pads at 0). `absolute` may be a device tensor (the decode graph's position)."""
     return (absolute[None, :] - left_pad[:, None]).clamp_(min=0)
 
 
-def padded_mask(past: int, q: int, window: int | None, left_pad: torch.Tensor) -> torch.Tensor:
-    """[batch, 1, q, past+q] bool: the causal (and window) mask, less each row's leading pads.
+def padded_positions(past: int, q: int, left_pad: torch.Tensor) -> torch.Tensor:
+    """[batch, q] rotary positions of absolute positions [past, past+q) (positions_from_first_token)."""
+    return positions_from_first_token(torch.arange(past, past + q, device=left_pad.device), left_pad)
+
+
+def causal_rule(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[q, kv] bool: True where a query at absolute position q_pos[i] may attend key k_pos[j].
+    Shared by the eager masks and the decode graph's (whose query position is a device tensor)."""
+    allowed = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed &= k_pos[None, :] > q_pos[:, None] - window  # same rule as transformers' sliding_window_overlay
+    return allowed
+
+
+def without_pads(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, left_pad: torch.Tensor
+                 ) -> torch.Tensor:
+    """[batch, 1, q, kv] bool: `allowed` ([q, kv], causal_rule) less each row's leading pads.
 
     A pad position attends to itself alone: a row with nothing to attend to would give NaN, and
     a NaN that reaches the cache poisons later steps even where it is masked (0 * NaN)."""
-    device = left_pad.device
-    allowed = bool_causal_mask(past, q, window, device)
-    k_pos = torch.arange(past + q, device=device)
-    real = k_pos[None, :] >= left_pad[:, None]                                      # [batch, kv]
-    itself = k_pos[None, :] == torch.arange(past, past + q, device=device)[:, None]  # [q, kv]
+    real = k_pos[None, :] >= left_pad[:, None]      # [batch, kv]
+    itself = k_pos[None, :] == q_pos[:, None]       # [q, kv]
     return allowed & (real[:, None, None, :] | itself[None, None])
+
+
+def padded_mask(past: int, q: int, window: int | None, left_pad: torch.Tensor) -> torch.Tensor:
+    """[batch, 1, q, past+q] bool: the causal (and window) mask, less each row's leading pads."""
+    device = left_pad.device
+    q_pos, k_pos = torch.arange(past, past + q, device=device), torch.arange(past + q, device=device)
+    return without_pads(causal_rule(q_pos, k_pos, window), q_pos, k_pos, left_pad)
 
 
 def bool_causal_mask(past: int, q: int, window: int | None, device: torch.device) -> torch.Tensor:
     """[1, 1, q, past+q]: True where query (absolute position past+i) may attend key j."""
-    q_pos = torch.arange(past, past + q, device=device)[:, None]
-    k_pos = torch.arange(past + q, device=device)[None, :]
-    allowed = k_pos <= q_pos
-    if window is not None:
-        allowed &= k_pos > q_pos - window  # same rule as transformers' sliding_window_overlay
-    return allowed[None, None]
+    q_pos, k_pos = torch.arange(past, past + q, device=device), torch.arange(past + q, device=device)
+    return causal_rule(q_pos, k_pos, window)[None, None]
 
 
 def sdpa_mask(past: int, q: int, window: int | None, device: torch.device) -> torch.Tensor | None:

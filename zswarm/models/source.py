@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -13,7 +12,8 @@ from typing import Any
 
 from transformers import AutoConfig
 
-from .checkpoint import INDEX_NAME, PICKLE_NAMES, SINGLE_NAME, CheckpointFiles, LocalFiles, WeightIndex
+from .checkpoint import (INDEX_NAME, PICKLE_NAMES, SINGLE_NAME, CheckpointFiles, LocalFiles, WeightIndex,
+                         read_json)
 from .errors import CheckpointError, ModelNotFoundError, UnsupportedModelError
 from .families import SUPPORTED_MODEL_TYPES, FamilyAdapter, family_for
 from .families.base import unsupported
@@ -48,12 +48,7 @@ def zswarm_cache_dir() -> Path:
 
 
 def _read_config(config_path: Path, model_id: str):
-    if config_path.stat().st_size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        raw = json.loads(config_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
+    raw = read_json(config_path, MAX_CONFIG_BYTES, str(config_path))
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise unsupported(str(model_type), list(SUPPORTED_MODEL_TYPES))

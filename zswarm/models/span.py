@@ -150,11 +150,11 @@ class BlockSpan(nn.Module):
     # ---- internals ----------------------------------------------------------------------------
     def _graph_step(self, hidden: torch.Tensor, cache: SpanCache, past: int) -> torch.Tensor | None:
         """This decode step as a CUDA graph replay, or None where it must run eagerly."""
+        graph = cache.decode_graph
+        if graph is not None and graph.usable_for(cache) and past < graph.capacity:
+            return graph.run(hidden, past)
         if not cache.holds_layers(range(self.start, self.end)) or past >= cache.capacity:
             return None  # the first step or one that grows the buffers: eager, and capture later
-        graph = cache.decode_graph
-        if graph is not None and graph.usable_for(cache, hidden.shape[0]):
-            return graph.run(hidden, past)
         cache.decode_graph = None
         why = decode_graphs_supported(self)
         if why is not None:
@@ -175,11 +175,7 @@ class BlockSpan(nn.Module):
              ) -> torch.Tensor:
         batch, q, _ = hidden.shape
         family = self.family
-        left_pad = cache.left_pad if cache is not None else None
-        if left_pad is None:
-            inputs = family.step_inputs(self, past, q, batch)
-        else:
-            inputs = family.step_inputs(self, past, q, batch, left_pad=left_pad)
+        inputs = family.step_inputs(self, past, q, batch, left_pad=cache.left_pad if cache is not None else None)
         for i, block in enumerate(self.blocks):
             if prompts is not None:
                 hidden = add_prompt(hidden, prompts[i], past)
