@@ -163,12 +163,11 @@ def _what_if(name: str, relay, knobs: dict, json_path, argv) -> int:
         except (OSError, ScenarioError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        relay_used = relay or sc.relay
-        petals, ours = run(sc, "petals", relay=relay), run(sc, "latency", relay=relay, **knobs)
-        floors = [(least_time_breakdown(sc, r, relay_used), w) for r, w in sc.client_regions.items()]
-        weight = sum(w for _, w in floors) or 1.0
+        floors = [(least_time_breakdown(sc, r, relay or sc.relay), w) for r, w in sc.client_regions.items()]
         if any(f is None for f, _ in floors):
-            continue
+            continue  # no bound to compare with: skip the runs too
+        weight = sum(w for _, w in floors) or 1.0
+        petals, ours = run(sc, "petals", relay=relay), run(sc, "latency", relay=relay, **knobs)
         part = {k: sum(getattr(f, k) * w for f, w in floors) / weight for k in ("compute", "network", "overhead")}
         bound = sum(part.values())
         spans = sum(f.spans * w for f, w in floors) / weight
