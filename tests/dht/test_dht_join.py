@@ -6,6 +6,7 @@ import time
 from collections import Counter
 
 from dht import DHTConfig, DHTNode
+from dht.node import parse_address
 
 # A timeout far longer than any join here: a join that waited on one would still finish (slowly),
 # but with a timeout counted. So `timeouts == 0` after start() proves nothing waited for one.
@@ -20,19 +21,17 @@ def _on_loop(node: DHTNode, fn):
 
 
 def _address(node: DHTNode) -> tuple[str, int]:
-    host, port = node.address.rsplit(":", 1)
-    return host, int(port)
-
-
-def _outstanding_to(node: DHTNode, addresses: set) -> int:
-    protocol = node._server.protocol
-    return _on_loop(node, lambda: sum(1 for *_, a in protocol._outstanding.values() if a in addresses))
+    return parse_address(node.address)
 
 
 def _asked(node: DHTNode, addresses: set) -> dict:
     """address -> requests in flight to it, for those of `addresses` that have any."""
     protocol = node._server.protocol
     return _on_loop(node, lambda: dict(Counter(a for *_, a in protocol._outstanding.values() if a in addresses)))
+
+
+def _outstanding_to(node: DHTNode, addresses: set) -> int:
+    return sum(_asked(node, addresses).values())
 
 
 def _routing_addresses(node: DHTNode) -> set:
