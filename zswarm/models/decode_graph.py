@@ -1,119 +1,196 @@
-"""DecodeGraph: one decode step of a span (one new token per sequence) replayed as a CUDA graph.
+"""Batched decode steps: one new token for each row of many sessions, in one pass over the blocks.
 
-Why: a decode step of a 7B-class span is a few hundred small kernels. Launched one at a time from
-Python, their launch overhead (and any wait for the interpreter) sets the step time, far above
-what memory bandwidth allows; a CUDA graph launches the whole step at once.
+A decode tick takes the rows of every session waiting on a span (different lengths, left pads,
+beams) and runs them together: each row writes its token's keys and values at its own position
+in the KV pool and attends to its own pages, gathered into one [rows, heads, kv, dim] batch
+with a per-row mask. Weights are read once per tick instead of once per session.
 
-A graph replays fixed addresses with fixed shapes, so the step is rewritten to have both:
-- the session's KV buffers are allocated at full capacity once (SpanCache with a capacity) and
-  written at a position held in a device tensor (`index_copy_`), never grown while a graph uses
-  them (a growth or a batch change bumps `cache.generation`, which retires the graph);
-- attention runs over the whole capacity with a mask computed inside the graph from that
-  position (and the sliding window, where the family has one);
-- rotary cos/sin are gathered inside the graph from the span's table, which the graph keeps
-  a reference to, so a later growth of the table cannot free memory the graph reads.
-The same body also runs without capture (`StaticDecodeStep.run_eager`): that is how CPU tests
-check it gives the eager path's numbers.
+On a GPU the tick replays a CUDA graph. Why: a decode step of a 7B-class span is a few hundred
+small kernels, and launched one at a time from Python their launch cost, not memory bandwidth,
+sets the step time. A graph replays fixed addresses with fixed shapes, so it is captured per
+bucket (rows rounded up to a power of two, kv pages rounded up to a power of two) over the
+pool's store, which never moves: graphs live as long as the pool, across any number of
+sessions, and are never freed while their memory pool is in use. Rows a bucket pads with
+read and write only the pool's scratch page. The same body runs uncaptured (`run_uncaptured`):
+that is how CPU tests check it gives the eager path's numbers.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
 
 import torch
 
 from .families.base import StepInputs
-from .positions import causal_rule, positions_from_first_token, without_pads
+from .kv_pool import PAGE_TOKENS
+from .lora import active_adapter
+from .paged import PagedRows, slots
+from .positions import row_mask
 
 logger = logging.getLogger(__name__)
 
+MAX_GRAPH_ROWS = 64  # the largest row bucket; larger ticks are split
 
-class StaticDecodeStep:
-    """The decode step of `span` over `cache` written with fixed shapes and addresses."""
 
-    def __init__(self, span, cache):
-        if span.rotary is None or span.rotary.dynamic:
-            raise ValueError("decode graphs need a static rotary table")
-        self.span = span
-        self._cache = weakref.ref(cache)  # the cache owns its graph, not the other way round
-        self.generation = cache.generation
-        self.capacity = cache.capacity
+def bucket(n: int) -> int:
+    """The power of two >= n."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def decode_body(span, pool, hidden: torch.Tensor, q_pos: torch.Tensor, pad: torch.Tensor, table: torch.Tensor,
+                kv_length: int, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """One token per row through `span`. Device tensors: hidden [rows, 1, H], q_pos/pad [rows],
+    table [rows, pages] (pages * PAGE_TOKENS >= kv_length); rope: cos/sin tables [1, >= kv_length, dim]."""
+    keys = torch.arange(kv_length, device=hidden.device)
+    rope_pos = (q_pos - pad).clamp(min=0)  # counted from each row's first real token (positions.py)
+    cos, sin = rope
+    inputs = StepInputs(past=-1, q=1,  # past: positions differ per row and live on the device
+                        rope=(cos[0].index_select(0, rope_pos).unsqueeze(1), sin[0].index_select(0, rope_pos).unsqueeze(1)),
+                        masks={w: row_mask(q_pos, keys, w, pad) for w in span.windows_used})
+    rows = PagedRows(pool, slots(table, q_pos[:, None]).view(-1), slots(table, keys))
+    for i, block in enumerate(span.blocks):
+        hidden = span.family.run_block(block, hidden, inputs, span.windows[i], rows)
+    return hidden
+
+
+class RowBatch:
+    """The host-side description of one tick's rows, stacked in session order."""
+
+    def __init__(self, caches):
+        self.caches = caches
+        self.sizes = [c.batch_size for c in caches]
+        self.q_pos = torch.cat([torch.full((c.batch_size,), c.length, dtype=torch.long) for c in caches])
+        self.pad = torch.cat([c.left_pad if c.left_pad is not None else torch.zeros(c.batch_size, dtype=torch.long)
+                              for c in caches])
+        self.kv_length = int(self.q_pos.max()) + 1
+        width = max(c.page_table.shape[1] for c in caches)
+        self.table = torch.cat([torch.nn.functional.pad(c.page_table, (0, width - c.page_table.shape[1]))
+                                for c in caches])
+
+    @property
+    def rows(self) -> int:
+        return int(self.q_pos.numel())
+
+    def pages(self) -> int:
+        return -(-self.kv_length // PAGE_TOKENS)
+
+
+def run_uncaptured(span, pool, hidden: torch.Tensor, batch: RowBatch) -> torch.Tensor:
+    """The tick without a graph: exact shapes (no bucket), slots sent to the device once."""
+    device = span.device
+    table = batch.table[:, :batch.pages()]  # every cache holds pages up to its new position
+    rope = span.rotary.get(0, batch.kv_length)
+    return decode_body(span, pool, hidden.to(device=device, dtype=span.dtype), batch.q_pos.to(device),
+                       batch.pad.to(device), table.to(device), batch.kv_length, rope)
+
+
+class BucketStep:
+    """The tick of one bucket (rows, pages) of one span over one pool, with fixed shapes and addresses."""
+
+    def __init__(self, span, pool, rows: int, pages: int):
+        self.span, self.pool = span, pool
+        self.rows, self.pages = rows, pages
+        self.kv_length = pages * PAGE_TOKENS
         device = span.device
-        self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.hidden = torch.zeros(cache.batch_size, 1, span.hidden_size, dtype=span.dtype, device=device)
-        self.key_positions = torch.arange(self.capacity, device=device)
-        self.cos, self.sin = span.rotary.get(0, self.capacity)  # held: see the module docstring
-        # [batch] leading pads per row (left-padded batches) or None; a same-batch beam reorder
-        # rewrites it in place, a batch change retires this step (new generation)
-        self.pad = cache.left_pad
+        self.hidden = torch.zeros(rows, 1, span.hidden_size, dtype=span.dtype, device=device)
+        # positions, pads and page table in one buffer: one host-to-device copy per replay
+        self.meta = torch.zeros(rows * (2 + pages), dtype=torch.long, device=device)
+        self.staging = torch.zeros(self.meta.shape, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.rope = span.rotary.get(0, self.kv_length)  # held: a later growth of the table makes a new one
 
-    def usable_for(self, cache) -> bool:
-        """Whether `cache`'s buffers are still the ones this step was built on: a growth or a batch
-        change bumps the generation (the cache holds this step, so it is always the same cache)."""
-        return cache.generation == self.generation
+    def _views(self, meta):
+        rows, pages = self.rows, self.pages
+        return meta[:rows], meta[rows:2 * rows], meta[2 * rows:].view(rows, pages)
 
-    def body(self) -> torch.Tensor:
-        span, position, pad, keys = self.span, self.position, self.pad, self.key_positions
-        if pad is None:
-            rope = (self.cos.index_select(1, position), self.sin.index_select(1, position))
-        else:  # the eager path's rule (positions.py), at the device-side position
-            rows = positions_from_first_token(position, pad).view(-1)
-            rope = (self.cos[0].index_select(0, rows).unsqueeze(1), self.sin[0].index_select(0, rows).unsqueeze(1))
-        masks = {}
-        for window in span.windows_used:
-            allowed = causal_rule(position, keys, window)  # [1, capacity]
-            masks[window] = allowed[None, None] if pad is None else without_pads(allowed, position, keys, pad)
-        inputs = StepInputs(past=-1, q=1, rope=rope, masks=masks)  # past: positions live on the device
-        hidden, cache = self.hidden, self._cache()
-        with cache.static_writes(position):
-            for i, block in enumerate(span.blocks):
-                hidden = span.family.run_block(block, hidden, inputs, span.windows[i], cache)
-        return hidden
+    def _load(self, hidden: torch.Tensor, batch: RowBatch) -> None:
+        n = batch.rows
+        self.staging.zero_()  # padding rows: position 0 of the scratch page
+        q_pos, pad, table = self._views(self.staging)
+        q_pos[:n], pad[:n] = batch.q_pos, batch.pad
+        width = min(self.pages, batch.table.shape[1])
+        table[:n, :width] = batch.table[:, :width]
+        self.meta.copy_(self.staging, non_blocking=True)
+        self.hidden[:n].copy_(hidden)
 
-    def load(self, hidden: torch.Tensor, past: int) -> None:
-        self.hidden.copy_(hidden)
-        self.position.fill_(past)
+    def _body(self) -> torch.Tensor:
+        q_pos, pad, table = self._views(self.meta)
+        return decode_body(self.span, self.pool, self.hidden, q_pos, pad, table, self.kv_length, self.rope)
 
-    def run_eager(self, hidden: torch.Tensor, past: int) -> torch.Tensor:
-        self.load(hidden, past)
-        return self.body()
+    def run_uncaptured(self, hidden: torch.Tensor, batch: RowBatch) -> torch.Tensor:
+        """The body a graph captures, run eagerly (CPU tests check it against the eager path)."""
+        self._load(hidden, batch)
+        return self._body()[:batch.rows]
 
 
-class DecodeGraph(StaticDecodeStep):
-    """A captured StaticDecodeStep: `run(hidden, past)` replays it (CUDA only)."""
+class DecodeGraph(BucketStep):
+    """A captured BucketStep (CUDA only): `run` replays it."""
 
-    def __init__(self, span, cache, pool=None):
-        super().__init__(span, cache)
+    def __init__(self, span, pool, rows: int, pages: int):
+        super().__init__(span, pool, rows, pages)
         self.graph = torch.cuda.CUDAGraph()
-        self.pool = pool
-        self.out: torch.Tensor | None = None  # the captured body's output buffer
+        self.out: torch.Tensor | None = None
 
-    def capture(self, hidden: torch.Tensor, past: int) -> torch.Tensor:
-        """Warm up on a side stream (as CUDA graphs require), capture, replay once; returns this step."""
-        self.load(hidden, past)
-        side = torch.cuda.Stream(device=self.span.device)
-        side.wait_stream(torch.cuda.current_stream(self.span.device))
+    def capture(self, hidden: torch.Tensor, batch: RowBatch) -> torch.Tensor:
+        """Warm up on a side stream (as CUDA graphs require), capture, replay once."""
+        device = self.span.device
+        if self.pool.graph_memory is None:
+            self.pool.graph_memory = torch.cuda.graph_pool_handle()  # one per pool, for its graphs' lifetime
+        self._load(hidden, batch)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            self.body()  # writes this step's keys/values: the replay below writes the same ones
-        torch.cuda.current_stream(self.span.device).wait_stream(side)
-        with torch.cuda.graph(self.graph, pool=self.pool, capture_error_mode="thread_local"):
-            self.out = self.body()
+            self._body()  # writes this tick's keys/values: the replay below writes the same ones
+        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.cuda.graph(self.graph, pool=self.pool.graph_memory, capture_error_mode="thread_local"):
+            self.out = self._body()
         self.graph.replay()
-        return self.out.clone()
+        return self.out[:batch.rows]
 
-    def run(self, hidden: torch.Tensor, past: int) -> torch.Tensor:
-        self.load(hidden, past)
+    def run(self, hidden: torch.Tensor, batch: RowBatch) -> torch.Tensor:
+        self._load(hidden, batch)
         self.graph.replay()
-        return self.out.clone()
+        return self.out[:batch.rows]
+
+
+def run_tick(span, pool, hidden: torch.Tensor, batch: RowBatch) -> torch.Tensor:
+    """One tick of `batch`'s rows: a graph replay where the span allows one, else uncaptured.
+
+    The result may be a graph's output buffer: read it (e.g. copy it to the host) before the next tick."""
+    rows, pages = bucket(batch.rows), bucket(batch.pages())
+    if not _graph_allowed(span, pool, rows, pages):
+        return run_uncaptured(span, pool, hidden, batch)
+    key = (span.start, span.end, rows, pages, active_adapter())  # a graph records the adapter it ran with
+    graph = pool.graphs.get(key)
+    if graph is not None:
+        return graph.run(hidden, batch)
+    graph = DecodeGraph(span, pool, rows, pages)
+    try:
+        out = graph.capture(hidden, batch)
+    except Exception as exc:  # an op that cannot be captured (e.g. some quantized layers)
+        span.graphs.disable(span, f"capture failed: {type(exc).__name__}: {exc}")
+        return run_uncaptured(span, pool, hidden, batch)
+    pool.graphs[key] = graph
+    logger.debug("captured a decode graph for %s: %d rows, %d kv positions (%d graphs)", span, rows,
+                 graph.kv_length, len(pool.graphs))
+    return out
+
+
+def _graph_allowed(span, pool, rows: int, pages: int) -> bool:
+    if not span.graphs.enabled or rows > MAX_GRAPH_ROWS:
+        return False
+    why = decode_graphs_supported(span)
+    if why is not None:
+        span.graphs.disable(span, why)
+        return False
+    # a graph's gathered keys and values are rows x kv positions per layer: bounded by the pool's size
+    return rows * pages * PAGE_TOKENS <= max(2 * pool.capacity_tokens, MAX_GRAPH_ROWS * PAGE_TOKENS)
 
 
 class GraphSettings:
-    """Shared by a span and its sub-span views: whether to capture, and the graphs' memory pool."""
+    """Shared by a span and its sub-span views: whether decode ticks may replay as CUDA graphs."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self.pool = None
 
     def disable(self, span, why: str) -> None:
         if self.enabled:

@@ -89,6 +89,16 @@ def without_pads(allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor
     return allowed & (real[:, None, None, :] | itself[None, None])
 
 
+def row_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, left_pad: torch.Tensor) -> torch.Tensor:
+    """[rows, 1, 1, kv] bool for one new token per row at q_pos[r] (a batched decode step): the causal
+    (and window) rule, less each row's leading pads. Rows of different lengths share one kv range;
+    keys past a row's own position are masked by the causal rule."""
+    allowed = causal_rule(q_pos, k_pos, window)                    # [rows, kv]
+    real = k_pos[None, :] >= left_pad[:, None]
+    itself = k_pos[None, :] == q_pos[:, None]
+    return (allowed & (real | itself))[:, None, None, :]
+
+
 def padded_mask(past: int, q: int, window: int | None, left_pad: torch.Tensor) -> torch.Tensor:
     """[batch, 1, q, past+q] bool: the causal (and window) mask, less each row's leading pads."""
     device = left_pad.device

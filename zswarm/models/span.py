@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from .cache import SpanCache
-from .decode_graph import DecodeGraph, GraphSettings, decode_graphs_supported
+from .decode_graph import MAX_GRAPH_ROWS, GraphSettings, RowBatch, run_tick
 from .errors import ConfigMismatchError, SpanInputError
+from .kv_pool import KVPool
 
 if TYPE_CHECKING:
     from .source import ModelSource
@@ -34,6 +35,11 @@ def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
         return DTYPES[str(dtype).removeprefix("torch.")]
     except KeyError:
         raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(DTYPES)}") from None
+
+
+def prompts_apply(prompts: torch.Tensor | None, past: int, q: int) -> bool:
+    """Whether deep prompts ([blocks, batch, pre_seq_len, hidden]) touch positions [past, past + q)."""
+    return prompts is not None and past < prompts.shape[2]
 
 
 def add_prompt(hidden: torch.Tensor, prompt: torch.Tensor, past: int) -> torch.Tensor:
@@ -65,8 +71,12 @@ class BlockSpan(nn.Module):
             source_family.sliding_window(config, i) for i in range(start, end)]
         self.windows_used = sorted(set(self.windows), key=lambda w: -1 if w is None else w)
         self.hidden_size = int(config.hidden_size)
-        # CUDA graphs for one-token decode steps (decode_graph.py); shared with sub-span views
+        # CUDA graphs for decode ticks (decode_graph.py); shared with sub-span views
         self.graphs = graphs if graphs is not None else GraphSettings(enabled=self.device.type == "cuda")
+        # the span a sub-span view was made from owns the KV pool; kept out of nn.Module's
+        # submodule registry (a module that is its own child would recurse)
+        object.__setattr__(self, "root", self)
+        self._pool: KVPool | None = None
 
     def __repr__(self) -> str:
         return f"BlockSpan({self.family.name}, blocks=[{self.start}, {self.end}), dtype={self.dtype}, device={self.device})"
@@ -80,7 +90,30 @@ class BlockSpan(nn.Module):
         view = BlockSpan(self.family, self.config, start, end, nn.ModuleList(list(self.blocks)[a:b]),
                          self.dtype, self.device, self.rotary, self.windows[a:b], self.graphs)
         view.alibi = self.alibi
+        object.__setattr__(view, "root", self.root)
         return view
+
+    @property
+    def kv_pool(self) -> KVPool:
+        """The KV pool every session of this span (and of its sub-span views) keeps its pages in.
+
+        Made on first use, growing as sessions need it, unless `attach_pool` fixed its size."""
+        root = self.root
+        if root._pool is None:
+            root._pool = self._make_pool(None)
+        return root._pool
+
+    def attach_pool(self, tokens: int) -> KVPool:
+        """Give this span a KV pool of `tokens` positions that never grows (a server's cache budget)."""
+        if self.root is not self:
+            raise SpanInputError("attach the KV pool to the loaded span, not to a sub-span view")
+        self._pool = self._make_pool(int(tokens))
+        return self._pool
+
+    def _make_pool(self, tokens: int | None) -> KVPool:
+        heads, head_dim = self.family.cache_heads_and_dim(self.config)
+        root = self.root
+        return KVPool(root.start, root.end, heads, head_dim, dtype=self.dtype, device=self.device, tokens=tokens)
 
     def new_cache(self, batch_size: int, max_length: int | None = None, *, left_pad=None) -> SpanCache:
         """A fresh KV cache for one session; `max_length` (optional) preallocates that many positions.
@@ -90,8 +123,9 @@ class BlockSpan(nn.Module):
         row's first real token. All zeros is the same as none."""
         if batch_size < 1:
             raise SpanInputError("batch_size must be at least 1")
-        return SpanCache(self.start, self.end, int(batch_size), capacity=int(max_length or 0),
-                         left_pad=self._check_left_pad(left_pad, int(batch_size), max_length))
+        pads = self._check_left_pad(left_pad, int(batch_size), max_length)
+        return SpanCache(self.kv_pool, self.start, self.end, int(batch_size),
+                         max_length=int(max_length) if max_length else None, left_pad=pads)
 
     def cache_bytes_per_token(self, batch_size: int = 1) -> int:
         heads, head_dim = self.family.cache_heads_and_dim(self.config)
@@ -104,23 +138,44 @@ class BlockSpan(nn.Module):
 
         Runs under torch.inference_mode (the decode hot path), so the result is an inference tensor.
         """
-        if not isinstance(cache, SpanCache) or (cache.start, cache.end) != (self.start, self.end):
-            raise SpanInputError(f"cache {cache!r} was not made for blocks [{self.start}, {self.end})")
+        self._check_cache(cache)
         hidden = self._check_hidden(hidden)
         prompts = self._check_prompts(prompts, hidden)
+        cache._begin_step(hidden.shape[0])
+        if hidden.shape[1] == 1 and not prompts_apply(prompts, cache.length, 1):
+            return self.decode_tick([hidden], [cache]).clone()
+        return self._session_step(hidden, cache, prompts)
+
+    def decode_tick(self, hiddens: list[torch.Tensor], caches: list[SpanCache]) -> torch.Tensor:
+        """One new token for every row of several sessions (a batched decode step); rows stacked in order.
+
+        `hiddens[i]` is [caches[i].batch_size, 1, hidden_size]. Deep prompts are not taken: a session
+        whose prompts still cover its next position steps alone (`inference_step`). The result may be
+        a CUDA graph's output buffer: read it before the next tick."""
+        if len(hiddens) != len(caches) or not caches:
+            raise SpanInputError("decode_tick takes one hidden-state tensor per cache, at least one")
+        for hidden, cache in zip(hiddens, caches):
+            self._check_cache(cache)
+            if hidden.ndim != 3 or hidden.shape[1] != 1 or hidden.shape[0] != cache.batch_size:
+                raise SpanInputError(f"a decode tick takes [{cache.batch_size}, 1, hidden] per cache, "
+                                     f"got {list(hidden.shape)}")
         with torch.inference_mode():
-            past = cache._begin_step(hidden.shape[0])
-            new_length = None
-            try:
-                out = None
-                if hidden.shape[1] == 1 and self.graphs.enabled and (prompts is None or past >= prompts.shape[2]):
-                    out = self._graph_step(hidden, cache, past)
-                if out is None:
-                    out = self._run(hidden, past, cache, prompts)
-                new_length = past + hidden.shape[1]
-            finally:
-                cache._end_step(new_length)
-        return out
+            if not self._batches_rows() or (len(caches) == 1 and not self.graphs.enabled):
+                # one session alone (or a family whose blocks take no per-row positions): its own step,
+                # exactly the path of a prompt
+                outs = [self._session_step(self._check_hidden(h), c, None) for h, c in zip(hiddens, caches)]
+                return outs[0] if len(outs) == 1 else torch.cat(outs)
+            for cache in caches:
+                cache.rows_for_step(1)  # takes a page where the next position starts one
+            outs, group, rows = [], [], 0
+            for index, cache in enumerate(caches):  # graphs hold at most MAX_GRAPH_ROWS rows
+                if group and rows + cache.batch_size > MAX_GRAPH_ROWS:
+                    outs.append(self._tick(hiddens, caches, group))
+                    group, rows = [], 0
+                group.append(index)
+                rows += cache.batch_size
+            outs.append(self._tick(hiddens, caches, group))
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def forward(self, hidden: torch.Tensor, *, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Run a whole sequence without a cache (positions from 0). Returns an ordinary (no-grad) tensor."""
@@ -148,34 +203,43 @@ class BlockSpan(nn.Module):
         return grads[0], (grads[1] if prompts is not None else None)
 
     # ---- internals ----------------------------------------------------------------------------
-    def _graph_step(self, hidden: torch.Tensor, cache: SpanCache, past: int) -> torch.Tensor | None:
-        """This decode step as a CUDA graph replay, or None where it must run eagerly."""
-        graph = cache.decode_graph
-        if graph is not None and graph.usable_for(cache) and past < graph.capacity:
-            return graph.run(hidden, past)
-        if not cache.holds_layers(range(self.start, self.end)) or past >= cache.capacity:
-            return None  # the first step or one that grows the buffers: eager, and capture later
-        cache.decode_graph = None
-        why = decode_graphs_supported(self)
-        if why is not None:
-            self.graphs.disable(self, why)
-            return None
-        try:
-            if self.graphs.pool is None:
-                self.graphs.pool = torch.cuda.graph_pool_handle()
-            graph = DecodeGraph(self, cache, self.graphs.pool)
-            out = graph.capture(hidden, past)
-        except Exception as exc:  # an op that cannot be captured (e.g. some quantized layers)
-            self.graphs.disable(self, f"capture failed: {type(exc).__name__}: {exc}")
-            return None
-        cache.decode_graph = graph
-        return out
+    def _tick(self, hiddens, caches, group: list[int]) -> torch.Tensor:
+        batch = RowBatch([caches[i] for i in group])
+        hidden = torch.cat([hiddens[i] for i in group]) if len(group) > 1 else hiddens[group[0]]
+        out = run_tick(self, self.kv_pool, hidden, batch)
+        for cache in batch.caches:
+            cache.length += 1
+        return out if len(group) == 1 else out.clone()  # the next group may replay the same graph
 
-    def _run(self, hidden: torch.Tensor, past: int, cache: SpanCache | None, prompts: torch.Tensor | None
-             ) -> torch.Tensor:
+    def _session_step(self, hidden: torch.Tensor, cache: SpanCache, prompts: torch.Tensor | None) -> torch.Tensor:
+        """New tokens of one session (a prompt chunk, or a decode step that runs alone)."""
+        batch, q, _ = hidden.shape
+        with torch.inference_mode():
+            past = cache._begin_step(batch)
+            rows = cache.rows_for_step(q)
+            inputs = self.family.step_inputs(self, past, q, batch, left_pad=cache.left_pad_device)
+            for i, block in enumerate(self.blocks):
+                if prompts is not None:
+                    hidden = add_prompt(hidden, prompts[i], past)
+                hidden = self.family.run_block(block, hidden, inputs, self.windows[i], rows)
+            cache.length = past + q
+        return hidden
+
+    def _batches_rows(self) -> bool:
+        """Whether rows of different sessions can share a step: the family takes per-row positions
+        and masks, and rotary positions do not depend on the length."""
+        return self.family.left_padding and self.rotary is not None and not self.rotary.dynamic
+
+    def _check_cache(self, cache) -> None:
+        if not isinstance(cache, SpanCache) or (cache.start, cache.end) != (self.start, self.end) \
+                or cache.pool is not self.kv_pool:
+            raise SpanInputError(f"cache {cache!r} was not made for blocks [{self.start}, {self.end}) of this span")
+
+    def _run(self, hidden: torch.Tensor, past: int, cache: None, prompts: torch.Tensor | None) -> torch.Tensor:
+        """A whole sequence without a cache (forward and backward)."""
         batch, q, _ = hidden.shape
         family = self.family
-        inputs = family.step_inputs(self, past, q, batch, left_pad=cache.left_pad if cache is not None else None)
+        inputs = family.step_inputs(self, past, q, batch)
         for i, block in enumerate(self.blocks):
             if prompts is not None:
                 hidden = add_prompt(hidden, prompts[i], past)
@@ -194,7 +258,7 @@ class BlockSpan(nn.Module):
             return None  # no padding: exactly the unpadded path
         if not self.family.left_padding:
             raise SpanInputError(f"left padding is not supported for family {self.family.name}")
-        return pads.to(device=self.device, dtype=torch.long)
+        return pads.to(device="cpu", dtype=torch.long)  # host: batched ticks build their rows there
 
     def _check_hidden(self, hidden) -> torch.Tensor:
         if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3 or hidden.shape[-1] != self.hidden_size:
