@@ -2,7 +2,7 @@
 import pytest
 
 from zswarm.server.memory import (BlockShape, InsufficientMemoryError, block_bytes, cache_bytes, fit_cache_tokens,
-                                  plan_num_blocks)
+                                  graph_workspace_bytes, plan_num_blocks)
 
 GIB = 1 << 30
 LLAMA_7B = BlockShape(params=202_383_360, kv_heads=32, head_dim=128)
@@ -30,7 +30,7 @@ def test_quantization_shrinks_blocks_in_the_expected_ratio():
 
 def test_plan_counts_weights_and_cache_share_per_block():
     per_block = block_bytes(LLAMA_7B, "float16") + cache_bytes(LLAMA_7B, "float16", 8192, 1)
-    free = int((10 * per_block + GIB) / 0.9) + 1000
+    free = int((10 * per_block + graph_workspace_bytes(LLAMA_7B, "float16", 8192) + GIB) / 0.9) + 1000
     assert plan_num_blocks(free, LLAMA_7B, "float16", "none", 8192, 32) == 10
     assert plan_num_blocks(free, LLAMA_7B, "float16", "nf4", 8192, 32) > 10
     assert plan_num_blocks(free * 100, LLAMA_7B, "float16", "none", 8192, 32) == 32  # capped at the model
@@ -43,7 +43,7 @@ def test_plan_says_what_to_do_when_nothing_fits():
 
 def test_default_cache_budget_shrinks_to_what_fits_beside_the_weights():
     weights = 16 * block_bytes(LLAMA_7B, "float16")
-    per_token = cache_bytes(LLAMA_7B, "float16", 1, 16)
+    per_token = cache_bytes(LLAMA_7B, "float16", 1, 16) + graph_workspace_bytes(LLAMA_7B, "float16", 1)
     free = int((weights + 1000 * per_token + GIB) / 0.9) + 1
     assert fit_cache_tokens(free, LLAMA_7B, "float16", "none", 16, wanted=16384) == 1000
     assert fit_cache_tokens(free * 10, LLAMA_7B, "float16", "none", 16, wanted=16384) == 16384

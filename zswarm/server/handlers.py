@@ -18,7 +18,9 @@ from wire.codec import to_wire_dtype
 from zswarm.errors import BadInputError, BadPositionError, BlocksNotServedError, ShuttingDownError, \
     TooManyTokensError, UnknownAdapterError
 from zswarm.models.lora import using_adapter
+from zswarm.models.span import prompts_apply
 from zswarm.server import compute as priorities
+from zswarm.server.batching import DecodeBatcher, DecodeStep, ensure_cache
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.sessions import InferenceSession, SessionManager
 from zswarm.server.validation import block_range, check_hidden, check_hypo_ids, check_prompts, \
@@ -58,6 +60,7 @@ class ServerRPC:
         self.state = state
         self.sessions = sessions
         self.compute = compute
+        self.batcher = DecodeBatcher(compute)
 
     def handlers(self) -> dict:
         return {name[len("rpc_"):]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")}
@@ -99,7 +102,8 @@ class ServerRPC:
             "throughput": s.throughput, "inference_rps": s.inference_rps, "forward_rps": s.forward_rps,
             "cache_tokens_left": self.sessions.budget.free, "sessions": len(self.sessions),
             "load": {"queued": self.compute.pending, "busy_fraction": round(self.compute.busy_seconds / elapsed, 4),
-                     "waiting_for_cache": self.sessions.budget.waiting, **s.stats},
+                     "waiting_for_cache": self.sessions.budget.waiting, "decode_ticks": self.batcher.ticks,
+                     "decode_rows": self.batcher.rows, **s.stats},
             "adapters": list(s.adapters), "peer_id": s.peer_id, "ready": s.span is not None,
             "max_session_length": s.max_session_length, "max_request_tokens": s.max_request_tokens,
         }, []
@@ -161,16 +165,43 @@ class ServerRPC:
         hypo_ids = found.get("hypo_ids")
         if hypo_ids is not None:
             hypo_ids = check_hypo_ids(hypo_ids, batch)
-        chunk = max(1, s.prefill_chunk_tokens // max(1, batch)) if seq > 1 else 1
-
-        def step():
-            return _run_inference(session, hidden, prompts, hypo_ids, position, chunk)
-
-        output = await self._run(step, priorities.INFERENCE)
+        if seq == 1 and not prompts_apply(prompts, position, 1):
+            output = await self.batcher.step(DecodeStep(session, hidden, position, hypo_ids))
+        else:
+            output = await self._prompt_step(session, hidden, prompts, hypo_ids, position)
         session.steps += 1
         session.last_used = self.sessions.clock()
         s.stats["inference_steps"] += 1
         return {}, [output]
+
+    async def _prompt_step(self, session: InferenceSession, hidden, prompts, hypo_ids, position: int):
+        """New tokens of one session in chunks, each queued on its own so that decode ticks of other
+        sessions run between them (batching.py)."""
+        chunk = max(1, self.state.prefill_chunk_tokens // hidden.shape[0])
+        outputs = []
+
+        def run_chunk(begin: int):
+            span = session.span
+            with torch.inference_mode(), using_adapter(session.adapter):
+                if begin == 0:
+                    ensure_cache(session)
+                    if position < session.cache.length:
+                        session.cache.rollback(position)
+                    if hypo_ids is not None:
+                        session.cache.reorder(hypo_ids)
+                out = span.inference_step(_to_span(hidden[:, begin:begin + chunk], span), session.cache,
+                                          prompts=_to_span(prompts, span))
+                return to_wire_dtype(out.to("cpu"), hidden.dtype)
+
+        try:
+            for begin in range(0, hidden.shape[1], chunk):
+                outputs.append(await self._run(lambda b=begin: run_chunk(b), priorities.INFERENCE))
+        except BaseException:
+            cache = session.cache
+            if cache is not None and cache.length > position:  # a later chunk failed: forget the earlier ones too
+                cache.rollback(position)
+            raise
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
     # ---- forward and backward (no cache) ------------------------------------------------------
     async def rpc_forward(self, request):
@@ -235,31 +266,3 @@ def _to_span(t: Optional[torch.Tensor], span) -> Optional[torch.Tensor]:
     if t is None:
         return None
     return t.to(device=span.device, dtype=span.dtype)
-
-
-def _run_inference(session: InferenceSession, hidden, prompts, hypo_ids, position: int, chunk: int):
-    """On the compute thread: roll back to `position`, reorder beams, run the new tokens in chunks."""
-    span = session.span
-    with torch.inference_mode(), using_adapter(session.adapter):
-        if session.cache is None:
-            # the whole max_length at once (the budget already reserved it): buffers that never move let
-            # decode steps replay as CUDA graphs
-            session.cache = span.new_cache(session.batch_size, session.max_length, left_pad=session.left_pad)
-        cache = session.cache
-        if position < cache.length:
-            cache.rollback(position)
-        if hypo_ids is not None:
-            cache.reorder(hypo_ids)
-        x = _to_span(hidden, span)
-        p = _to_span(prompts, span)
-        outputs = []
-        try:
-            for i in range(0, x.shape[1], chunk):
-                outputs.append(span.inference_step(x[:, i:i + chunk], cache, prompts=p))
-        except BaseException:
-            if cache.length > position:  # a later chunk failed: forget the earlier ones too
-                cache.rollback(position)
-            raise
-        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
-        return to_wire_dtype(out.to("cpu"), hidden.dtype)
-

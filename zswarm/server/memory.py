@@ -72,6 +72,14 @@ def cache_bytes(shape: BlockShape, dtype: str, tokens: int, num_blocks: int) -> 
     return shape.kv_bytes_per_token(dtype) * tokens * num_blocks
 
 
+def graph_workspace_bytes(shape: BlockShape, dtype: str, cache_tokens: int) -> int:
+    """Device memory decode graphs keep (their private pool): a batched tick gathers each row's keys
+    and values of one layer at a time, and a graph's bucket may gather up to twice the cache's tokens
+    (zswarm.models.decode_graph), so twice one layer's cache, for keys and values, once more for the
+    attention's copies of them."""
+    return 2 * 2 * cache_bytes(shape, dtype, cache_tokens, 1)
+
+
 def plan_num_blocks(
     free_bytes: int,
     shape: BlockShape,
@@ -83,11 +91,12 @@ def plan_num_blocks(
     headroom: float = 0.9,
     reserve_bytes: int = 1 << 30,
 ) -> int:
-    """How many blocks fit: each costs its weights plus its share of the cache budget.
+    """How many blocks fit: each costs its weights plus its share of the cache budget, after the
+    decode graphs' workspace (graph_workspace_bytes).
 
     `headroom` and `reserve_bytes` leave room for activations, the CUDA context and fragmentation.
     """
-    usable = free_bytes * headroom - reserve_bytes
+    usable = free_bytes * headroom - reserve_bytes - graph_workspace_bytes(shape, dtype, cache_tokens)
     per_block = block_bytes(shape, dtype, quant) + cache_bytes(shape, dtype, cache_tokens, 1)
     fits = int(usable // per_block) if usable > 0 else 0
     if fits < 1:
@@ -104,7 +113,8 @@ def fit_cache_tokens(free_bytes: int, shape: BlockShape, dtype: str, quant: str,
                      *, headroom: float = 0.9, reserve_bytes: int = 1 << 30) -> int:
     """The cache budget (tokens) that fits beside `num_blocks` blocks' weights: `wanted`, or less."""
     usable = free_bytes * headroom - reserve_bytes - num_blocks * block_bytes(shape, dtype, quant)
-    fits = int(usable // cache_bytes(shape, dtype, 1, num_blocks)) if usable > 0 else 0
+    per_token = cache_bytes(shape, dtype, 1, num_blocks) + graph_workspace_bytes(shape, dtype, 1)
+    fits = int(usable // per_token) if usable > 0 else 0
     if fits < 1:
         raise InsufficientMemoryError(
             f"{num_blocks} blocks ({dtype}, quant={quant}) leave no room for a KV cache in "

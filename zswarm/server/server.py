@@ -268,6 +268,9 @@ class Server:
             span = load_blocks(self.source, start, end, dtype=self.dtype, device=self.device,
                                quant=self.config.quant, cuda_graphs=self.config.cuda_graphs)
             attach_adapters(span, self.adapters)
+            # one KV pool for every session, of the cache budget's size: sessions take and return its
+            # pages, and decode graphs captured over it stay valid until the blocks change
+            span.attach_pool(self.sessions.budget.capacity)
             return span
 
         span = await asyncio.get_running_loop().run_in_executor(None, load)

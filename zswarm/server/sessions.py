@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from zswarm.errors import CacheFullError, ShuttingDownError, TooManyTokensError, UnknownSessionError
+from zswarm.models.kv_pool import reserved_tokens
 from zswarm.server.cache_budget import BudgetTimeout, CacheBudget
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ class InferenceSession:
     cache: Any = None  # SpanCache, created on the first step (on the compute thread)
     last_used: float = 0.0
     steps: int = 0
+    closed: bool = False  # a step still queued for it must not take pool pages
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def tokens_reserved(self) -> int:
-        return self.batch_size * self.max_length
+        return reserved_tokens(self.batch_size, self.max_length)
 
     @property
     def length(self) -> int:
@@ -71,10 +73,10 @@ class SessionManager:
                    left_pad: Optional[list[int]] = None) -> InferenceSession:
         if not self.accepting:
             raise ShuttingDownError(self.refusal)
-        tokens = batch_size * max_length
+        tokens = reserved_tokens(batch_size, max_length)  # whole pages of the KV pool
         if tokens > self.budget.capacity:
             raise TooManyTokensError(
-                f"batch_size {batch_size} x max_length {max_length} = {tokens} tokens exceeds this server's "
+                f"batch_size {batch_size} x max_length {max_length} (in whole pages: {tokens} tokens) exceeds this server's "
                 f"whole cache budget of {self.budget.capacity} tokens"
             )
         try:
@@ -116,7 +118,8 @@ class SessionManager:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
-        session.cache = None  # frees the KV tensors as soon as no step holds them
+        session.closed = True
+        session.cache = None  # its pages go back to the pool as soon as no step holds them
         self.budget.release(session.tokens_reserved)
         self._ended[session_id] = why
         while len(self._ended) > _REMEMBER_ENDED:
