@@ -220,9 +220,7 @@ class SequenceManager:
             adapter = self.config.active_adapter
             if adapter is None:
                 raise
-            error = NoRouteError(exc.missing, self.model_id, adapter_detail(adapter))
-            error.adapter = adapter
-            raise error from exc
+            raise NoRouteError(exc.missing, self.model_id, adapter_detail(adapter), adapter=adapter) from exc
 
     async def _probe_banned(self, route: list[RouteSpan]) -> None:
         """A banned server on a route is the last of its blocks: use it only if it answers."""

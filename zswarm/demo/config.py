@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from zswarm.errors import DemoError  # noqa: F401  (imported from here by the demo)
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -42,10 +44,6 @@ class DemoConfig:
 
         if self.device not in DEVICES or self.dtype not in DTYPES:
             raise ValueError(f"--device must be one of {', '.join(DEVICES)} and --dtype one of {', '.join(DTYPES)}")
-
-
-class DemoError(Exception):
-    """Something went wrong that the user should read about (the message says what to do)."""
 
 
 def say(text: str) -> None:

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from zswarm.errors import ConfigError  # noqa: F401  (raised here, imported from here by many)
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -19,10 +21,6 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 QUANTS = ("none", "int8", "nf4")
 PLACEMENTS = ("latency", "petals")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigError(ValueError):
-    """A setting that the server cannot run with; the message says which and why."""
 
 
 @dataclass

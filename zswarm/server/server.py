@@ -21,8 +21,9 @@ from typing import Optional
 import zmq
 
 import zswarm
-from dht import DHTNode, Identity, ServerRecord, ServerState
-from wire import RpcServer, ZmqTransport
+from dht import DHTError, DHTNode, Identity, ServerRecord, ServerState
+from wire import RpcServer, WireError, ZmqTransport
+from zswarm.errors import ZswarmError
 from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error
 from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
@@ -297,17 +298,11 @@ def _log_crash(task: asyncio.Task) -> None:
 
 def run_server(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 on a configuration or start-up error."""
-    from zswarm.errors import ZswarmError
-    from zswarm.models import ModelError
-    from zswarm.server.memory import InsufficientMemoryError
-    from zswarm.server.quant import QuantizationUnavailable
-    from dht import DHTError
-
     try:
         code = asyncio.run(Server(config).run())
         logger.debug("event loop closed; exiting with %d", code)
         return code
-    except (ConfigError, ModelError, InsufficientMemoryError, QuantizationUnavailable, DHTError, ZswarmError) as exc:
+    except (ZswarmError, DHTError, WireError) as exc:  # zswarm's tree, and the two below it
         logger.error("cannot start: %s", exc)
         return 2
     except KeyboardInterrupt:
