@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from zswarm.defaults import DEFAULT_MODEL_ID as DEFAULT_MODEL
 from zswarm.errors import DemoError  # noqa: F401  (imported from here by the demo)
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EXIT_OK, EXIT_FAILED = 0, 1
 
 

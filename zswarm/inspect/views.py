@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from dht.records import ServerRecord, ServerState
-from zswarm.routing import DEFAULT_HOP_OVERHEAD, DEFAULT_NO_CACHE_PENALTY, DEFAULT_UNKNOWN_RTT, RouteCandidate
+from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, UNKNOWN_RTT_S
+from zswarm.routing import RouteCandidate
 
 STATE_NAMES = {ServerState.OFFLINE: "offline", ServerState.JOINING: "joining", ServerState.ONLINE: "online"}
 _STATE_RANK = {ServerState.ONLINE: 2, ServerState.JOINING: 1, ServerState.OFFLINE: 0}
@@ -226,8 +227,8 @@ def route_candidates(blocks: Sequence[dict[str, ServerRecord]], rtts: dict[str, 
 
 
 # The client's routing settings (ClientConfig's defaults; a test pins that they agree).
-ROUTING_DEFAULTS = dict(hop_overhead=DEFAULT_HOP_OVERHEAD, no_cache_penalty=DEFAULT_NO_CACHE_PENALTY,
-                        unknown_rtt=DEFAULT_UNKNOWN_RTT)
+ROUTING_DEFAULTS = dict(hop_overhead=HOP_OVERHEAD_S, no_cache_penalty=NO_CACHE_PENALTY_S,
+                        unknown_rtt=UNKNOWN_RTT_S)
 
 
 def plan_route(model_id: str, num_blocks: int, blocks: Sequence[dict[str, ServerRecord]],
