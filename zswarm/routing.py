@@ -42,7 +42,7 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Collection, Literal, Mapping, Sequence
 
 from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, UNKNOWN_RTT_S
 from zswarm.errors import NoRouteError
@@ -50,6 +50,8 @@ from zswarm.errors import NoRouteError
 __all__ = [
     "RouteCandidate",
     "RouteSpan",
+    "ROUTING_DEFAULTS",
+    "candidates",
     "NoRouteError",
     "find_inference_route",
     "find_inference_route_with_cost",
@@ -88,6 +90,40 @@ class RouteSpan:
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+# The settings every route is priced with unless the caller says otherwise (ClientConfig's defaults).
+ROUTING_DEFAULTS = dict(hop_overhead=HOP_OVERHEAD_S, no_cache_penalty=NO_CACHE_PENALTY_S, unknown_rtt=UNKNOWN_RTT_S)
+
+
+def candidates(blocks: Sequence[Mapping[str, object]], start: int, end: int, *,
+               rtts: Mapping[str, float | None], banned: Collection[str] = (),
+               tokens_needed: int = 0) -> list[RouteCandidate]:
+    """The servers for blocks [start, end) as route candidates, spans cut to that range: the one
+    place a server's record becomes what routing reads. The client's SequenceManager and
+    zswarm-inspect both build theirs here.
+
+    `blocks[b]`: peer_id -> the record (a `ServerRecord`) of each usable server of block b.
+    `banned` servers are left out, except where a block would be left with no server at all;
+    a server whose RTT is None (it did not answer a ping) is left out.
+    """
+    chosen: set[str] = set()
+    records: dict = {}
+    for block in blocks[start:end]:
+        fine = {peer for peer in block if peer not in banned}
+        chosen |= fine if fine else set(block)
+        for peer, record in block.items():
+            records.setdefault(peer, record)
+    out = []
+    for peer in sorted(chosen):
+        if peer in rtts and rtts[peer] is None:
+            continue
+        rec = records[peer]
+        out.append(RouteCandidate(
+            peer_id=peer, start=max(start, rec.start), end=min(end, rec.end), inference_rps=rec.inference_rps,
+            rtt_from_client=rtts.get(peer), next_pings=dict(rec.next_pings),
+            cache_room=rec.cache_tokens_left >= tokens_needed, throughput=rec.throughput))
+    return out
 
 
 def _finite_pos(value, fallback: float) -> float:
