@@ -138,4 +138,4 @@ def test_forward_route_prefers_long_spans_and_is_contiguous():
 def test_public_api_is_pinned():
     assert set(routing.__all__) == {"RouteCandidate", "RouteSpan", "NoRouteError", "find_inference_route",
                                     "find_inference_route_with_cost", "find_forward_route",
-                                    "inference_route_cost", "uncovered_ranges"}
+                                    "inference_route_cost", "uncovered_ranges", "candidates", "ROUTING_DEFAULTS"}

@@ -31,6 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import StoppingCriteria, StoppingCriteriaList  # noqa: E402
 
+from zswarm.defaults import DEFAULT_MODEL_ID  # noqa: E402
+
 HOPS = (1, 2, 3, 6)
 
 
@@ -215,7 +217,7 @@ def print_table(result: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct",
+    parser.add_argument("--model", default=DEFAULT_MODEL_ID,
                         help="checkpoint dir or hub id, or 'tiny' for a random 12-block llama")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)

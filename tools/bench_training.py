@@ -30,7 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-MODELS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+from zswarm.defaults import DEFAULT_MODEL_ID  # noqa: E402
+
+MODELS = {"smollm2": DEFAULT_MODEL_ID}
 
 
 def prepare_model(ref: str, workdir: Path) -> str:

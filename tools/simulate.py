@@ -29,7 +29,9 @@ from simulator.bound import client_weighted_bound, least_time_breakdown  # noqa:
 from simulator.scenario import reshuffled  # noqa: E402
 from simulator.whatif import VARIANTS, variant  # noqa: E402
 
-STRATEGIES = ("petals", "latency")
+from zswarm.defaults import STRATEGIES as _STRATEGIES  # noqa: E402
+
+STRATEGIES = tuple(sorted(_STRATEGIES, key=lambda s: s != "petals"))  # the baseline first
 
 
 def _fmt(value, digits=1):

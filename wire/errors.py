@@ -12,6 +12,8 @@
     │   └── CorruptPayload         truncated or corrupt lz4
     ├── RequestTimeout             no reply within the call's timeout
     ├── TransportClosed            the transport (or its server) was closed
+    ├── BadAddress (ValueError)    an address ZeroMQ cannot connect to
+    ├── SocketError                ZeroMQ refused a send (zmq.ZMQError chained)
     └── RemoteError(code, message) the server answered with an error reply
 
 Every class has a string ``code``; the server answers any exception that has a ``code``
@@ -23,8 +25,8 @@ from __future__ import annotations
 
 __all__ = [
     "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
-    "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "RemoteError",
-    "register_remote_error", "remote_error_from_reply",
+    "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "BadAddress",
+    "SocketError", "RemoteError", "register_remote_error", "remote_error_from_reply",
 ]
 
 
@@ -68,6 +70,14 @@ class RequestTimeout(WireError):
 
 class TransportClosed(WireError):
     code = "transport_closed"
+
+
+class BadAddress(WireError, ValueError):
+    code = "bad_address"
+
+
+class SocketError(WireError):
+    code = "socket_error"
 
 
 class RemoteError(WireError):

@@ -19,7 +19,8 @@ import zmq
 
 from .dispatch import Handler, Reply, Request, run_handler
 from .envelope import Message, decode_message, encode_message
-from .errors import BadHeader, ProtocolError, RequestTimeout, TransportClosed, remote_error_from_reply
+from .errors import (BadAddress, BadHeader, ProtocolError, RequestTimeout, SocketError, TransportClosed,
+                     remote_error_from_reply)
 from .limits import DEFAULT_LIMITS, Limits
 from .sockets import LoopSocket, configure_socket, sync_context
 
@@ -148,7 +149,7 @@ class ZmqTransport(Transport):
             sock.connect(address)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
-            raise ValueError(f"bad address {address!r}: {exc}") from exc
+            raise BadAddress(f"bad address {address!r}: {exc}") from exc
         conn = self._connections[address] = _Connection(sock, address, self.limits,
                                                         asyncio.get_running_loop())
         return conn
@@ -174,7 +175,7 @@ class ZmqTransport(Transport):
         except zmq.ZMQError as exc:
             if conn.sock.closed:
                 raise TransportClosed(f"transport to {address} closed") from exc
-            raise
+            raise SocketError(f"{method} to {address}: {exc}") from exc
         fut = asyncio.get_running_loop().create_future()
         self._track(conn, fut, rid, method, address, timeout)
         return fut
@@ -205,7 +206,7 @@ class ZmqTransport(Transport):
                 except zmq.ZMQError as exc:
                     if conn.sock.closed:
                         raise TransportClosed(f"transport to {address} closed") from exc
-                    raise
+                    raise SocketError(f"{method} to {address}: {exc}") from exc
             return await fut
         finally:
             fut.cancel()

@@ -1,24 +1,44 @@
-"""The errors of zswarm, in one tree (wire's own tree is in wire/errors.py).
+"""The errors of zswarm, in one tree (wire's and dht's own trees are in wire/errors.py and
+dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
 
 ::
 
-    ZswarmError                         anything zswarm itself raises
-    └── ServerError (also wire.RemoteError)  an error reply of the RPC protocol, by its code
-        ├── CacheFullError          cache_full         no cache room freed up within the wait
-        ├── UnknownSessionError     unknown_session    never opened here, closed, or expired
-        ├── BadPositionError        bad_position       a step that would skip positions
-        ├── BadInputError           bad_input          wrong shape, dtype, NaN/inf, bad meta
-        ├── BlocksNotServedError    blocks_not_served  blocks outside what the server holds now
-        ├── TooManyTokensError      too_many_tokens    over a per-request or per-session cap
-        ├── UnknownAdapterError     unknown_adapter    an adapter this server does not serve
-        └── ShuttingDownError       shutting_down      the server is leaving or moving its blocks
-    └── NoRouteError                    some blocks of the model are served by no (usable) server
-    └── SessionClosedError              an inference session used after close()
-    └── SessionLengthError (ValueError) a step past the session's max_length
+    ZswarmError                              anything zswarm itself raises
+    ├── ConfigError (ValueError)             a server setting it cannot run with
+    │   └── BindError                        cannot listen there (port taken, not this machine's address)
+    ├── ModelError                           zswarm.models; its subtree is drawn in zswarm/models/errors.py
+    ├── InsufficientMemoryError (RuntimeError)  not even one block fits on the device
+    ├── QuantizationUnavailable (RuntimeError)  --quant asked for, but bitsandbytes/CUDA is missing
+    ├── BudgetTimeout                        (server-internal) no cache room freed up within the wait
+    ├── ServerError (also wire.RemoteError)  an error reply of the RPC protocol, by its code
+    │   ├── CacheFullError          cache_full         no cache room freed up within the wait
+    │   ├── UnknownSessionError     unknown_session    never opened here, closed, or expired
+    │   ├── BadPositionError        bad_position       a step that would skip positions
+    │   ├── BadInputError           bad_input          wrong shape, dtype, NaN/inf, bad meta
+    │   ├── BlocksNotServedError    blocks_not_served  blocks outside what the server holds now
+    │   ├── TooManyTokensError      too_many_tokens    over a per-request or per-session cap
+    │   ├── UnknownAdapterError     unknown_adapter    an adapter this server does not serve
+    │   └── ShuttingDownError       shutting_down      the server is leaving or moving its blocks
+    ├── TransportError                       a call to a server failed below the protocol (wire's error chained)
+    ├── SwarmUnreachable                     the swarm's DHT cannot be joined or read (dht's error chained)
+    ├── ServerUnavailable                    (client-internal) a server failed a probe or answered nonsense
+    ├── SpanFailed                           (client-internal) a call to one server failed; retried elsewhere
+    ├── NoRouteError                         some blocks of the model are served by no (usable) server
+    ├── SessionClosedError                   an inference session used after close()
+    ├── SessionLengthError (ValueError)      a step past the session's max_length
+    ├── InspectError                         zswarm-inspect: something the operator has to fix or know
+    ├── DemoError                            zswarm-demo: something the user should read about
+    ├── ServerExitedError (RuntimeError)     a LocalSwarm server exited before it came online
+    └── ServersNotOnlineError (TimeoutError) LocalSwarm servers still not ONLINE when the wait ran out
 
 A `ServerError` is raised by a server handler (`CacheFullError("why")`; wire answers with its
 `code` and message) and re-raised by the client as the same class (`cls(code, message)`),
 because each class is registered with `wire.errors.register_remote_error` below.
+
+wire's `WireError`s and dht's `DHTError`s are mapped to this tree, and chained (`raise ... from
+exc`), in one place: `zswarm.client.failures.public_error`, which every call of the client's
+public API goes through (`SwarmConnection`). Inside the client they travel as they are: the retry
+policy reads them (`is_server_fault`). A server start-up catches `ZswarmError` and the two bases.
 """
 
 from __future__ import annotations
@@ -29,6 +49,36 @@ from wire.errors import RemoteError, register_remote_error
 class ZswarmError(Exception):
     """Base of every error raised by zswarm (not wire or dht)."""
 
+
+# ---- configuration and start-up (zswarm.server) ---------------------------------------------------
+
+class ConfigError(ZswarmError, ValueError):
+    """A setting that the server cannot run with; the message says which and why."""
+
+
+class BindError(ConfigError):
+    """The server cannot listen where it was told to (port taken, address not of this machine)."""
+
+
+class InsufficientMemoryError(ZswarmError, RuntimeError):
+    """Not even one block (plus its share of the cache) fits on the device."""
+
+
+class QuantizationUnavailable(ZswarmError, RuntimeError):
+    """--quant was asked for but cannot run here."""
+
+
+class BudgetTimeout(ZswarmError):
+    """No room freed up within the wait; carries what was asked and what was free."""
+
+    def __init__(self, asked: int, free: int, capacity: int, waited: float):
+        self.asked, self.free, self.capacity, self.waited = asked, free, capacity, waited
+        super().__init__(
+            f"cache full: asked for {asked} tokens, {free} of {capacity} free after waiting {waited:.1f}s"
+        )
+
+
+# ---- the RPC protocol's error replies ---------------------------------------------------------------
 
 class ServerError(RemoteError, ZswarmError):
     """An error reply of the server protocol; `code` is one of the protocol table's codes."""
@@ -81,16 +131,55 @@ for _cls in (CacheFullError, UnknownSessionError, BadPositionError, BadInputErro
 del _cls
 
 
+# ---- wire and dht, mapped ---------------------------------------------------------------------------
+
+class TransportError(ZswarmError):
+    """A call to a server failed below the protocol (timeout, closed transport, bad frames);
+    wire's error is the `__cause__`."""
+
+
+class SwarmUnreachable(ZswarmError):
+    """The swarm's DHT cannot be joined or read; dht's error (if any) is the `__cause__`."""
+
+
+# ---- the client (zswarm.client) ---------------------------------------------------------------------
+
+def describe_error(exc: BaseException | None) -> str:
+    """`Type: message` of an error, for log lines and messages ("none" for no error)."""
+    if exc is None:
+        return "none"
+    if isinstance(exc, SpanFailed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class ServerUnavailable(ZswarmError):
+    """A server cannot be used right now: it failed a probe or answered nonsense. Retried."""
+
+    code = "server_unavailable"
+
+
+class SpanFailed(ZswarmError):
+    """A call to `peer_id` failed in a way another server (or it, later) may not."""
+
+    def __init__(self, peer_id: str, cause: BaseException):
+        super().__init__(f"{peer_id}: {describe_error(cause)}")
+        self.peer_id = peer_id
+        self.cause = cause
+
+
 class NoRouteError(ZswarmError):
     """No chain of servers covers the requested blocks: "blocks 47-48 of MODEL are served by no one".
 
     `missing` holds the uncovered ranges as half-open `(start, end)` pairs; the message names
-    them inclusively, the way a person counts blocks.
+    them inclusively, the way a person counts blocks. `adapter`: the active adapter that no
+    server of those blocks serves, or None.
     """
 
-    def __init__(self, missing, model_id: str = "the model", detail: str = ""):
+    def __init__(self, missing, model_id: str = "the model", detail: str = "", *, adapter: str | None = None):
         self.missing = [(int(a), int(b)) for a, b in missing]
         self.model_id = model_id
+        self.adapter = adapter
         parts = [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in self.missing]
         several = len(self.missing) > 1 or any(b - a > 1 for a, b in self.missing)
         noun, verb = ("blocks", "are") if several else ("block", "is")
@@ -98,11 +187,39 @@ class NoRouteError(ZswarmError):
         super().__init__(message + (f" ({detail})" if detail else ""))
 
 
-# ---- client errors (zswarm.client) ----------------------------------------------------------------
-
 class SessionClosedError(ZswarmError):
     """An inference session was used after it was closed."""
 
 
 class SessionLengthError(ZswarmError, ValueError):
     """A step would make an inference session hold more tokens than its max_length."""
+
+
+# ---- the command-line tools -------------------------------------------------------------------------
+
+class InspectError(ZswarmError):
+    """Something the operator has to fix or know (unreachable swarm, bad address); the CLI prints
+    the message and exits nonzero."""
+
+
+class DemoError(ZswarmError):
+    """Something went wrong that the user should read about (the message says what to do)."""
+
+
+class ServerExitedError(ZswarmError, RuntimeError):
+    """A LocalSwarm server exited before it came online; `.server` says which, its log says why."""
+
+    def __init__(self, server):
+        self.server = server
+        super().__init__(f"server {server.name} (blocks {server.start}:{server.end}) exited with status "
+                         f"{server.popen.returncode} while starting; the end of its log ({server.log}):\n"
+                         f"{server.tail()}")
+
+
+class ServersNotOnlineError(ZswarmError, TimeoutError):
+    """LocalSwarm servers still not ONLINE when the wait ran out; `.servers` are those, the message has their logs."""
+
+    def __init__(self, servers: list, timeout: float):
+        self.servers = servers
+        tails = "\n".join(f"--- server {s.name} ({s.log}):\n{s.tail()}" for s in servers)
+        super().__init__(f"servers {', '.join(s.name for s in servers)} not online after {timeout:g} s:\n{tails}")

@@ -42,13 +42,16 @@ import heapq
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Collection, Literal, Mapping, Sequence
 
+from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, UNKNOWN_RTT_S
 from zswarm.errors import NoRouteError
 
 __all__ = [
     "RouteCandidate",
     "RouteSpan",
+    "ROUTING_DEFAULTS",
+    "candidates",
     "NoRouteError",
     "find_inference_route",
     "find_inference_route_with_cost",
@@ -59,9 +62,6 @@ __all__ = [
 
 Relay = Literal["client", "server"]
 
-DEFAULT_HOP_OVERHEAD = 0.005  # s per span: one RPC's serialisation and queueing, measured order of magnitude
-DEFAULT_NO_CACHE_PENALTY = 5.0  # s: above any real route, so a server without cache room is a last resort
-DEFAULT_UNKNOWN_RTT = 0.2  # s: an unmeasured server is assumed far rather than near
 _MIN_RPS = 1e-3  # a zero, negative or non-finite announced rate is treated as this (very slow)
 
 
@@ -90,6 +90,40 @@ class RouteSpan:
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+# The settings every route is priced with unless the caller says otherwise (ClientConfig's defaults).
+ROUTING_DEFAULTS = dict(hop_overhead=HOP_OVERHEAD_S, no_cache_penalty=NO_CACHE_PENALTY_S, unknown_rtt=UNKNOWN_RTT_S)
+
+
+def candidates(blocks: Sequence[Mapping[str, object]], start: int, end: int, *,
+               rtts: Mapping[str, float | None], banned: Collection[str] = (),
+               tokens_needed: int = 0) -> list[RouteCandidate]:
+    """The servers for blocks [start, end) as route candidates, spans cut to that range: the one
+    place a server's record becomes what routing reads. The client's SequenceManager and
+    zswarm-inspect both build theirs here.
+
+    `blocks[b]`: peer_id -> the record (a `ServerRecord`) of each usable server of block b.
+    `banned` servers are left out, except where a block would be left with no server at all;
+    a server whose RTT is None (it did not answer a ping) is left out.
+    """
+    chosen: set[str] = set()
+    records: dict = {}
+    for block in blocks[start:end]:
+        fine = {peer for peer in block if peer not in banned}
+        chosen |= fine if fine else set(block)
+        for peer, record in block.items():
+            records.setdefault(peer, record)
+    out = []
+    for peer in sorted(chosen):
+        if peer in rtts and rtts[peer] is None:
+            continue
+        rec = records[peer]
+        out.append(RouteCandidate(
+            peer_id=peer, start=max(start, rec.start), end=min(end, rec.end), inference_rps=rec.inference_rps,
+            rtt_from_client=rtts.get(peer), next_pings=dict(rec.next_pings),
+            cache_room=rec.cache_tokens_left >= tokens_needed, throughput=rec.throughput))
+    return out
 
 
 def _finite_pos(value, fallback: float) -> float:
@@ -131,9 +165,9 @@ class _Costs:
         if relay not in ("client", "server"):
             raise ValueError(f"relay must be 'client' or 'server', got {relay!r}")
         self.relay = relay
-        self.hop_overhead = _finite_pos(hop_overhead, DEFAULT_HOP_OVERHEAD)
-        self.no_cache_penalty = _finite_pos(no_cache_penalty, DEFAULT_NO_CACHE_PENALTY)
-        unknown = _finite_pos(unknown_rtt, DEFAULT_UNKNOWN_RTT)
+        self.hop_overhead = _finite_pos(hop_overhead, HOP_OVERHEAD_S)
+        self.no_cache_penalty = _finite_pos(no_cache_penalty, NO_CACHE_PENALTY_S)
+        unknown = _finite_pos(unknown_rtt, UNKNOWN_RTT_S)
         self.rtt = [_finite_pos(c.rtt_from_client, unknown) if c.rtt_from_client is not None else unknown
                     for c in candidates]
         self.block_time = [_block_time(c) for c in candidates]
@@ -162,9 +196,9 @@ class _Costs:
 
 
 def inference_route_cost(route: Sequence[RouteSpan], candidates: Sequence[RouteCandidate], *,
-                         hop_overhead: float = DEFAULT_HOP_OVERHEAD,
-                         no_cache_penalty: float = DEFAULT_NO_CACHE_PENALTY,
-                         relay: Relay = "client", unknown_rtt: float = DEFAULT_UNKNOWN_RTT) -> float:
+                         hop_overhead: float = HOP_OVERHEAD_S,
+                         no_cache_penalty: float = NO_CACHE_PENALTY_S,
+                         relay: Relay = "client", unknown_rtt: float = UNKNOWN_RTT_S) -> float:
     """Expected seconds per token along `route`, in the same model `find_inference_route` minimises.
 
     Each span is matched to the first candidate with its peer_id that holds its blocks.
@@ -186,9 +220,9 @@ def inference_route_cost(route: Sequence[RouteSpan], candidates: Sequence[RouteC
 
 
 def find_inference_route(candidates: Sequence[RouteCandidate], start: int, end: int, *,
-                         hop_overhead: float = DEFAULT_HOP_OVERHEAD,
-                         no_cache_penalty: float = DEFAULT_NO_CACHE_PENALTY,
-                         relay: Relay = "client", unknown_rtt: float = DEFAULT_UNKNOWN_RTT,
+                         hop_overhead: float = HOP_OVERHEAD_S,
+                         no_cache_penalty: float = NO_CACHE_PENALTY_S,
+                         relay: Relay = "client", unknown_rtt: float = UNKNOWN_RTT_S,
                          model_id: str = "the model") -> list[RouteSpan]:
     """The route through blocks [start, end) with the least expected time per token.
 
@@ -200,9 +234,9 @@ def find_inference_route(candidates: Sequence[RouteCandidate], start: int, end: 
 
 
 def find_inference_route_with_cost(candidates: Sequence[RouteCandidate], start: int, end: int, *,
-                                   hop_overhead: float = DEFAULT_HOP_OVERHEAD,
-                                   no_cache_penalty: float = DEFAULT_NO_CACHE_PENALTY,
-                                   relay: Relay = "client", unknown_rtt: float = DEFAULT_UNKNOWN_RTT,
+                                   hop_overhead: float = HOP_OVERHEAD_S,
+                                   no_cache_penalty: float = NO_CACHE_PENALTY_S,
+                                   relay: Relay = "client", unknown_rtt: float = UNKNOWN_RTT_S,
                                    model_id: str = "the model") -> tuple[list[RouteSpan], float]:
     """`find_inference_route` and its expected seconds per token (what placement compares)."""
     _check_range(start, end)

@@ -94,6 +94,17 @@ def test_call_to_dead_address_times_out():
     run(main())
 
 
+def test_an_address_zeromq_cannot_connect_to_raises_bad_address_a_wire_error():
+    from wire.errors import BadAddress, WireError
+
+    async def main():
+        async with ZmqTransport() as transport:
+            with pytest.raises(BadAddress, match="bad address") as caught:
+                await transport.call("nonsense://x", "ping", timeout=0.2)
+            assert isinstance(caught.value, WireError) and isinstance(caught.value, ValueError)
+    run(main())
+
+
 def test_handler_errors_become_remote_errors_with_code_and_registered_type():
     register_remote_error("unknown_session", SessionGone)
     async def main():

@@ -29,6 +29,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zswarm.defaults import HOP_OVERHEAD_S
+
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 
 
@@ -220,7 +222,7 @@ def parse_scenario(data: dict) -> Scenario:
         block_gb=block_gb, hidden_size=_get(model, "hidden_size", int, "model", positive=True),
         cache_tokens_per_block=cache_tokens, kv_kb_per_token_block=kv_kb, rtt_s=rtt,
         client_mbps=_get(net, "client_mbps", float, "network", 100.0, positive=True),
-        hop_overhead_s=_get(net, "hop_overhead_s", float, "network", 0.005), relay=relay, servers=servers,
+        hop_overhead_s=_get(net, "hop_overhead_s", float, "network", HOP_OVERHEAD_S), relay=relay, servers=servers,
         churn=churn, random_churn=random_churn, clients=count,
         client_regions={r: float(s) for r, s in client_regions.items()},
         clients_start_at_s=_get(clients, "start_at_s", float, "clients", 0.0),

@@ -15,6 +15,7 @@ from zswarm.client.inference_session import InferenceSession
 from zswarm.client.ptune import PromptTuning
 from zswarm.client.remote_sequential import RemoteSequential
 from zswarm.client.swarm import SwarmConnection
+from zswarm.dtypes import as_torch_dtype
 
 WIRE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -191,8 +192,6 @@ def left_pad_mask(left_pad: list[int] | None, batch: int, length: int) -> torch.
 def _as_dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if isinstance(dtype, str):
-        value = getattr(torch, dtype.replace("torch.", ""), None)
-        if isinstance(value, torch.dtype):
-            return value
+    if isinstance(dtype, str) and as_torch_dtype(dtype) is not None:
+        return as_torch_dtype(dtype)
     raise ValueError(f"not a torch dtype: {dtype!r}")

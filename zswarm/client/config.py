@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, UNKNOWN_RTT_S
+
 WIRE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 TUNING_MODES = (None, "ptune", "deep_ptune")
 
@@ -56,10 +58,10 @@ class ClientConfig:
 
     # Routing: the extra seconds per token one more hop costs beyond its RTT (serialisation,
     # queueing), and the penalty for a server that said it has no cache room.
-    hop_overhead_s: float = 0.005
-    no_cache_penalty_s: float = 5.0
+    hop_overhead_s: float = HOP_OVERHEAD_S
+    no_cache_penalty_s: float = NO_CACHE_PENALTY_S
     # RTT assumed for a server not pinged yet (seconds): far rather than near.
-    unknown_rtt_s: float = 0.2
+    unknown_rtt_s: float = UNKNOWN_RTT_S
 
     # Only these peer ids (None: any), never these.
     allowed_servers: tuple[str, ...] | None = None

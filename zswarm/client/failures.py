@@ -1,29 +1,21 @@
-"""What counts as a server's fault, and how the client gives up when retries run out."""
+"""What counts as a server's fault, how the client gives up when retries run out, and what a
+caller of the public API sees of wire's and dht's errors (`public_error`: the one place they
+are mapped into zswarm's tree)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+from dht.errors import DHTError
 from wire.errors import RemoteError, WireError
 from zswarm.client.config import ClientConfig
-from zswarm.errors import NoRouteError
+from zswarm.errors import (NoRouteError, ServerError, ServerUnavailable, SpanFailed,  # noqa: F401 (re-exported)
+                           SwarmUnreachable, TransportError, ZswarmError, describe_error)
+
+describe = describe_error
 
 # Error codes that say the request itself was wrong: any other server would answer the same.
 CLIENT_FAULT_CODES = frozenset({"bad_input", "too_many_tokens", "unknown_adapter"})
-
-
-class ServerUnavailable(Exception):
-    """A server cannot be used right now: it failed a probe or answered nonsense. Retried."""
-
-    code = "server_unavailable"
-
-
-class SpanFailed(Exception):
-    """A call to `peer_id` failed in a way another server (or it, later) may not."""
-
-    def __init__(self, peer_id: str, cause: BaseException):
-        super().__init__(f"{peer_id}: {describe(cause)}")
-        self.peer_id = peer_id
-        self.cause = cause
 
 
 def is_server_fault(exc: BaseException) -> bool:
@@ -37,11 +29,9 @@ def retries_exhausted(model_id: str, start: int, end: int, attempts: int,
                       cause: BaseException | None) -> NoRouteError:
     """The error raised when the retry budget is spent on blocks [start, end)."""
     if isinstance(cause, NoRouteError):  # the DHT lists no one for some blocks: name just those
-        adapter = getattr(cause, "adapter", None)
+        adapter = cause.adapter
         detail = f"still, after {attempts} attempts" + (f"; {adapter_detail(adapter)}" if adapter else "")
-        error = NoRouteError(cause.missing, model_id, detail)
-        error.adapter = adapter
-        return error
+        return NoRouteError(cause.missing, model_id, detail, adapter=adapter)
     return NoRouteError([(start, end)], model_id,
                         f"the servers listed for them do not answer: gave up after {attempts} failed "
                         f"attempts; last error: {describe(cause)}")
@@ -56,9 +46,25 @@ def backoff_delay(config: ClientConfig, attempt: int) -> float:
     return min(config.retry_backoff_s * 2 ** max(attempt - 1, 0), config.ban_max_s)
 
 
-def describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "none"
-    if isinstance(exc, SpanFailed):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def public_error(exc: BaseException) -> BaseException:
+    """The error a caller of the public API gets for `exc`: zswarm's own (and anything that is
+    not wire's or dht's) as it is; wire's and dht's mapped into zswarm's tree, chained."""
+    if isinstance(exc, ZswarmError) or not isinstance(exc, (WireError, DHTError)):
+        return exc
+    if isinstance(exc, RemoteError):  # an error code no zswarm class is registered for
+        return ServerError(exc.code, exc.message)
+    if isinstance(exc, WireError):
+        return TransportError(describe_error(exc))
+    return SwarmUnreachable(f"the swarm's DHT: {describe_error(exc)}")
+
+
+@contextlib.contextmanager
+def public_errors():
+    """Raise what `public_error` makes of an error from inside the block, chained to it."""
+    try:
+        yield
+    except (WireError, DHTError) as exc:
+        mapped = public_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from dht import DHTNode, Identity, ServerState, fetch_block_servers
+from zswarm.errors import ServerExitedError, ServersNotOnlineError
 
 # The checkout this module runs from, so servers import the same zswarm even when not installed.
 REPO = Path(__file__).resolve().parents[2]
@@ -70,25 +71,6 @@ class ServerProcess:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-
-class ServerExitedError(RuntimeError):
-    """A server exited before it came online; `.server` says which, its log says why."""
-
-    def __init__(self, server: ServerProcess):
-        self.server = server
-        super().__init__(f"server {server.name} (blocks {server.start}:{server.end}) exited with status "
-                         f"{server.popen.returncode} while starting; the end of its log ({server.log}):\n"
-                         f"{server.tail()}")
-
-
-class ServersNotOnlineError(TimeoutError):
-    """Servers still not ONLINE when the wait ran out; `.servers` are those, the message has their logs."""
-
-    def __init__(self, servers: list[ServerProcess], timeout: float):
-        self.servers = servers
-        tails = "\n".join(f"--- server {s.name} ({s.log}):\n{s.tail()}" for s in servers)
-        super().__init__(f"servers {', '.join(s.name for s in servers)} not online after {timeout:g} s:\n{tails}")
 
 
 class LocalSwarm:

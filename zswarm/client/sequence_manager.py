@@ -24,7 +24,7 @@ from zswarm.client.bans import BanList
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import ServerUnavailable, adapter_detail
 from zswarm.errors import NoRouteError
-from zswarm.routing import (RouteCandidate, RouteSpan, find_forward_route, find_inference_route,
+from zswarm.routing import (RouteCandidate, RouteSpan, candidates, find_forward_route, find_inference_route,
                             uncovered_ranges)
 
 logger = logging.getLogger(__name__)
@@ -170,20 +170,8 @@ class SequenceManager:
     def candidates(self, start: int, end: int, *, tokens_needed: int = 0) -> list[RouteCandidate]:
         """Servers for blocks [start, end), their spans cut to that range. Banned servers are left
         out, except where a block would be left with no server at all."""
-        banned = self.bans.active()
-        chosen: set[str] = set()
-        for block in self.blocks[start:end]:
-            fine = {peer for peer in block if peer not in banned}
-            chosen |= fine if fine else set(block)
-        result = []
-        for peer in sorted(chosen):
-            rec = self.record(peer)
-            result.append(RouteCandidate(
-                peer_id=peer, start=max(start, rec.start), end=min(end, rec.end),
-                inference_rps=rec.inference_rps, rtt_from_client=self.rtts.get(peer),
-                next_pings=dict(rec.next_pings), cache_room=rec.cache_tokens_left >= tokens_needed,
-                throughput=rec.throughput))
-        return result
+        return candidates(self.blocks, start, end, rtts=self.rtts, banned=self.bans.active(),
+                          tokens_needed=tokens_needed)
 
     async def make_inference_route(self, start: int, end: int, *, batch_size: int = 1,
                                    max_length: int = 0) -> list[RouteSpan]:
@@ -220,9 +208,7 @@ class SequenceManager:
             adapter = self.config.active_adapter
             if adapter is None:
                 raise
-            error = NoRouteError(exc.missing, self.model_id, adapter_detail(adapter))
-            error.adapter = adapter
-            raise error from exc
+            raise NoRouteError(exc.missing, self.model_id, adapter_detail(adapter), adapter=adapter) from exc
 
     async def _probe_banned(self, route: list[RouteSpan]) -> None:
         """A banned server on a route is the last of its blocks: use it only if it answers."""

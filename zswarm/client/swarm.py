@@ -10,6 +10,7 @@ from dht import DHTNode, afetch_block_servers
 from dht.node import listen_host_for
 from wire import BackgroundLoop, Transport, ZmqTransport
 from zswarm.client.config import ClientConfig
+from zswarm.client.failures import public_errors
 from zswarm.client.sequence_manager import RecordsFetcher, SequenceManager
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,14 @@ class SwarmConnection:
         self.loop = BackgroundLoop("zswarm-client")
         self.dht: DHTNode | None = None
         try:
+            self._connect(transport, fetch_records)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, transport: Transport | None, fetch_records: RecordsFetcher | None) -> None:
+        config, model_id, num_blocks = self.config, self.model_id, self.num_blocks
+        with public_errors():
             if fetch_records is None:
                 if not config.initial_peers:
                     raise ValueError("initial_peers is empty: give the DHT address of a swarm (host:port)")
@@ -38,14 +47,13 @@ class SwarmConnection:
             self.transport = transport if transport is not None else ZmqTransport()
             self.manager = SequenceManager(config, model_id=model_id, num_blocks=num_blocks,
                                            transport=self.transport, fetch_records=fetch_records)
-            self.run(self.manager.start())
-        except BaseException:
-            self.close()
-            raise
+        self.run(self.manager.start())
 
     def run(self, coro: Coroutine[object, object, T]) -> T:
-        """Run `coro` on the client's loop and wait for it (every wait inside is bounded)."""
-        return self.loop.run(coro)
+        """Run `coro` on the client's loop and wait for it (every wait inside is bounded); wire's
+        and dht's errors come out mapped into zswarm's tree (`failures.public_errors`)."""
+        with public_errors():
+            return self.loop.run(coro)
 
     def close(self) -> None:
         manager = getattr(self, "manager", None)

@@ -37,10 +37,9 @@ if TYPE_CHECKING:  # imported when a run starts: zswarm.client imports torch, an
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per DemoConfig field; defaults and help come from the dataclass (written once)."""
-    import inspect
-    import re
+    from zswarm.field_help import field_help
 
-    helps = dict(re.findall(r"^    (\w+): [^\n=]+=[^\n#]+#\s*(.+)$", inspect.getsource(DemoConfig), re.MULTILINE))
+    helps = field_help(DemoConfig)
     parser = argparse.ArgumentParser(prog="zswarm-demo", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+from zswarm.defaults import DEFAULT_MODEL_ID as DEFAULT_MODEL
+from zswarm.errors import DemoError  # noqa: F401  (imported from here by the demo)
+
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
@@ -42,10 +44,6 @@ class DemoConfig:
 
         if self.device not in DEVICES or self.dtype not in DTYPES:
             raise ValueError(f"--device must be one of {', '.join(DEVICES)} and --dtype one of {', '.join(DTYPES)}")
-
-
-class DemoError(Exception):
-    """Something went wrong that the user should read about (the message says what to do)."""
 
 
 def say(text: str) -> None:

@@ -18,6 +18,7 @@ from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry, Rec
 from dht.node import listen_host_for, parse_address
 from dht.records import MAX_BLOCKS, MODELS_KEY, block_key
 from wire import BackgroundLoop, ZmqTransport
+from zswarm.errors import InspectError, SwarmUnreachable
 from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmView, assess_model, plan_route)
 
 logger = logging.getLogger(__name__)
@@ -27,15 +28,6 @@ logger = logging.getLogger(__name__)
 # of them; 1 s still covers the slowest intercontinental round trip several times over.
 DHT_RPC_TIMEOUT = 1.0
 PROBE_CHUNK = 64  # blocks fetched per round when a model's block count was never announced
-
-
-class InspectError(Exception):
-    """Something the operator has to fix or know (unreachable swarm, bad address); the CLI prints
-    the message and exits nonzero."""
-
-
-class SwarmUnreachable(InspectError):
-    pass
 
 
 def normalize_rpc_address(text: str) -> str:

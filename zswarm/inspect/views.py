@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from dht.records import ServerRecord, ServerState
-from zswarm.routing import DEFAULT_HOP_OVERHEAD, DEFAULT_NO_CACHE_PENALTY, DEFAULT_UNKNOWN_RTT, RouteCandidate
+from zswarm.routing import ROUTING_DEFAULTS, RouteCandidate, candidates
 
 STATE_NAMES = {ServerState.OFFLINE: "offline", ServerState.JOINING: "joining", ServerState.ONLINE: "online"}
 _STATE_RANK = {ServerState.ONLINE: 2, ServerState.JOINING: 1, ServerState.OFFLINE: 0}
@@ -208,26 +208,8 @@ def route_candidates(blocks: Sequence[dict[str, ServerRecord]], rtts: dict[str, 
     """The candidates a client's SequenceManager would build from the same records and RTTs (its
     `candidates`, with no bans): ONLINE servers only, spans cut to [start, end). A server we could
     not ping is left out, as a client bans a server that does not answer its ping."""
-    records: dict[str, ServerRecord] = {}
-    for block in blocks[start:end]:
-        for peer_id, record in block.items():
-            if record.state == ServerState.ONLINE:
-                records.setdefault(peer_id, record)
-    out = []
-    for peer_id in sorted(records):
-        if peer_id in rtts and rtts[peer_id] is None:
-            continue
-        rec = records[peer_id]
-        out.append(RouteCandidate(
-            peer_id=peer_id, start=max(start, rec.start), end=min(end, rec.end), inference_rps=rec.inference_rps,
-            rtt_from_client=rtts.get(peer_id), next_pings=dict(rec.next_pings),
-            cache_room=rec.cache_tokens_left >= tokens_needed, throughput=rec.throughput))
-    return out
-
-
-# The client's routing settings (ClientConfig's defaults; a test pins that they agree).
-ROUTING_DEFAULTS = dict(hop_overhead=DEFAULT_HOP_OVERHEAD, no_cache_penalty=DEFAULT_NO_CACHE_PENALTY,
-                        unknown_rtt=DEFAULT_UNKNOWN_RTT)
+    online = [{peer: rec for peer, rec in block.items() if rec.state == ServerState.ONLINE} for block in blocks]
+    return candidates(online, start, end, rtts=rtts, tokens_needed=tokens_needed)
 
 
 def plan_route(model_id: str, num_blocks: int, blocks: Sequence[dict[str, ServerRecord]],

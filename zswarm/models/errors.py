@@ -1,6 +1,6 @@
 """Errors raised by zswarm.models.
 
-    ModelError
+    ModelError (a zswarm.errors.ZswarmError)
     ├── UnsupportedModelError     model_type we have no adapter for (names the supported ones)
     ├── ModelNotFoundError        a local path or hub id that cannot be found or fetched
     ├── CheckpointError           a checkpoint that cannot be used as it is
@@ -16,8 +16,10 @@ with the protocol's `bad_input` error code (see docs/architecture.md).
 
 from __future__ import annotations
 
+from zswarm.errors import ZswarmError
 
-class ModelError(Exception):
+
+class ModelError(ZswarmError):
     """Base class for every error raised by zswarm.models."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 
+from zswarm.defaults import STRATEGIES
 from zswarm.placement.latency import LatencyModel, expected_time_per_token, latency_choose_blocks, latency_should_move
 from zswarm.placement.petals import petals_choose_blocks, petals_should_move
 from zswarm.placement.swarm import JOINING, OFFLINE, ONLINE, ServerSpan, SwarmView, block_throughputs
@@ -31,8 +32,6 @@ __all__ = [
     "block_throughputs",
     "expected_time_per_token",
 ]
-
-STRATEGIES = ("latency", "petals")
 
 
 def _check_strategy(strategy: str) -> None:

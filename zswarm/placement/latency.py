@@ -80,6 +80,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
+from zswarm.defaults import HOP_OVERHEAD_S, UNKNOWN_REGION_RTT_S
 from zswarm.placement.petals import best_start
 from zswarm.placement.swarm import (ONLINE, ServerSpan, SwarmView, block_throughputs, check_request,
                                    clean_throughput, has_senior_twin)
@@ -89,7 +90,6 @@ __all__ = ["LatencyModel", "latency_choose_blocks", "latency_should_move"]
 
 SAME_REGION_RTT = 0.02  # s
 CROSS_REGION_RTT = 0.12  # s
-UNKNOWN_RTT = 0.06  # s: a server whose place is not known is assumed neither near nor far
 NEAR_RTT = 0.05  # s: without region labels, servers this close to the deciding one count as its region
 _GAP_PEER = "\x00gap"  # the stand-in for unserved blocks; not a valid peer id
 _NEAR = "\x00near"  # the pseudo-region of the deciding server and those it measured as near
@@ -101,7 +101,7 @@ class LatencyModel:
 
     region_rtt: Mapping[tuple, float] | Callable[[str | None, str | None], float] | None = None
     client_weights: Mapping[str | None, float] | None = None  # region -> share of clients
-    hop_overhead: float = 0.005
+    hop_overhead: float = HOP_OVERHEAD_S
     relay: str = "client"
     throughput_slack: float = 0.0
     target_throughput: float | None = None
@@ -116,7 +116,7 @@ class LatencyModel:
             if value is not None and math.isfinite(value) and value >= 0:
                 return float(value)
         if a is None or b is None:
-            return UNKNOWN_RTT
+            return UNKNOWN_REGION_RTT_S
         return SAME_REGION_RTT if a == b else CROSS_REGION_RTT
 
 

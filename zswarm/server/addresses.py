@@ -15,17 +15,14 @@ import os
 import socket
 from typing import Callable, Optional, Sequence
 
-from zswarm.server.config import ConfigError, parse_host_port
+from zswarm.errors import BindError, ConfigError
+from zswarm.server.config import parse_host_port
 
 logger = logging.getLogger(__name__)
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "*", "")
 # Any address outside this machine: a UDP connect() only asks the routing table, no packet leaves.
 DEFAULT_ROUTE_PROBE = ("10.255.255.255", 1)
-
-
-class BindError(ConfigError):
-    """The server cannot listen where it was told to (port taken, address not of this machine)."""
 
 
 def route_source(host: str, port: int) -> Optional[str]:

@@ -13,11 +13,11 @@ import time
 from typing import Callable
 
 from dht import ServerRecord, ServerState, aannounce_blocks, afetch_block_servers
+from zswarm.defaults import NEXT_PING_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
 MAX_PINGED = 16  # servers of the next block we ping per period
-PING_TIMEOUT = 2.0
 
 
 class Announcer:
@@ -66,7 +66,7 @@ class Announcer:
         async def rtt(record: ServerRecord):
             began = time.perf_counter()
             try:
-                await self.transport.call(record.address, "ping", timeout=PING_TIMEOUT)
+                await self.transport.call(record.address, "ping", timeout=NEXT_PING_TIMEOUT_S)
             except Exception:
                 return record.peer_id, None
             return record.peer_id, time.perf_counter() - began

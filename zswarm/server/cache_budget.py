@@ -12,17 +12,9 @@ import asyncio
 import collections
 import logging
 
+from zswarm.errors import BudgetTimeout
+
 logger = logging.getLogger(__name__)
-
-
-class BudgetTimeout(Exception):
-    """No room freed up within the wait; carries what was asked and what was free."""
-
-    def __init__(self, asked: int, free: int, capacity: int, waited: float):
-        self.asked, self.free, self.capacity, self.waited = asked, free, capacity, waited
-        super().__init__(
-            f"cache full: asked for {asked} tokens, {free} of {capacity} free after waiting {waited:.1f}s"
-        )
 
 
 class CacheBudget:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import logging
 import os
-import re
 import sys
 from typing import Optional, Sequence
 
@@ -25,6 +23,7 @@ from zswarm.server.config import (
     ConfigError,
     ServerConfig,
 )
+from zswarm.field_help import field_help as comments_beside_fields
 
 _CHOICES = {"device": DEVICES, "dtype": DTYPES, "quant": QUANTS, "placement": PLACEMENTS}
 _FLOATS = {"balance_quality", "rebalance_period", "min_move_interval", "throughput", "session_idle_timeout",
@@ -36,14 +35,7 @@ _STRINGS = {"host", "public_host", "identity", "public_name", "throughput_cache"
 
 def field_help() -> dict[str, str]:
     """The comment beside each field of ServerConfig, keyed by field name."""
-    try:
-        source = inspect.getsource(ServerConfig)
-    except (OSError, TypeError):
-        return {}
-    found = {}
-    for match in re.finditer(r"^\s+(\w+): [^\n=]+=[^\n#]+#\s*(.+)$", source, re.MULTILINE):
-        found[match.group(1)] = match.group(2).strip()
-    return found
+    return comments_beside_fields(ServerConfig)
 
 
 def _block_range(text: str) -> tuple[int, int]:

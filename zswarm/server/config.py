@@ -12,17 +12,17 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+from zswarm.defaults import DEFAULT_MODEL_ID as DEFAULT_MODEL
+from zswarm.defaults import STRATEGIES as PLACEMENTS
+from zswarm.errors import ConfigError  # noqa: F401  (raised here, imported from here by many)
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 QUANTS = ("none", "int8", "nf4")
-PLACEMENTS = ("latency", "petals")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigError(ValueError):
-    """A setting that the server cannot run with; the message says which and why."""
+# The fields the RPC handlers enforce on every request (handlers.ServingState holds them).
+SERVER_LIMITS = ("max_session_length", "max_batch_size", "max_request_tokens", "prefill_chunk_tokens",
+                 "max_wait_timeout")
 
 
 @dataclass

@@ -7,6 +7,7 @@ owns it and swaps `span`, `start`, `end` when it loads or moves blocks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,11 +23,14 @@ from zswarm.models.span import prompts_apply
 from zswarm.server import compute as priorities
 from zswarm.server.batching import DecodeBatcher, DecodeStep, ensure_cache
 from zswarm.server.compute import ComputeClosed, ComputeQueue
+from zswarm.server.config import SERVER_LIMITS, ServerConfig
 from zswarm.server.sessions import InferenceSession, SessionManager
 from zswarm.server.validation import block_range, check_hidden, check_hypo_ids, check_prompts, \
     check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_str, named_tensors
 
 logger = logging.getLogger(__name__)
+
+_LIMIT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ServerConfig) if f.name in SERVER_LIMITS}
 
 
 @dataclass
@@ -47,11 +51,12 @@ class ServingState:
     inference_rps: float = 0.0
     forward_rps: float = 0.0
     adapters: tuple[str, ...] = ()
-    max_session_length: int = 8192
-    max_batch_size: int = 64
-    max_request_tokens: int = 8192
-    prefill_chunk_tokens: int = 1024
-    max_wait_timeout: float = 60.0
+    # the limits (SERVER_LIMITS), defaulting to ServerConfig's: written once, there
+    max_session_length: int = _LIMIT_DEFAULTS["max_session_length"]
+    max_batch_size: int = _LIMIT_DEFAULTS["max_batch_size"]
+    max_request_tokens: int = _LIMIT_DEFAULTS["max_request_tokens"]
+    prefill_chunk_tokens: int = _LIMIT_DEFAULTS["prefill_chunk_tokens"]
+    max_wait_timeout: float = _LIMIT_DEFAULTS["max_wait_timeout"]
     stats: dict = field(default_factory=lambda: {"inference_steps": 0, "forward": 0, "backward": 0})
 
 

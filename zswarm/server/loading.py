@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from zswarm.dtypes import as_torch_dtype
 from zswarm.models import BlockSpan, load_span
 from zswarm.server.config import ConfigError
 from zswarm.server.quant import quantize_module_
@@ -24,7 +25,7 @@ def resolve_dtype(requested: str, config, device: str) -> torch.dtype:
         return getattr(torch, requested)
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(stored, str):
-        stored = getattr(torch, stored.removeprefix("torch."), None)
+        stored = as_torch_dtype(stored)
     if stored not in (torch.float16, torch.bfloat16, torch.float32):
         stored = torch.float32
     if not device.startswith("cuda"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from zswarm.errors import InsufficientMemoryError
+
 # bytes per weight; int8 and nf4 keep per-block scales (bitsandbytes), hence the small excess
 WEIGHT_BYTES = {("float32", "none"): 4.0, ("float16", "none"): 2.0, ("bfloat16", "none"): 2.0}
 QUANT_WEIGHT_BYTES = {"int8": 1.0 + 4 / 4096, "nf4": 0.5 + 4 / 64}
@@ -18,10 +20,6 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 DEFAULT_CACHE_TOKENS_CPU = 8192
 DEFAULT_CACHE_TOKENS_GPU = 16384  # per server, shared by all sessions (Petals' default for GQA models)
-
-
-class InsufficientMemoryError(RuntimeError):
-    """Not even one block (plus its share of the cache) fits on the device."""
 
 
 @dataclass(frozen=True)

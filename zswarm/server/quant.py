@@ -12,11 +12,9 @@ import logging
 import torch
 from torch import nn
 
+from zswarm.errors import QuantizationUnavailable
+
 logger = logging.getLogger(__name__)
-
-
-class QuantizationUnavailable(RuntimeError):
-    """--quant was asked for but cannot run here."""
 
 
 def import_bitsandbytes():

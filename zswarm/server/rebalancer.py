@@ -22,11 +22,11 @@ import time
 from typing import Awaitable, Callable, Optional
 
 from dht import ServerRecord, ServerState, afetch_block_servers
+from zswarm.defaults import REBALANCE_PING_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
 
-PING_TIMEOUT = 1.0  # s: a server that does not answer a ping in this time is left out of the RTTs
 
 
 def _live_records(blocks: list[dict[str, ServerRecord]], exclude: Optional[str] = None) -> dict[str, ServerRecord]:
@@ -66,7 +66,7 @@ async def measure_rtts(blocks: list[dict[str, ServerRecord]], my_peer_id: str) -
         for _ in range(2):  # the first ping also pays for connecting: the least of two is the RTT
             started = time.monotonic()
             try:
-                await transport.call(record.address, "ping", timeout=PING_TIMEOUT)
+                await transport.call(record.address, "ping", timeout=REBALANCE_PING_TIMEOUT_S)
             except Exception:  # gone, busy or not a server: no measurement, not an error
                 return record.peer_id, None
             elapsed = time.monotonic() - started

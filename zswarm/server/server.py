@@ -21,14 +21,16 @@ from typing import Optional
 import zmq
 
 import zswarm
-from dht import DHTNode, Identity, ServerRecord, ServerState
-from wire import RpcServer, ZmqTransport
+from dht import DHTError, DHTNode, Identity, ServerRecord, ServerState
+from wire import RpcServer, WireError, ZmqTransport
+from zswarm import dtypes
+from zswarm.errors import ZswarmError
 from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error
 from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
 from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
-from zswarm.server.config import ConfigError, ServerConfig
+from zswarm.server.config import SERVER_LIMITS, ConfigError, ServerConfig
 from zswarm.server.handlers import ServerRPC, ServingState
 from zswarm.server.memory import BlockShape, default_cache_tokens, fit_cache_tokens, free_device_bytes, plan_num_blocks
 from zswarm.server.quant import check_quant_available
@@ -100,7 +102,7 @@ class Server:
         self.source = source
         self.adapters = await loop.run_in_executor(None, open_adapters, cfg.adapters, source)
         dtype = resolve_dtype(cfg.dtype, source.config, device)
-        dtype_name = str(dtype).removeprefix("torch.")
+        dtype_name = dtypes.dtype_name(dtype)
         self.device, self.dtype = device, dtype
 
         identity = Identity.load_or_create(cfg.identity) if cfg.identity else Identity.generate()
@@ -138,10 +140,8 @@ class Server:
             model_id=source.model_id, num_blocks=source.num_blocks, hidden_size=int(source.config.hidden_size),
             dtype=dtype_name, quant=cfg.quant, peer_id=self.node.peer_id, version=zswarm.__version__,
             start=start, end=end, throughput=throughput, inference_rps=self.rates.inference_rps,
-            forward_rps=self.rates.forward_rps, max_session_length=cfg.max_session_length,
-            max_batch_size=cfg.max_batch_size, max_request_tokens=cfg.max_request_tokens,
-            prefill_chunk_tokens=cfg.prefill_chunk_tokens, max_wait_timeout=cfg.max_wait_timeout,
-            adapters=tuple(adapter.name for adapter in self.adapters),
+            forward_rps=self.rates.forward_rps, adapters=tuple(adapter.name for adapter in self.adapters),
+            **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
         rpc = ServerRPC(self.state, self.sessions, self.compute)
         self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port)
@@ -250,7 +250,7 @@ class Server:
             return Rates(inference_rps=per_block, forward_rps=per_block)
         from zswarm.server.loading import graphs_refused, load_blocks
 
-        dtype_name = str(self.dtype).removeprefix("torch.")
+        dtype_name = dtypes.dtype_name(self.dtype)
         # the cached rates were measured on one decode path: with graphs they are ~10x higher on a GPU
         graphs = self.device.startswith("cuda") and graphs_refused(cfg.cuda_graphs, cfg.quant) is None
         return get_rates(self.source.model_id, self.device, dtype_name, cfg.quant + (",cuda-graphs" if graphs else ""),
@@ -263,7 +263,7 @@ class Server:
 
         began = time.monotonic()
         logger.info("loading weights of blocks %d:%d (%s, %s, quant=%s) ...", start, end, self.device,
-                    str(self.dtype).removeprefix("torch."), self.config.quant)
+                    dtypes.dtype_name(self.dtype), self.config.quant)
         def load():
             span = load_blocks(self.source, start, end, dtype=self.dtype, device=self.device,
                                quant=self.config.quant, cuda_graphs=self.config.cuda_graphs)
@@ -300,17 +300,11 @@ def _log_crash(task: asyncio.Task) -> None:
 
 def run_server(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 on a configuration or start-up error."""
-    from zswarm.errors import ZswarmError
-    from zswarm.models import ModelError
-    from zswarm.server.memory import InsufficientMemoryError
-    from zswarm.server.quant import QuantizationUnavailable
-    from dht import DHTError
-
     try:
         code = asyncio.run(Server(config).run())
         logger.debug("event loop closed; exiting with %d", code)
         return code
-    except (ConfigError, ModelError, InsufficientMemoryError, QuantizationUnavailable, DHTError, ZswarmError) as exc:
+    except (ZswarmError, DHTError, WireError) as exc:  # zswarm's tree, and the two below it
         logger.error("cannot start: %s", exc)
         return 2
     except KeyboardInterrupt:
