@@ -148,3 +148,10 @@ def test_families_without_graphs_say_why(tiny_model_dirs):
         span = load_span(resolve_model(tiny_model_dirs[family]), 0, 1)
         span.device = torch.device("cuda")  # only the reason is asked for; nothing runs
         assert decode_graphs_supported(span) is not None
+
+
+def test_capturing_buckets_is_nothing_to_do_without_cuda(tiny_llama_dir):
+    from zswarm.models.decode_graph import capture_buckets
+
+    span = load_span(resolve_model(tiny_llama_dir), 0, 2)
+    assert capture_buckets(span, 256) == 0 and not span.kv_pool.graphs

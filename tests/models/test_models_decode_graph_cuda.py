@@ -87,3 +87,19 @@ def test_batched_greedy_fp16_equals_each_session_alone_for_64_steps_on_the_defau
         return tokens
 
     assert greedy(batched=True) == greedy(batched=False)
+
+
+def test_buckets_captured_before_serving_leave_later_ticks_nothing_to_capture(tiny_llama_dir):
+    from zswarm.models.decode_graph import capture_buckets
+
+    span = load_span(resolve_model(tiny_llama_dir), 0, 3, device="cuda")
+    span.attach_pool(4096)
+    captured = capture_buckets(span, 256)
+    assert captured > 0 and span.graphs.enabled
+    torch.manual_seed(2)
+    caches = [span.new_cache(1 + k % 2, max_length=200) for k in range(5)]
+    for k, cache in enumerate(caches):
+        span.inference_step(torch.randn(cache.batch_size, 3 + 20 * k, span.hidden_size, device="cuda"), cache)
+    for _ in range(8):
+        span.decode_tick([torch.randn(c.batch_size, 1, span.hidden_size, device="cuda") for c in caches], caches)
+    assert len(span.kv_pool.graphs) == captured

@@ -67,6 +67,17 @@ class RowBatch:
         self.table = torch.cat([torch.nn.functional.pad(c.page_table, (0, width - c.page_table.shape[1]))
                                 for c in caches])
 
+    @classmethod
+    def scratch(cls, rows: int) -> "RowBatch":
+        """`rows` rows at position 0 of the scratch page: what a graph is captured on before any session."""
+        batch = cls.__new__(cls)
+        batch.caches, batch.sizes = [], [rows]
+        batch.q_pos = torch.zeros(rows, dtype=torch.long)
+        batch.pad = torch.zeros(rows, dtype=torch.long)
+        batch.table = torch.zeros(rows, 1, dtype=torch.long)
+        batch.kv_length = 1
+        return batch
+
     @property
     def rows(self) -> int:
         return int(self.q_pos.numel())
@@ -173,6 +184,34 @@ def run_tick(span, pool, hidden: torch.Tensor, batch: RowBatch) -> torch.Tensor:
     logger.debug("captured a decode graph for %s: %d rows, %d kv positions (%d graphs)", span, rows,
                  graph.kv_length, len(pool.graphs))
     return out
+
+
+def capture_buckets(span, max_tokens: int, progress=None) -> int:
+    """Capture every bucket's graph before serving (serving engines do the same): a capture costs
+    a few eager steps, and paid on the ticks where a bucket is first met it would slow the first
+    minutes of a server's life. Buckets: rows 1..MAX_GRAPH_ROWS, kv pages up to `max_tokens` (a
+    session's longest), within the pool's bound. Returns how many graphs the pool holds."""
+    pool = span.kv_pool
+    wanted = [(rows, pages) for rows in _powers(MAX_GRAPH_ROWS) for pages in _powers(bucket(-(-max_tokens // PAGE_TOKENS)))
+              if _graph_allowed(span, pool, rows, pages)]
+    for done, (rows, pages) in enumerate(wanted, 1):
+        key = (span.start, span.end, rows, pages, active_adapter())
+        if key not in pool.graphs:
+            batch = RowBatch.scratch(rows)
+            graph = DecodeGraph(span, pool, rows, pages)
+            try:
+                graph.capture(graph.hidden[:rows], batch)
+            except Exception as exc:
+                span.graphs.disable(span, f"capture failed: {type(exc).__name__}: {exc}")
+                return 0
+            pool.graphs[key] = graph
+        if progress is not None and (done == len(wanted) or done % 8 == 0):
+            progress(f"capturing decode graphs: {done}/{len(wanted)} buckets")
+    return len(pool.graphs)
+
+
+def _powers(limit: int) -> list[int]:
+    return [1 << i for i in range(max(1, limit).bit_length()) if 1 << i <= limit]
 
 
 def _graph_allowed(span, pool, rows: int, pages: int) -> bool:

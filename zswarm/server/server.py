@@ -259,6 +259,7 @@ class Server:
                          cfg.throughput_cache)
 
     async def _load(self, start: int, end: int):
+        from zswarm.models.decode_graph import capture_buckets
         from zswarm.server.loading import load_blocks
 
         began = time.monotonic()
@@ -271,6 +272,7 @@ class Server:
             # one KV pool for every session, of the cache budget's size: sessions take and return its
             # pages, and decode graphs captured over it stay valid until the blocks change
             span.attach_pool(self.sessions.budget.capacity)
+            capture_buckets(span, self.config.max_session_length, progress=logger.info)
             return span
 
         span = await asyncio.get_running_loop().run_in_executor(None, load)
