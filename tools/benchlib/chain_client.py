@@ -2,9 +2,24 @@
 around it, so a benchmark measures the servers, not the client's routing."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from wire import ZmqTransport
+
+
+class Hop(NamedTuple):
+    """Where one server of a chain listens and which blocks it serves: all a client process needs
+    (picklable, unlike a ServerProcess)."""
+
+    address: str
+    start: int
+    end: int
+
+
+def hops(servers) -> list:
+    return [Hop(s.address, s.start, s.end) for s in servers]
 
 
 class Chain:

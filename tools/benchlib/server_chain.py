@@ -41,6 +41,12 @@ class ServerProcess:
             time.sleep(0.1)
         raise RuntimeError(f"server did not come up; log {self.log_path}:\n{self.log_path.read_text()[-3000:]}")
 
+    def log_lines(self, needle: str, limit: int = 5) -> list:
+        """The first `limit` lines of this server's log that contain `needle` (case-insensitive)."""
+        lines = [line.strip()[:300] for line in self.log_path.read_text(errors="replace").splitlines()
+                 if needle.lower() in line.lower()]
+        return lines[:limit]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -53,9 +59,10 @@ class ServerProcess:
 
 
 def start_chain(model_dir: str, ranges: list, extra: list, log_dir: Path, timeout: float,
-                measure_first: bool = False) -> list:
+                measure_first: bool = False, tag: str = "") -> list:
     """Servers for `ranges`, one after another; the first starts the swarm (and, with
-    `measure_first`, measures its throughput; the others announce a fixed one)."""
+    `measure_first`, measures its throughput; the others announce a fixed one). Logs are
+    log_dir/{tag}server{i}-{start}-{end}.log."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     servers = []
     try:
@@ -64,7 +71,7 @@ def start_chain(model_dir: str, ranges: list, extra: list, log_dir: Path, timeou
             rate = (["--throughput-cache", log_dir / "throughput.json"] if measure_first and i == 0
                     else ["--throughput", 1])
             args = [model_dir, *join, "--block-indices", f"{start}:{end}", *rate, *extra]
-            servers.append(ServerProcess(args, log_dir, f"server{i}-{start}-{end}", env).wait_serving(timeout))
+            servers.append(ServerProcess(args, log_dir, f"{tag}server{i}-{start}-{end}", env).wait_serving(timeout))
     except BaseException:
         for server in servers:
             server.stop()
