@@ -155,3 +155,11 @@ def test_capturing_buckets_is_nothing_to_do_without_cuda(tiny_llama_dir):
 
     span = load_span(resolve_model(tiny_llama_dir), 0, 2)
     assert capture_buckets(span, 256) == 0 and not span.kv_pool.graphs
+
+
+def test_a_local_pool_grown_inside_a_step_still_hands_out_pages_outside_one(tiny_llama_dir):
+    span = load_span(resolve_model(tiny_llama_dir), 0, 1)
+    cache = span.new_cache(1)
+    span.inference_step(torch.randn(1, 200, span.hidden_size), cache)  # grows the store under inference_mode
+    other = span.new_cache(1, 32)  # zeroes its pages outside inference_mode
+    assert torch.isfinite(span.inference_step(torch.randn(1, 3, span.hidden_size), other)).all()

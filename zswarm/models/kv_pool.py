@@ -80,9 +80,12 @@ class KVPool:
             pages = [self._free.pop() for _ in range(count)]
         if pages:
             index = torch.tensor(pages, device=self.device)
-            for store in (self.keys, self.values):
-                for buffer in store.values():
-                    buffer.view(self.num_pages, PAGE_TOKENS, self.kv_heads, self.head_dim).index_fill_(0, index, 0)
+            # the store may have been made under inference_mode (a pool grown in a step): writing
+            # to it is allowed only there
+            with torch.inference_mode():
+                for store in (self.keys, self.values):
+                    for buffer in store.values():
+                        buffer.view(self.num_pages, PAGE_TOKENS, self.kv_heads, self.head_dim).index_fill_(0, index, 0)
         return pages
 
     def release(self, pages) -> None:

@@ -135,6 +135,8 @@ class ServerRPC:
     async def rpc_close_session(self, request):
         session_id = request.meta.get("session_id")
         closed = isinstance(session_id, str) and self.sessions.close(session_id, why="was closed by its client")
+        if closed:
+            self.batcher.forget(session_id)  # ticks no longer wait for its next step
         if not closed and not self.sessions.ended(session_id):  # closing twice is fine; a made-up id is not
             self.sessions.get(session_id)  # raises unknown_session
         return {}, []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from typing import Optional
 
@@ -39,6 +40,8 @@ from zswarm.server.sessions import SessionManager
 from zswarm.server.throughput import Rates, get_rates
 
 logger = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL_S = 0.0002  # see run_server
 
 
 class Server:
@@ -302,6 +305,11 @@ def _log_crash(task: asyncio.Task) -> None:
 
 def run_server(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 on a configuration or start-up error."""
+    # Two threads share the interpreter: the event loop (requests of every session) and the compute
+    # thread, which gives the GIL up at every torch call and must get it back at once. With the
+    # default 5 ms switch interval a busy loop thread holds it that long each time: ticks of many
+    # sessions slowed several-fold (GIL convoy). A short interval bounds each such wait.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         code = asyncio.run(Server(config).run())
         logger.debug("event loop closed; exiting with %d", code)
