@@ -110,20 +110,32 @@ def test_concurrent_sessions_that_join_and_leave_get_their_numbers_alone_in_shar
     assert after["sessions"] == 0 and after["cache_tokens_left"] == 2048
 
 
-def test_200_sessions_later_the_cache_budget_is_whole_and_steps_still_match(server, tiny_span):
+def test_1000_sessions_later_host_memory_and_the_cache_budget_are_back_and_steps_still_match(server, tiny_span):
+    import psutil
+
+    process = psutil.Process(server.proc.pid)
+
+    async def wave(transport, first, count=8):
+        await asyncio.gather(*(Client(first + k, prompt=1 + k, steps=1).run(transport, server, asyncio.Event())
+                               for k in range(count)))
+
     async def scenario():
         transport = ZmqTransport()
         try:
-            for wave in range(25):  # 8 at a time, 200 in all, closing in the order they finish
-                await asyncio.gather(*(Client(100 + 8 * wave + k, prompt=1 + k, steps=2).run(
-                    transport, server, asyncio.Event()) for k in range(8)))
+            for w in range(13):  # ~100 sessions: allocator pools and caches reach their working size
+                await wave(transport, 100 + 8 * w)
+            settled = process.memory_info().rss
+            for w in range(112):  # 896 more, 8 at a time, closing in the order they finish
+                await wave(transport, 1000 + 8 * w)
+            after = process.memory_info().rss
             last = await Client(999, prompt=5).run(transport, server, asyncio.Event())
             info = (await transport.call(server.address, "info", timeout=10)).meta
         finally:
             await transport.close()
-        return last, info
+        return settled, after, last, info
 
-    last, info = run(scenario(), timeout=300)
+    settled, after, last, info = run(scenario(), timeout=600)
     assert info["sessions"] == 0 and info["cache_tokens_left"] == 2048
+    assert abs(after - settled) <= 0.01 * settled, (settled, after)  # host memory within 1%
     for g, w in zip(last, Client(999, prompt=5).alone(tiny_span)):
         assert (g - w).abs().max() <= 1e-4 * max(1.0, w.abs().max())
