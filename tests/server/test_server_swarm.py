@@ -113,7 +113,8 @@ def test_two_clients_interleaved_get_the_same_outputs_as_each_alone(swarm, tiny_
     a_alone, b_alone = run(alone(a_in)), run(alone(b_in))
     a_mixed, b_mixed = run(together())
     for mixed, single in zip(a_mixed + b_mixed, a_alone + b_alone):
-        assert torch.equal(mixed, single)
+        # together, their decode steps share batched ticks: equal up to fp32 summation order
+        assert (mixed - single).abs().max() <= 1e-4 * max(1.0, single.abs().max())
     cache = tiny_span.new_cache(1)  # and the swarm computes what the whole model computes
     for x, out in zip(a_in, a_alone):
         torch.testing.assert_close(out, tiny_span.inference_step(x, cache), rtol=1e-4, atol=1e-5)
