@@ -10,6 +10,7 @@ dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
     ├── InsufficientMemoryError (RuntimeError)  not even one block fits on the device
     ├── QuantizationUnavailable (RuntimeError)  --quant asked for, but bitsandbytes/CUDA is missing
     ├── BudgetTimeout                        (server-internal) no cache room freed up within the wait
+    ├── RecordError                          a server record (DHT value) of the wrong schema or version
     ├── ServerError (also wire.RemoteError)  an error reply of the RPC protocol, by its code
     │   ├── CacheFullError          cache_full         no cache room freed up within the wait
     │   ├── UnknownSessionError     unknown_session    never opened here, closed, or expired
@@ -129,6 +130,11 @@ for _cls in (CacheFullError, UnknownSessionError, BadPositionError, BadInputErro
              TooManyTokensError, UnknownAdapterError, ShuttingDownError):
     register_remote_error(_cls.code, _cls)
 del _cls
+
+
+class RecordError(ZswarmError):
+    """A server record or model-index entry read from the DHT has the wrong schema or version
+    (zswarm.swarm_info); the readers log it once per peer and leave the record out."""
 
 
 # ---- wire and dht, mapped ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import itertools
 
 import torch
 
-from dht.records import ServerRecord, ServerState
+from zswarm.swarm_info import ServerRecord, ServerState
 from wire import MockTransport
 from zswarm.client import ClientConfig
 from zswarm.client.swarm import SwarmConnection

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from dht.records import ServerRecord, ServerState
+from zswarm.swarm_info import ServerRecord, ServerState
 from wire import MockTransport
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import ServerUnavailable

@@ -6,7 +6,9 @@ Prints "READY <address> <peer_id>" once announced, then serves until stdin close
 
 import sys
 
-from dht import DHTConfig, DHTNode, ServerRecord, announce_blocks
+from dht import DHTConfig, DHTNode
+from zswarm.swarm_info import ServerRecord
+from zswarm.records import announce_blocks
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import logging
 import pytest
 import torch
 
-from dht import fetch_block_servers
+from zswarm.records import fetch_block_servers
 from wire import ZmqTransport
 from zswarm.errors import UnknownAdapterError
 from zswarm.models import load_client_parts, load_span
@@ -218,7 +218,7 @@ def test_a_bad_adapter_stops_the_start_with_one_line_before_joining_the_swarm(
 
 
 def test_a_server_that_moves_keeps_serving_its_adapters_on_the_new_blocks(tiny_model_dir, tiny_source, adapter_dirs):
-    from dht import ServerState
+    from zswarm.swarm_info import ServerState
     from zswarm.server.config import ServerConfig
     from zswarm.server.server import Server
 

@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from dht import ServerState, fetch_block_servers
+from zswarm.swarm_info import ServerState
+from zswarm.records import fetch_block_servers
 
 NUM_BLOCKS = 6
 FAST = ["--throughput", 100, "--rebalance", "--rebalance-period", 0.6, "--min-move-interval", 1.5,

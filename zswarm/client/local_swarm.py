@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dht import DHTNode, Identity, ServerState, fetch_block_servers
+from dht import DHTNode, Identity
+from zswarm.swarm_info import ServerState
+from zswarm.records import fetch_block_servers
 from zswarm.errors import ServerExitedError, ServersNotOnlineError
 
 # The checkout this module runs from, so servers import the same zswarm even when not installed.

@@ -17,7 +17,7 @@ import random
 import time
 from typing import Awaitable, Callable, Mapping, Sequence
 
-from dht.records import ServerRecord, ServerState
+from zswarm.swarm_info import ServerRecord, ServerState
 from wire.errors import RequestTimeout
 from wire.transport import Reply, Transport
 from zswarm.client.bans import BanList

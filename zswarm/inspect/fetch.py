@@ -13,12 +13,13 @@ from typing import Sequence
 
 import msgpack
 
-from dht import DHTConfig, DHTNode, ServerRecord, afetch_block_servers, alist_models
-from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry, RecordError
+from dht import DHTConfig, DHTNode
+from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry
 from dht.node import listen_host_for, parse_address
-from dht.records import MAX_BLOCKS, MODELS_KEY, block_key
 from wire import BackgroundLoop, ZmqTransport
-from zswarm.errors import InspectError, SwarmUnreachable
+from zswarm.errors import InspectError, RecordError, SwarmUnreachable
+from zswarm.records import MODELS_KEY, afetch_block_servers, alist_models, block_key
+from zswarm.swarm_info import MAX_BLOCKS, ServerRecord
 from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmView, assess_model, plan_route)
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from dht.records import ServerRecord, ServerState
+from zswarm.swarm_info import ServerRecord, ServerState
 from zswarm.routing import ROUTING_DEFAULTS, RouteCandidate, candidates
 
 STATE_NAMES = {ServerState.OFFLINE: "offline", ServerState.JOINING: "joining", ServerState.ONLINE: "online"}

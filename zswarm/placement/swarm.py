@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 __all__ = ["ServerSpan", "SwarmView", "OFFLINE", "JOINING", "ONLINE"]
 
-# The values of dht.records.ServerState (an IntEnum, so its members compare equal to these);
+# The values of zswarm.swarm_info.ServerState (an IntEnum, so its members compare equal to these);
 # repeated here so the pure algorithms do not import the network layer.
 OFFLINE, JOINING, ONLINE = 0, 1, 2
 

@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Callable
 
-from dht import ServerRecord, ServerState, aannounce_blocks, afetch_block_servers
+from zswarm.swarm_info import ServerRecord, ServerState
+from zswarm.records import aannounce_blocks, afetch_block_servers
 from zswarm.defaults import NEXT_PING_TIMEOUT_S
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ import random
 import time
 from typing import Awaitable, Callable, Optional
 
-from dht import ServerRecord, ServerState, afetch_block_servers
+from zswarm.swarm_info import ServerRecord, ServerState
+from zswarm.records import afetch_block_servers
 from zswarm.defaults import REBALANCE_PING_TIMEOUT_S
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from typing import Optional
 import zmq
 
 import zswarm
-from dht import DHTError, DHTNode, Identity, ServerRecord, ServerState
+from dht import DHTError, DHTNode, Identity
+from zswarm.swarm_info import ServerRecord, ServerState
 from wire import RpcServer, WireError, ZmqTransport
 from zswarm import dtypes
 from zswarm.errors import ZswarmError
