@@ -13,11 +13,11 @@ still says (a killed server's record lives on until it expires).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
-from zswarm.swarm_info import ServerRecord, ServerState
 from zswarm.routing import ROUTING_DEFAULTS, RouteCandidate, candidates
+from zswarm.swarm_info import ServerRecord, ServerState, finite_nonneg
 
 STATE_NAMES = {ServerState.OFFLINE: "offline", ServerState.JOINING: "joining", ServerState.ONLINE: "online"}
 _STATE_RANK = {ServerState.ONLINE: 2, ServerState.JOINING: 1, ServerState.OFFLINE: 0}
@@ -46,6 +46,12 @@ class ServerRow:
     def serving(self) -> bool:
         """Counts toward coverage: announced ONLINE and not found unreachable."""
         return self.state == "online" and self.reachable is not False
+
+    @classmethod
+    def from_record(cls, record: ServerRecord, rtt: float | None, reachable: bool | None) -> "ServerRow":
+        """The row of a server's record: its fields of the same name, its state by name, our ping."""
+        shown = {f.name: getattr(record, f.name) for f in fields(cls) if f.name not in ("state", "rtt", "reachable")}
+        return cls(**shown, state=STATE_NAMES.get(record.state, str(int(record.state))), rtt=rtt, reachable=reachable)
 
 
 @dataclass
@@ -132,14 +138,6 @@ def gap_message(model_id: str, gaps: Sequence[tuple[int, int]]) -> str:
     return f"{noun} {format_blocks(gaps)} of {model_id} {verb} served by no one"
 
 
-def _row(record: ServerRecord, rtt: float | None, reachable: bool | None) -> ServerRow:
-    return ServerRow(
-        peer_id=record.peer_id, address=record.address, start=record.start, end=record.end,
-        state=STATE_NAMES.get(record.state, str(int(record.state))), throughput=record.throughput,
-        inference_rps=record.inference_rps, cache_tokens_left=record.cache_tokens_left, version=record.version,
-        dtype=record.dtype, quant=record.quant, public_name=record.public_name, rtt=rtt, reachable=reachable)
-
-
 def unique_records(blocks: Sequence[dict[str, ServerRecord]]) -> dict[str, ServerRecord]:
     """One record per server. A server that moved has an OFFLINE record under its old blocks
     until it expires and its live one under the new blocks: the live one wins."""
@@ -165,19 +163,15 @@ def assess_model(model_id: str, num_blocks: int, blocks: Sequence[dict[str, Serv
     for peer_id, record in sorted(unique_records(blocks).items(), key=lambda kv: (kv[1].start, kv[1].end, kv[0])):
         rtt = pings.get(peer_id)
         reachable = None if peer_id not in pings else rtt is not None
-        rows[peer_id] = _row(record, rtt, reachable)
+        rows[peer_id] = ServerRow.from_record(record, rtt, reachable)
     coverage = []
     for i in range(num_blocks):
         here = blocks[i] if i < len(blocks) else {}
         serving = [r for p, r in here.items() if r.state == ServerState.ONLINE and rows[p].reachable is not False]
         joining = sum(1 for r in here.values() if r.state == ServerState.JOINING)
-        coverage.append(BlockCoverage(i, len(serving), sum(_finite(r.throughput) for r in serving), joining))
+        coverage.append(BlockCoverage(i, len(serving), sum(finite_nonneg(r.throughput, 0.0) for r in serving), joining))
     gaps = _ranges_where(coverage, lambda c: c.servers == 0)
     return ModelHealth(model_id, num_blocks, gaps, coverage, list(rows.values()))
-
-
-def _finite(x: float) -> float:
-    return x if isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 else 0.0
 
 
 def _ranges_where(coverage: Sequence[BlockCoverage], predicate) -> list[tuple[int, int]]:

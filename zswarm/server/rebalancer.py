@@ -21,43 +21,23 @@ import random
 import time
 from typing import Awaitable, Callable, Optional
 
-from zswarm.swarm_info import ServerRecord, ServerState
-from zswarm.records import afetch_block_servers
+from wire import ZmqTransport
 from zswarm.defaults import REBALANCE_PING_TIMEOUT_S
+from zswarm.placement import SwarmView, choose_blocks, should_move
+from zswarm.records import afetch_block_servers
+from zswarm.swarm_info import ServerRecord, live_records
 
 logger = logging.getLogger(__name__)
 
 
-
-
-def _live_records(blocks: list[dict[str, ServerRecord]], exclude: Optional[str] = None) -> dict[str, ServerRecord]:
-    servers: dict[str, ServerRecord] = {}
-    for per_block in blocks:
-        for peer_id, record in per_block.items():
-            if peer_id == exclude or record.state == ServerState.OFFLINE:
-                continue
-            servers.setdefault(peer_id, record)
-    return servers
-
-
 def swarm_view(num_blocks: int, blocks: list[dict[str, ServerRecord]], *, exclude: Optional[str] = None):
     """DHT records (one dict per block) -> placement.SwarmView with one ServerSpan per live server."""
-    from zswarm.placement import ServerSpan, SwarmView
-
-    servers = _live_records(blocks, exclude)
-    spans = [
-        ServerSpan(peer_id=r.peer_id, start=r.start, end=min(r.end, num_blocks), throughput=r.throughput,
-                   inference_rps=r.inference_rps, state=r.state, next_pings=dict(r.next_pings))
-        for r in servers.values() if r.start < num_blocks
-    ]
-    return SwarmView(num_blocks=num_blocks, servers=spans)
+    return SwarmView.from_records(num_blocks, blocks, exclude=exclude)
 
 
 async def measure_rtts(blocks: list[dict[str, ServerRecord]], my_peer_id: str) -> dict[str, float]:
     """peer_id -> RTT (s) of one `ping` to every other live server; those that do not answer are left out."""
-    from wire import ZmqTransport
-
-    records = _live_records(blocks, exclude=my_peer_id)
+    records = live_records(blocks, exclude=my_peer_id)
     if not records:
         return {}
     transport = ZmqTransport()
@@ -83,8 +63,6 @@ async def measure_rtts(blocks: list[dict[str, ServerRecord]], my_peer_id: str) -
 
 async def choose_initial_blocks(node, model_id: str, num_blocks: int, blocks_to_host: int, strategy: str,
                                 my_peer_id: str, throughput: float, inference_rps: float) -> tuple[int, int]:
-    from zswarm.placement import choose_blocks
-
     blocks = await afetch_block_servers(node, model_id, 0, num_blocks)
     view = swarm_view(num_blocks, blocks, exclude=my_peer_id)
     pings = await measure_rtts(blocks, my_peer_id) if strategy == "latency" else {}
@@ -110,8 +88,6 @@ class Rebalancer:
 
     async def check(self) -> Optional[tuple[int, int]]:
         """One check: the range to move to, or None to stay."""
-        from zswarm.placement import should_move
-
         if time.monotonic() - self.last_move < self.min_move_interval:
             return None
         blocks = await afetch_block_servers(self.node, self.model_id, 0, self.num_blocks)

@@ -41,6 +41,10 @@ from zswarm.server.throughput import Rates, get_rates
 
 logger = logging.getLogger(__name__)
 
+# The fields a ServerRecord takes from ServingState as they are (both name them the same).
+_FROM_SERVING_STATE = ("peer_id", "model_id", "start", "end", "throughput", "inference_rps", "forward_rps",
+                       "dtype", "quant", "version")
+
 
 class Server:
     def __init__(self, config: ServerConfig):
@@ -220,13 +224,11 @@ class Server:
 
     # ---- helpers ---------------------------------------------------------------------------
     def _record(self, state: ServerState) -> ServerRecord:
-        s = self.state
-        return ServerRecord(
-            peer_id=s.peer_id, address=self.address, model_id=s.model_id, start=s.start, end=s.end, state=state,
-            throughput=s.throughput, inference_rps=s.inference_rps, forward_rps=s.forward_rps, dtype=s.dtype,
-            quant=s.quant, cache_tokens_left=self.sessions.budget.free, adapters=tuple(s.adapters),
-            version=s.version, public_name=self.config.public_name,
-        )
+        """What this server offers now, as announced: ServingState's fields of the same name, plus
+        what only the server knows (its address, free cache, public name)."""
+        return ServerRecord(**{name: getattr(self.state, name) for name in _FROM_SERVING_STATE},
+                            adapters=tuple(self.state.adapters), address=self.address, state=state,
+                            cache_tokens_left=self.sessions.budget.free, public_name=self.config.public_name)
 
     def _plan_blocks(self, shape: BlockShape, dtype: str, cache_tokens: int, device: str, total: int) -> int:
         cfg = self.config
