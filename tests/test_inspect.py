@@ -75,13 +75,13 @@ def test_swarm_text_shows_health_strip_and_server_rows_and_json_has_the_same_fac
     blocks = blocks_of(30, rec("peer-a" * 6, 0, 10), rec("peer-c" * 6, 20, 30))
     view = SwarmView(["127.0.0.1:1"], 0.0, [assess_model("m", 30, blocks, pings={"peer-a" * 6: 0.002})])
     text = render_swarm(view)
-    assert "BROKEN: blocks 10-19 of m are served by no one" in text
+    assert "BROKEN: blocks 10:20 of m are served by no one" in text
     assert "1111111111..........1111111111" in text
     assert short_id("peer-a" * 6) in text and "2.0 ms" in text
     data = json.loads(json.dumps(to_jsonable(view)))
     model = data["models"][0]
     assert model["status"] == "broken" and model["gaps"] == [[10, 20]]
-    assert model["gaps_text"] == "blocks 10-19 of m are served by no one"
+    assert model["gaps_text"] == "blocks 10:20 of m are served by no one"
     assert [s["peer_id"] for s in model["servers"]] == ["peer-a" * 6, "peer-c" * 6]
 
 
@@ -112,7 +112,7 @@ def test_route_view_takes_the_cheaper_replica_and_prices_it_like_the_router():
 def test_route_view_without_route_names_the_gap():
     view = plan_route("m", 4, blocks_of(4, rec("a", 0, 2), rec("b", 3, 4)), {})
     assert view.seconds_per_token is None and view.gaps == [(2, 3)]
-    assert "block 2 of m is served by no one" in render_route(view)
+    assert "blocks 2:3 of m are served by no one" in render_route(view)
 
 
 def test_route_candidates_are_the_ones_the_client_sequence_manager_builds():
@@ -305,12 +305,12 @@ def test_server_route_and_raw_views_of_a_live_swarm(swarm, inspector, capsys):
 def test_killed_server_shows_as_a_gap_naming_its_blocks_until_a_replacement_joins(swarm, inspector, capsys):
     swarm.kill("b")
     code, out, _ = inspect(capsys, inspector)
-    assert code == 0 and f"BROKEN: blocks 2-3 of {swarm.model_id} are served by no one" in out
+    assert code == 0 and f"BROKEN: blocks 2:4 of {swarm.model_id} are served by no one" in out
     assert "11..11" in out
     code, out, _ = inspect(capsys, inspector, "--json")
     assert json.loads(out)["models"][0]["gaps"] == [[2, 4]]
     code, out, _ = inspect(capsys, inspector, "route", swarm.model_id)
-    assert code == 1 and f"blocks 2-3 of {swarm.model_id} are served by no one" in out
+    assert code == 1 and f"blocks 2:4 of {swarm.model_id} are served by no one" in out
 
     swarm.start("b2", 2, 4)
     swarm.wait_online("b2")

@@ -45,6 +45,7 @@ policy reads them (`is_server_fault`). A server start-up catches `ZswarmError` a
 from __future__ import annotations
 
 from wire.errors import RemoteError, register_remote_error
+from zswarm.blocks import format_blocks, format_ranges
 
 
 class ZswarmError(Exception):
@@ -175,10 +176,10 @@ class SpanFailed(ZswarmError):
 
 
 class NoRouteError(ZswarmError):
-    """No chain of servers covers the requested blocks: "blocks 47-48 of MODEL are served by no one".
+    """No chain of servers covers the requested blocks: "blocks 47:49 of MODEL are served by no one".
 
     `missing` holds the uncovered ranges as half-open `(start, end)` pairs; the message names
-    them inclusively, the way a person counts blocks. `adapter`: the active adapter that no
+    them in zswarm's one range notation (`zswarm.blocks`). `adapter`: the active adapter that no
     server of those blocks serves, or None.
     """
 
@@ -186,10 +187,7 @@ class NoRouteError(ZswarmError):
         self.missing = [(int(a), int(b)) for a, b in missing]
         self.model_id = model_id
         self.adapter = adapter
-        parts = [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in self.missing]
-        several = len(self.missing) > 1 or any(b - a > 1 for a, b in self.missing)
-        noun, verb = ("blocks", "are") if several else ("block", "is")
-        message = f"{noun} {', '.join(parts)} of {model_id} {verb} served by no one"
+        message = f"blocks {format_ranges(self.missing)} of {model_id} are served by no one"
         super().__init__(message + (f" ({detail})" if detail else ""))
 
 
@@ -217,7 +215,7 @@ class ServerExitedError(ZswarmError, RuntimeError):
 
     def __init__(self, server):
         self.server = server
-        super().__init__(f"server {server.name} (blocks {server.start}:{server.end}) exited with status "
+        super().__init__(f"server {server.name} (blocks {format_blocks(server.start, server.end)}) exited with status "
                          f"{server.popen.returncode} while starting; the end of its log ({server.log}):\n"
                          f"{server.tail()}")
 

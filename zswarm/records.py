@@ -36,7 +36,7 @@ def block_key(model_id: str, block: int) -> str:
 
 def _check_range(start: int, end: int) -> None:
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= MAX_BLOCKS):
-        raise ValueError(f"block range [{start}, {end}) is empty or out of range")
+        raise ValueError(f"block range {format_blocks(start, end)} is empty or out of range")
 
 
 def _announcement(record: ServerRecord, ttl: float, num_blocks: int | None):

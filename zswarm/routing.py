@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Collection, Literal, Mapping, Sequence
 
 from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, UNKNOWN_RTT_S
+from zswarm.blocks import format_blocks
 from zswarm.errors import NoRouteError
 from zswarm.swarm_info import finite_nonneg
 
@@ -208,7 +209,7 @@ def inference_route_cost(route: Sequence[RouteSpan], candidates: Sequence[RouteC
                 index.append(i)
                 break
         else:
-            raise ValueError(f"no candidate {span.peer_id!r} holds blocks [{span.start}, {span.end})")
+            raise ValueError(f"no candidate {span.peer_id!r} holds blocks {format_blocks(span.start, span.end)}")
     total = 0.0
     for k, (span, i) in enumerate(zip(route, index)):
         total += costs.enter(i) + span.length * costs.block_time[i]

@@ -24,6 +24,7 @@ from enum import IntEnum
 
 import msgpack
 
+from zswarm.blocks import format_blocks
 from zswarm.errors import RecordError
 
 __all__ = ["ServerState", "ServerRecord", "RECORD_VERSION", "MAX_BLOCKS", "finite_nonneg", "live_records"]
@@ -102,7 +103,7 @@ class ServerRecord:
         kwargs["extra"] = {k: v for k, v in raw.items() if k not in known}
         record = cls(**kwargs)
         if not record.start < record.end <= MAX_BLOCKS:
-            raise RecordError(f"bad block range [{record.start}, {record.end})")
+            raise RecordError(f"bad block range {format_blocks(record.start, record.end)}")
         return record
 
 

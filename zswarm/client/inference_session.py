@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from wire.codec import to_wire_dtype
+from zswarm.blocks import format_blocks
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import (ServerUnavailable, backoff_delay, describe, is_server_fault,
                                     retries_exhausted)
@@ -267,7 +268,7 @@ class InferenceSession:
         replayed_from, replayed = span.position, []
         past = self.history.get(span.start)
         if span.position < self.position and (past is None or past.length < self.position):
-            raise RuntimeError(f"no history to rebuild blocks {span.start}-{span.end - 1} from")  # a bug
+            raise RuntimeError(f"no history to rebuild blocks {format_blocks(span.start, span.end)} from")  # a bug
         per_row = self._tokens_per_row()
         # Replay in pieces of at most per_row tokens; the last one travels with the new tokens.
         while span.position < self.position and self.position - span.position + hidden.shape[1] > per_row:
@@ -340,8 +341,8 @@ class InferenceSession:
         if attempt > self.config.max_retries:
             raise retries_exhausted(self.manager.model_id, failed.start, failed.end, attempt, cause) from cause
         self.failovers += 1
-        logger.warning("server %s failed on blocks %d-%d (%s); rerouting (attempt %d of %d)", failed.peer_id,
-                       failed.start, failed.end - 1, describe(cause), attempt, self.config.max_retries)
+        logger.warning("server %s failed on blocks %s (%s); rerouting (attempt %d of %d)", failed.peer_id,
+                       format_blocks(failed.start, failed.end), describe(cause), attempt, self.config.max_retries)
         # Route from what we know at once (the failed server is banned now); the manager refreshes
         # from the DHT in the background, and `_route` waits for a refresh if this view has no route.
         new, attempt = await self._route(failed.start, failed.end, attempt=attempt, cause=cause)
@@ -361,8 +362,10 @@ class InferenceSession:
     def _log_route(self) -> None:
         level = logging.INFO if self.config.show_route else logging.DEBUG
         if logger.isEnabledFor(level):
-            logger.log(level, "route for blocks %d-%d of %s: %s", self.start, self.end - 1, self.manager.model_id,
-                       " -> ".join(f"{s.start}-{s.end - 1} @ {s.peer_id[:12]} ({s.address})" for s in self.spans))
+            logger.log(level, "route for blocks %s of %s: %s", format_blocks(self.start, self.end),
+                       self.manager.model_id,
+                       " -> ".join(f"{format_blocks(s.start, s.end)} @ {s.peer_id[:12]} ({s.address})"
+                                   for s in self.spans))
 
     # ---- history --------------------------------------------------------------------------
     def _span_index_at(self, block: int) -> int:

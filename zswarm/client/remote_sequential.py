@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from wire.codec import to_wire_dtype
+from zswarm.blocks import format_blocks
 from zswarm.client.failures import (ServerUnavailable, SpanFailed, backoff_delay, is_server_fault,
                                     retries_exhausted)
 from zswarm.client.swarm import SwarmConnection
@@ -56,7 +57,7 @@ class RemoteSequential(nn.Module):
         return _RemoteBlocks.apply(hidden, prompts, self)
 
     def extra_repr(self) -> str:
-        return f"blocks {self.start}-{self.end - 1} of {self.swarm.model_id}"
+        return f"blocks {format_blocks(self.start, self.end)} of {self.swarm.model_id}"
 
     # ---- async work on the client loop ------------------------------------------------------
     async def aforward(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None, *,
@@ -133,7 +134,7 @@ class RemoteSequential(nn.Module):
                 manager.on_failure(exc.peer_id, exc.cause)
                 if attempt > config.max_retries:
                     raise retries_exhausted(manager.model_id, start, end, attempt, cause) from exc
-                logger.warning("%s; routing blocks %d-%d again (attempt %d of %d)", exc, start, end - 1,
+                logger.warning("%s; routing blocks %s again (attempt %d of %d)", exc, format_blocks(start, end),
                                attempt, config.max_retries)
                 route, refreshed = None, False
 

@@ -23,6 +23,7 @@ from wire.transport import Reply, Transport
 from zswarm.client.bans import BanList
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import ServerUnavailable, adapter_detail
+from zswarm.blocks import format_blocks
 from zswarm.errors import NoRouteError
 from zswarm.routing import (RouteCandidate, RouteSpan, candidates, find_forward_route, find_inference_route,
                             uncovered_ranges)
@@ -216,7 +217,7 @@ class SequenceManager:
             if self.bans.is_banned(span.peer_id):
                 if not await self.ping(span.peer_id):
                     raise ServerUnavailable(f"server {span.peer_id}, the last one left for blocks "
-                                            f"{span.start}-{span.end - 1}, does not answer")
+                                            f"{format_blocks(span.start, span.end)}, does not answer")
 
 
 def prefer_idle(candidates: list[RouteCandidate], start: int, end: int,

@@ -2,7 +2,7 @@
 
 Fetching (fetch.py) produces DHT records and ping results; the functions here turn them into
 views (health, coverage, routes) without any I/O, and `render.py` turns views into text. So every
-judgement the tool makes -- "block 12 is served by no one", "this route costs 31 ms per token" --
+judgement the tool makes -- "blocks 12:13 are served by no one", "this route costs 31 ms per token" --
 is unit-testable on synthetic swarms.
 
 A server counts toward a block's coverage when its record there says ONLINE and, if we pinged
@@ -16,7 +16,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
-from zswarm.routing import ROUTING_DEFAULTS, RouteCandidate, candidates
+from zswarm.errors import NoRouteError
+from zswarm.routing import ROUTING_DEFAULTS, RouteCandidate, candidates, find_inference_route_with_cost
 from zswarm.swarm_info import ServerRecord, ServerState, finite_nonneg
 
 STATE_NAMES = {ServerState.OFFLINE: "offline", ServerState.JOINING: "joining", ServerState.ONLINE: "online"}
@@ -127,15 +128,9 @@ class RawView:
 
 # ---- pure derivations ----------------------------------------------------------------------------
 
-def format_blocks(ranges: Sequence[tuple[int, int]]) -> str:
-    """Half-open ranges as a person counts blocks: [(10, 20), (25, 26)] -> "10-19, 25"."""
-    return ", ".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in ranges)
-
-
 def gap_message(model_id: str, gaps: Sequence[tuple[int, int]]) -> str:
-    several = len(gaps) > 1 or any(b - a > 1 for a, b in gaps)
-    noun, verb = ("blocks", "are") if several else ("block", "is")
-    return f"{noun} {format_blocks(gaps)} of {model_id} {verb} served by no one"
+    """What a client would be told about these gaps: NoRouteError's own message."""
+    return str(NoRouteError(gaps, model_id))
 
 
 def unique_records(blocks: Sequence[dict[str, ServerRecord]]) -> dict[str, ServerRecord]:
@@ -209,9 +204,6 @@ def route_candidates(blocks: Sequence[dict[str, ServerRecord]], rtts: dict[str, 
 def plan_route(model_id: str, num_blocks: int, blocks: Sequence[dict[str, ServerRecord]],
                rtts: dict[str, float | None], *, max_length: int = 0) -> RouteView:
     """The inference route a client here would take now, priced by the router's own cost model."""
-    from zswarm.errors import NoRouteError
-    from zswarm.routing import find_inference_route_with_cost
-
     candidates = route_candidates(blocks, rtts, 0, num_blocks, tokens_needed=max_length)
     try:
         route, cost = find_inference_route_with_cost(candidates, 0, num_blocks, model_id=model_id, **ROUTING_DEFAULTS)
@@ -252,5 +244,5 @@ def _lists(x):
 
 
 __all__ = ["ServerRow", "BlockCoverage", "ModelHealth", "SwarmView", "RouteHop", "RouteView", "RawEntry", "RawView",
-           "assess_model", "coverage_runs", "format_blocks", "gap_message", "plan_route",
+           "assess_model", "coverage_runs", "gap_message", "plan_route",
            "route_candidates", "to_jsonable", "unique_records", "ROUTING_DEFAULTS"]

@@ -14,6 +14,7 @@ from typing import Callable
 
 from zswarm.swarm_info import ServerRecord, ServerState
 from zswarm.records import aannounce_blocks, afetch_block_servers
+from zswarm.blocks import format_blocks
 from zswarm.defaults import NEXT_PING_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
@@ -43,12 +44,12 @@ class Announcer:
         try:
             stored = await aannounce_blocks(self.node, record, self.ttl, num_blocks=self.num_blocks)
         except Exception as exc:  # the DHT being unreachable must not kill the server
-            logger.warning("announce of blocks %d:%d as %s failed: %s", record.start, record.end,
+            logger.warning("announce of blocks %s as %s failed: %s", format_blocks(record.start, record.end),
                            record.state.name, exc)
             return False
         logger.log(logging.INFO if explicit else logging.DEBUG,
-                   "announced blocks %d:%d as %s (ttl %.0fs, %d cache tokens left)%s",
-                   record.start, record.end, record.state.name, self.ttl, record.cache_tokens_left,
+                   "announced blocks %s as %s (ttl %.0fs, %d cache tokens left)%s",
+                   format_blocks(record.start, record.end), record.state.name, self.ttl, record.cache_tokens_left,
                    "" if stored else " -- no DHT peer accepted it yet")
         return stored
 

@@ -22,6 +22,7 @@ import time
 from typing import Awaitable, Callable, Optional
 
 from wire import ZmqTransport
+from zswarm.blocks import format_blocks
 from zswarm.defaults import REBALANCE_PING_TIMEOUT_S
 from zswarm.placement import SwarmView, choose_blocks, should_move
 from zswarm.records import afetch_block_servers
@@ -68,8 +69,8 @@ async def choose_initial_blocks(node, model_id: str, num_blocks: int, blocks_to_
     pings = await measure_rtts(blocks, my_peer_id) if strategy == "latency" else {}
     start, end = choose_blocks(view, blocks_to_host, strategy=strategy, my_peer_id=my_peer_id,
                                throughput=throughput, inference_rps=inference_rps, pings=pings)
-    logger.info("chose blocks %d:%d (%s placement; %d other servers in the swarm, %d answered a ping)",
-                start, end, strategy, len(view.servers), len(pings))
+    logger.info("chose blocks %s (%s placement; %d other servers in the swarm, %d answered a ping)",
+                format_blocks(start, end), strategy, len(view.servers), len(pings))
     return int(start), int(end)
 
 
@@ -111,8 +112,8 @@ class Rebalancer:
             if target is None:
                 continue
             start, end = self.current_range()
-            logger.info("rebalancing: moving from blocks %d:%d to %d:%d (the swarm's weakest blocks would gain)",
-                        start, end, *target)
+            logger.info("rebalancing: moving from blocks %s to %s (the swarm's weakest blocks would gain)",
+                        format_blocks(start, end), format_blocks(*target))
             self.last_move = time.monotonic()
             self.moves += 1
             await self.move(*target)

@@ -25,6 +25,7 @@ from dht import DHTError, DHTNode, Identity
 from zswarm.swarm_info import ServerRecord, ServerState
 from wire import RpcServer, WireError, ZmqTransport
 from zswarm import dtypes
+from zswarm.blocks import format_blocks
 from zswarm.errors import ZswarmError
 from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error
 from zswarm.server.adapters import attach_adapters, open_adapters
@@ -133,7 +134,7 @@ class Server:
         if cfg.block_indices is not None:
             start, end = cfg.block_indices
             if end > source.num_blocks:
-                raise ConfigError(f"--block-indices {start}:{end}, but {source.model_id} has {source.num_blocks} blocks")
+                raise ConfigError(f"--block-indices {format_blocks(start, end)}, but {source.model_id} has {source.num_blocks} blocks")
         else:
             start, end = await choose_initial_blocks(self.node, source.model_id, source.num_blocks, blocks_to_host,
                                                      cfg.placement, self.node.peer_id, throughput,
@@ -163,8 +164,8 @@ class Server:
         self.state.span = await self._load(start, end)
         await self.announcer.measure_next_pings(self.node.peer_id, end, source.model_id)
         await self.announcer.announce(ServerState.ONLINE)
-        logger.info("serving %s blocks %d:%d of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
-                    "%d cache tokens, at %s (peer %s)", source.model_id, start, end, source.num_blocks, device,
+        logger.info("serving %s blocks %s of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
+                    "%d cache tokens, at %s (peer %s)", source.model_id, format_blocks(start, end), source.num_blocks, device,
                     dtype_name, cfg.quant, throughput, cache_tokens, self.address, self.node.peer_id)
 
         self._spawn(self.announcer.run(self.node.peer_id, lambda: self.state.end, source.model_id), "announcer")
@@ -209,18 +210,19 @@ class Server:
         """Serve blocks [start, end) instead: fail no one silently, announce every state change."""
         async with self._moving:
             old_start, old_end = self.state.start, self.state.end
-            self.sessions.stop_accepting(f"the server is moving from blocks {old_start}:{old_end} to {start}:{end}")
+            self.sessions.stop_accepting(f"the server is moving from blocks {format_blocks(old_start, old_end)} "
+                                         f"to {format_blocks(start, end)}")
             await self.announcer.announce(record=self._record(ServerState.OFFLINE))
             self.state.start, self.state.end = start, end
             await self.announcer.announce(ServerState.JOINING)
             await self._drain(self.config.drain_timeout, sessions_too=True)
-            self.sessions.close_all(f"was ended: the server moved to blocks {start}:{end}")
+            self.sessions.close_all(f"was ended: the server moved to blocks {format_blocks(start, end)}")
             self.state.span = None
             self.state.span = await self._load(start, end)
             self.sessions.resume_accepting()
             await self.announcer.measure_next_pings(self.node.peer_id, end, self.state.model_id)
             await self.announcer.announce(ServerState.ONLINE)
-            logger.info("moved from blocks %d:%d to %d:%d", old_start, old_end, start, end)
+            logger.info("moved from blocks %s to %s", format_blocks(old_start, old_end), format_blocks(start, end))
 
     # ---- helpers ---------------------------------------------------------------------------
     def _record(self, state: ServerState) -> ServerRecord:
@@ -265,7 +267,7 @@ class Server:
         from zswarm.server.loading import load_blocks
 
         began = time.monotonic()
-        logger.info("loading weights of blocks %d:%d (%s, %s, quant=%s) ...", start, end, self.device,
+        logger.info("loading weights of blocks %s (%s, %s, quant=%s) ...", format_blocks(start, end), self.device,
                     dtypes.dtype_name(self.dtype), self.config.quant)
         def load():
             span = load_blocks(self.source, start, end, dtype=self.dtype, device=self.device,
@@ -277,7 +279,7 @@ class Server:
             return span
 
         span = await asyncio.get_running_loop().run_in_executor(None, load)
-        logger.info("loaded blocks %d:%d in %.1fs", start, end, time.monotonic() - began)
+        logger.info("loaded blocks %s in %.1fs", format_blocks(start, end), time.monotonic() - began)
         return span
 
     async def _drain(self, timeout: float, *, sessions_too: bool) -> None:
