@@ -21,7 +21,7 @@ from zswarm.records import fetch_block_servers
 from zswarm.inspect import Inspector, cli
 from zswarm.inspect.fetch import check_blob, decode_value, expand_key, normalize_rpc_address, InspectError
 from zswarm.inspect.render import render_route, render_swarm, short_id
-from zswarm.inspect.views import (ROUTING_DEFAULTS, SwarmView, assess_model, coverage_runs, plan_route,
+from zswarm.inspect.views import (ROUTING_DEFAULTS, SwarmReport, assess_model, coverage_runs, plan_route,
                                   route_candidates, to_jsonable)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_a_moved_server_is_listed_once_with_its_live_record():
 
 def test_swarm_text_shows_health_strip_and_server_rows_and_json_has_the_same_facts():
     blocks = blocks_of(30, rec("peer-a" * 6, 0, 10), rec("peer-c" * 6, 20, 30))
-    view = SwarmView(["127.0.0.1:1"], 0.0, [assess_model("m", 30, blocks, pings={"peer-a" * 6: 0.002})])
+    view = SwarmReport(["127.0.0.1:1"], 0.0, [assess_model("m", 30, blocks, pings={"peer-a" * 6: 0.002})])
     text = render_swarm(view)
     assert "BROKEN: blocks 10:20 of m are served by no one" in text
     assert "1111111111..........1111111111" in text
@@ -90,7 +90,7 @@ def test_hostile_record_and_info_strings_cannot_send_escape_sequences_to_the_ter
 
     evil = rec("p" * 32, 0, 2)
     evil.version, evil.address = "\x1b[2J\x1b]0;owned\x07", "tcp://h:1\r\x1b[1A"
-    text = render_swarm(SwarmView(["x:1"], 0.0, [assess_model("m\x1b[31m", 2, blocks_of(2, evil))]))
+    text = render_swarm(SwarmReport(["x:1"], 0.0, [assess_model("m\x1b[31m", 2, blocks_of(2, evil))]))
     report = {"address": "tcp://h:1", "info": {"version": "\x1b[2J", 3: "\x07"}, "pings_sent": 1,
               "pings_answered": 0, "rtt_min": None, "rtt_median": None}
     for out in (text, render_server(report)):

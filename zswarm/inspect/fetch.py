@@ -20,7 +20,7 @@ from wire import BackgroundLoop, ZmqTransport
 from zswarm.errors import InspectError, RecordError, SwarmUnreachable
 from zswarm.records import MODELS_KEY, afetch_block_servers, alist_models, block_key
 from zswarm.swarm_info import MAX_BLOCKS, ServerRecord
-from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmView, assess_model, plan_route)
+from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmReport, assess_model, plan_route)
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,11 @@ class Inspector:
         return self.loop.run(coro, timeout=timeout)
 
     # ---- views ----------------------------------------------------------------------------------
-    def swarm(self, only_model: str | None = None) -> SwarmView:
+    def swarm(self, only_model: str | None = None) -> SwarmReport:
         node = self.dht()
         return self._run(self._aswarm(node, only_model))
 
-    async def _aswarm(self, node: DHTNode, only_model: str | None) -> SwarmView:
+    async def _aswarm(self, node: DHTNode, only_model: str | None) -> SwarmReport:
         models = await alist_models(node)
         if only_model is not None:
             models = {only_model: models.get(only_model)}
@@ -110,7 +110,7 @@ class Inspector:
             fetched[model_id] = await self._blocks(node, model_id, num_blocks)
         peers = {r.peer_id: r.address for blocks in fetched.values() for b in blocks for r in b.values()}
         pings = await self._ping_all(peers) if self.ping_servers else {}
-        view = SwarmView(list(self.initial_peers), time.time())
+        view = SwarmReport(list(self.initial_peers), time.time())
         for model_id, blocks in fetched.items():
             view.models.append(assess_model(model_id, len(blocks), blocks, pings))
         return view

@@ -10,7 +10,7 @@ import time
 from typing import Sequence
 
 from zswarm.blocks import format_blocks
-from zswarm.inspect.views import ModelHealth, RawView, RouteView, SwarmView, coverage_runs, gap_message
+from zswarm.inspect.views import ModelHealth, RawView, RouteView, SwarmReport, coverage_runs, gap_message
 
 PEER_ID_CHARS = 12  # of 32: enough to tell servers apart in a table; --json has the full id
 
@@ -89,7 +89,7 @@ def render_model(model: ModelHealth) -> list[str]:
     return lines
 
 
-def render_swarm(view: SwarmView) -> str:
+def render_swarm(view: SwarmReport) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(view.taken_at))
     n = len(view.models)
     lines = [f"swarm via {printable(', '.join(view.initial_peers))} at {when}: {n} model{'s' if n != 1 else ''}"]

@@ -81,7 +81,10 @@ class ModelHealth:
 
 
 @dataclass
-class SwarmView:
+class SwarmReport:
+    """Every model's health as seen from here at one moment (not placement's SwarmView, the input
+    of the block-placement algorithms)."""
+
     initial_peers: list[str]
     taken_at: float  # unix time
     models: list[ModelHealth] = field(default_factory=list)
@@ -223,7 +226,7 @@ def plan_route(model_id: str, num_blocks: int, blocks: Sequence[dict[str, Server
 def to_jsonable(view) -> dict:
     """A view as JSON-ready data (tuples become lists, computed properties are included)."""
     data = asdict(view)
-    if isinstance(view, SwarmView):
+    if isinstance(view, SwarmReport):
         for model, health in zip(data["models"], view.models):
             model["status"] = health.status
             model["healthy"] = health.healthy
@@ -243,6 +246,7 @@ def _lists(x):
     return x
 
 
-__all__ = ["ServerRow", "BlockCoverage", "ModelHealth", "SwarmView", "RouteHop", "RouteView", "RawEntry", "RawView",
+__all__ = ["ServerRow", "BlockCoverage", "ModelHealth", "SwarmReport", "RouteHop", "RouteView", "RawEntry",
+           "RawView",
            "assess_model", "coverage_runs", "gap_message", "plan_route",
            "route_candidates", "to_jsonable", "unique_records", "ROUTING_DEFAULTS"]

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 class DecodeStep:
     """One session's one-token step, validated by the handler."""
 
-    session: Any  # server InferenceSession
+    session: Any  # a ServerSession
     hidden: torch.Tensor  # [batch, 1, hidden] as received (host)
     position: int
     hypo_ids: Optional[torch.Tensor] = None
