@@ -29,8 +29,8 @@ dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
     ├── SessionLengthError (ValueError)      a step past the session's max_length
     ├── InspectError                         zswarm-inspect: something the operator has to fix or know
     ├── DemoError                            zswarm-demo: something the user should read about
-    ├── ServerExitedError (RuntimeError)     a LocalSwarm server exited before it came online
-    └── ServersNotOnlineError (TimeoutError) LocalSwarm servers still not ONLINE when the wait ran out
+    ├── ServerExitedError (RuntimeError)     a launched server exited before it came online
+    └── ServersNotOnlineError (TimeoutError) launched servers still not ONLINE when the wait ran out
 
 A `ServerError` is raised by a server handler (`CacheFullError("why")`; wire answers with its
 `code` and message) and re-raised by the client as the same class (`cls(code, message)`),
@@ -211,17 +211,20 @@ class DemoError(ZswarmError):
 
 
 class ServerExitedError(ZswarmError, RuntimeError):
-    """A LocalSwarm server exited before it came online; `.server` says which, its log says why."""
+    """A launched server (zswarm.testing.launch) exited before it came online; `.server` says which,
+    its log says why."""
 
     def __init__(self, server):
         self.server = server
-        super().__init__(f"server {server.name} (blocks {format_blocks(server.start, server.end)}) exited with status "
+        where = format_blocks(server.start, server.end) if server.start is not None else "not chosen yet"
+        super().__init__(f"server {server.name} (blocks {where}) exited with status "
                          f"{server.popen.returncode} while starting; the end of its log ({server.log}):\n"
                          f"{server.tail()}")
 
 
 class ServersNotOnlineError(ZswarmError, TimeoutError):
-    """LocalSwarm servers still not ONLINE when the wait ran out; `.servers` are those, the message has their logs."""
+    """Launched servers still not ONLINE (or ready) when the wait ran out; `.servers` are those, the
+    message has their logs."""
 
     def __init__(self, servers: list, timeout: float):
         self.servers = servers

@@ -36,7 +36,7 @@ def test_server_with_latency_placement_chooses_the_blocks_placement_computes_fro
 
     c = spawn_server(tiny_model_dir, "--initial-peers", a.dht_address, "--num-blocks", 2, "--throughput", 300,
                      "--placement", "latency", *COMMON).wait_serving()
-    assert "(latency placement; 2 other servers in the swarm, 2 answered a ping)" in c.log()
+    assert "(latency placement; 2 other servers in the swarm, 2 answered a ping)" in c.log_text()
 
     records = fetch_block_servers(node, tiny_model_id, 0, NUM_BLOCKS)
     mine = next(r for per_block in records for r in per_block.values() if r.peer_id == c.peer_id)

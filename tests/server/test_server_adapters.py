@@ -37,8 +37,8 @@ def adapter_dirs(tiny_model_dir, tmp_path_factory):
 def swarm(tiny_model_dir, adapter_dirs, spawn_server):
     adapters = ["--adapters", adapter_dirs["style"], adapter_dirs["terse"]]
     first = spawn_server(tiny_model_dir, "--new-swarm", "--block-indices", "0:3", *adapters, *COMMON)
-    # the second server loads its blocks while the first does
-    dht_address = first.wait_for(r"others join this swarm with --initial-peers (\S+)\)").group(1)
+    # the second joins the swarm through the first once that one serves (its ready file says where)
+    dht_address = first.wait_ready().dht_address
     second = spawn_server(tiny_model_dir, "--initial-peers", dht_address, "--block-indices", "3:6", *adapters,
                           *COMMON)
     return [first.wait_serving(), second.wait_serving()]

@@ -33,7 +33,7 @@ from zswarm.demo.chat import Chat
 from zswarm.demo.config import EXIT_FAILED, EXIT_OK, DemoConfig, DemoError, say
 
 if TYPE_CHECKING:  # imported when a run starts: zswarm.client imports torch, and --help should not wait for it
-    from zswarm.client.local_swarm import LocalSwarm
+    from zswarm.testing.launch import LocalSwarm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +65,7 @@ def _stop_on_signal(signum, frame):
 
 def start_servers(swarm: LocalSwarm, config: DemoConfig) -> None:
     """The model's blocks split evenly over config.servers servers; server i on port+1+i when a base port is given."""
-    from zswarm.client.local_swarm import split_blocks
+    from zswarm.testing.launch import split_blocks
 
     try:
         spans = split_blocks(swarm.num_blocks, config.servers)
@@ -80,7 +80,7 @@ def start_servers(swarm: LocalSwarm, config: DemoConfig) -> None:
 
 def wait_online(swarm: LocalSwarm, config: DemoConfig) -> None:
     """Until every server is ONLINE, a line as each comes; DemoError with the log's end when one fails."""
-    from zswarm.client.local_swarm import ServerExitedError, ServersNotOnlineError
+    from zswarm.testing.launch import ServerExitedError, ServersNotOnlineError
 
     def online(server, seconds):
         say(f"server {server.index + 1}/{len(swarm.servers)} online: blocks {format_blocks(server.start, server.end)} "
@@ -105,7 +105,7 @@ def run(config: DemoConfig) -> int:
     try:
         began = time.monotonic()
         say(f"preparing {config.model} ...")
-        from zswarm.client.local_swarm import LocalSwarm
+        from zswarm.testing.launch import LocalSwarm
         from zswarm.models import resolve_model
 
         source = resolve_model(config.model)

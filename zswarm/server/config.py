@@ -72,6 +72,7 @@ class ServerConfig:
     update_period: float = 60.0  # seconds between announcements in the DHT
     expiration_periods: float = 3.0  # records expire after this many update periods
     drain_timeout: float = 10.0  # seconds to let open sessions finish on shutdown or a move
+    ready_file: Optional[str] = None  # once serving, write {address, dht_address, peer_id, start, end} here as JSON (rewritten after a move)
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
 
     def __post_init__(self) -> None:

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import time
 from typing import Optional
@@ -61,6 +63,7 @@ class Server:
         self.rates: Optional[Rates] = None
         self.adapters: list = []  # LoraAdapter, checked at start; put on every span loaded
         self.address = ""
+        self.dht_address = ""  # HOST:PORT others give as --initial-peers to join through this server
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._moving = asyncio.Lock()
@@ -121,6 +124,7 @@ class Server:
         join_at = self.node.address if cfg.host not in WILDCARD_HOSTS else f"{public_host}:{dht_port}"
         logger.info("DHT node %s at %s (others join this swarm with --initial-peers %s)",
                     self.node.peer_id, self.node.address, join_at)
+        self.dht_address = join_at
 
         shape = BlockShape.from_source(source)
         cache_tokens = cfg.attn_cache_tokens or default_cache_tokens(device)
@@ -167,6 +171,7 @@ class Server:
         logger.info("serving %s blocks %s of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
                     "%d cache tokens, at %s (peer %s)", source.model_id, format_blocks(start, end), source.num_blocks, device,
                     dtype_name, cfg.quant, throughput, cache_tokens, self.address, self.node.peer_id)
+        self._write_ready_file()
 
         self._spawn(self.announcer.run(self.node.peer_id, lambda: self.state.end, source.model_id), "announcer")
         self._spawn(self.sessions.expiry_loop(), "session expiry")
@@ -223,8 +228,22 @@ class Server:
             await self.announcer.measure_next_pings(self.node.peer_id, end, self.state.model_id)
             await self.announcer.announce(ServerState.ONLINE)
             logger.info("moved from blocks %s to %s", format_blocks(old_start, old_end), format_blocks(start, end))
+            self._write_ready_file()
 
     # ---- helpers ---------------------------------------------------------------------------
+    def _write_ready_file(self) -> None:
+        """--ready-file: the signal that this server serves, and where (zswarm.testing.launch reads
+        it). Written whole (a temporary file renamed over it), so a reader never sees half of it."""
+        path = self.config.ready_file
+        if not path:
+            return
+        ready = {"address": self.address, "dht_address": self.dht_address, "peer_id": self.node.peer_id,
+                 "model_id": self.state.model_id, "start": self.state.start, "end": self.state.end}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as out:
+            json.dump(ready, out)
+        os.replace(tmp, path)
+
     def _record(self, state: ServerState) -> ServerRecord:
         """What this server offers now, as announced: ServingState's fields of the same name, plus
         what only the server knows (its address, free cache, public name)."""
