@@ -28,7 +28,9 @@ def llama_reference(tiny_llama_dir):
 @pytest.fixture
 def swarm(llama_source):
     """An in-process swarm of the tiny llama; add servers with swarm.add(start, end)."""
-    return InProcessSwarm(llama_source)
+    swarm = InProcessSwarm(llama_source)
+    yield swarm
+    swarm.close()
 
 
 @pytest.fixture
