@@ -25,6 +25,7 @@ from zswarm.client.config import ClientConfig
 from zswarm.client.failures import ServerUnavailable, adapter_detail
 from zswarm.blocks import format_blocks
 from zswarm.errors import NoRouteError
+from zswarm.probe import ping_rtt
 from zswarm.routing import (RouteCandidate, RouteSpan, candidates, find_forward_route, find_inference_route,
                             uncovered_ranges)
 
@@ -131,13 +132,10 @@ class SequenceManager:
     async def ping(self, peer_id: str) -> bool:
         """Measure the RTT to `peer_id`; a server that does not answer is banned."""
         try:
-            address = self.address(peer_id)
-            began = time.perf_counter()
-            await self.transport.call(address, "ping", {}, timeout=self.config.ping_timeout)
+            rtt = await ping_rtt(self.transport, self.address(peer_id), timeout=self.config.ping_timeout)
         except Exception as exc:
             self.on_failure(peer_id, exc)
             return False
-        rtt = time.perf_counter() - began
         old = self.rtts.get(peer_id)
         self.rtts[peer_id] = rtt if old is None else (1 - RTT_SMOOTHING) * old + RTT_SMOOTHING * rtt
         return True

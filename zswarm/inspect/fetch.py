@@ -21,6 +21,7 @@ from zswarm.errors import InspectError, RecordError, SwarmUnreachable
 from zswarm.records import MODELS_KEY, afetch_block_servers, alist_models, block_key
 from zswarm.swarm_info import MAX_BLOCKS, ServerRecord
 from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmReport, assess_model, plan_route)
+from zswarm.probe import measure_rtt, measure_rtts
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +132,10 @@ class Inspector:
         return blocks[:reach]
 
     async def _ping_all(self, peers: dict[str, str]) -> dict[str, float | None]:
-        results = await asyncio.gather(*(self._ping(address) for address in peers.values()))
-        return dict(zip(peers, results))
+        return await measure_rtts(self.transport, peers, timeout=self.ping_timeout)
 
     async def _ping(self, address: str) -> float | None:
-        began = time.perf_counter()
-        try:
-            await self.transport.call(address, "ping", {}, timeout=self.ping_timeout)
-        except Exception as exc:
-            logger.debug("ping %s: %s", address, exc)
-            return None
-        return time.perf_counter() - began
+        return await measure_rtt(self.transport, address, timeout=self.ping_timeout)
 
     def server(self, address: str, pings: int = 3) -> dict:
         """`info` and a few pings of one server; raises InspectError when it does not answer."""

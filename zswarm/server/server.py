@@ -133,6 +133,7 @@ class Server:
             cache_tokens = fit_cache_tokens(free_device_bytes(device), shape, dtype_name, cfg.quant, blocks_to_host,
                                             cache_tokens)
         self.rates = await loop.run_in_executor(None, self._get_rates, blocks_to_host)
+        self.transport = ZmqTransport()  # every ping this server sends (placement, next_pings) goes through it
         throughput = cfg.throughput or self.rates.throughput(blocks_to_host)
 
         if cfg.block_indices is not None:
@@ -140,7 +141,7 @@ class Server:
             if end > source.num_blocks:
                 raise ConfigError(f"--block-indices {format_blocks(start, end)}, but {source.model_id} has {source.num_blocks} blocks")
         else:
-            start, end = await choose_initial_blocks(self.node, source.model_id, source.num_blocks, blocks_to_host,
+            start, end = await choose_initial_blocks(self.node, self.transport, source.model_id, source.num_blocks, blocks_to_host,
                                                      cfg.placement, self.node.peer_id, throughput,
                                                      self.rates.inference_rps)
 
@@ -160,7 +161,6 @@ class Server:
         except zmq.ZMQError as exc:
             raise bind_error(exc, "RPC port (TCP)", cfg.host, cfg.port, "--port") from None
         self.address = f"tcp://{public_host}:{self.rpc_server.port}"
-        self.transport = ZmqTransport()
         self.announcer = Announcer(self.node, self.transport, self._record, num_blocks=source.num_blocks,
                                    ttl=cfg.record_ttl, period=cfg.update_period)
         await self.announcer.announce(ServerState.JOINING)
@@ -177,7 +177,7 @@ class Server:
         self._spawn(self.sessions.expiry_loop(), "session expiry")
         if cfg.rebalance_enabled:
             self.rebalancer = Rebalancer(
-                node=self.node, model_id=source.model_id, num_blocks=source.num_blocks, peer_id=self.node.peer_id,
+                node=self.node, transport=self.transport, model_id=source.model_id, num_blocks=source.num_blocks, peer_id=self.node.peer_id,
                 strategy=cfg.placement, balance_quality=cfg.balance_quality, mean_period=cfg.rebalance_period,
                 min_move_interval=cfg.min_move_interval, current_range=lambda: (self.state.start, self.state.end),
                 move=self.move_to)
