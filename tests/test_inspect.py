@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dht import DHTNode, Identity
-from zswarm.swarm_info import ServerRecord, ServerState
 from zswarm.records import fetch_block_servers
+from zswarm.swarm_info import ServerRecord, ServerState
 from zswarm.inspect import Inspector, cli
 from zswarm.inspect.fetch import check_blob, decode_value, expand_key, normalize_rpc_address, InspectError
 from zswarm.inspect.render import render_route, render_swarm, short_id

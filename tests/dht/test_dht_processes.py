@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dht import DHTConfig, DHTNode
-from zswarm.swarm_info import ServerRecord
 from zswarm.records import announce_blocks, fetch_block_servers, list_models
+from zswarm.swarm_info import ServerRecord
 
 HERE = Path(__file__).parent
 

@@ -11,8 +11,8 @@ C also pinged A and B (the latency strategy's stand-in for regions); on loopback
 near, and placement only tells near from far (50 ms), so the exact RTTs do not matter.
 """
 
-from zswarm.swarm_info import ServerState
 from zswarm.records import fetch_block_servers
+from zswarm.swarm_info import ServerState
 from zswarm.placement import choose_blocks
 from zswarm.server.rebalancer import swarm_view
 

@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from dht import DHTNode
-from zswarm.swarm_info import ServerState
 from zswarm.records import afetch_block_servers
+from zswarm.swarm_info import ServerState
 from wire import ZmqTransport
 from zswarm.server.addresses import announced_host
 from zswarm.server.config import ConfigError, ServerConfig

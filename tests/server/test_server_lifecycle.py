@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dht import DHTNode
-from zswarm.swarm_info import ServerState
 from zswarm.records import afetch_block_servers
+from zswarm.swarm_info import ServerState
 from wire import ZmqTransport
 from zswarm.server import ConfigError, Server, ServerConfig
 

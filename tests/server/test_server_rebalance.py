@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from zswarm.swarm_info import ServerState
 from zswarm.records import fetch_block_servers
+from zswarm.swarm_info import ServerState
 
 NUM_BLOCKS = 6
 FAST = ["--throughput", 100, "--rebalance", "--rebalance-period", 0.6, "--min-move-interval", 1.5,

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from zswarm.swarm_info import ServerState
 from zswarm.records import fetch_block_servers
+from zswarm.swarm_info import ServerState
 from wire import ZmqTransport
 from zswarm.errors import BadPositionError, BlocksNotServedError, CacheFullError
 

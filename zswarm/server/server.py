@@ -24,7 +24,6 @@ import zmq
 
 import zswarm
 from dht import DHTError, DHTNode, Identity
-from zswarm.swarm_info import ServerRecord, ServerState
 from wire import RpcServer, WireError, ZmqTransport
 from zswarm import dtypes
 from zswarm.blocks import format_blocks
@@ -41,6 +40,7 @@ from zswarm.server.quant import check_quant_available
 from zswarm.server.rebalancer import Rebalancer, choose_initial_blocks
 from zswarm.server.sessions import SessionManager
 from zswarm.server.throughput import Rates, get_rates
+from zswarm.swarm_info import ServerRecord, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +139,11 @@ class Server:
         if cfg.block_indices is not None:
             start, end = cfg.block_indices
             if end > source.num_blocks:
-                raise ConfigError(f"--block-indices {format_blocks(start, end)}, but {source.model_id} has {source.num_blocks} blocks")
+                raise ConfigError(f"--block-indices {format_blocks(start, end)}, but {source.model_id} has "
+                                  f"{source.num_blocks} blocks")
         else:
-            start, end = await choose_initial_blocks(self.node, self.transport, source.model_id, source.num_blocks, blocks_to_host,
-                                                     cfg.placement, self.node.peer_id, throughput,
+            start, end = await choose_initial_blocks(self.node, self.transport, source.model_id, source.num_blocks,
+                                                     blocks_to_host, cfg.placement, self.node.peer_id, throughput,
                                                      self.rates.inference_rps)
 
         self.compute = ComputeQueue()
@@ -169,15 +170,16 @@ class Server:
         await self.announcer.measure_next_pings(self.node.peer_id, end, source.model_id)
         await self.announcer.announce(ServerState.ONLINE)
         logger.info("serving %s blocks %s of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
-                    "%d cache tokens, at %s (peer %s)", source.model_id, format_blocks(start, end), source.num_blocks, device,
-                    dtype_name, cfg.quant, throughput, cache_tokens, self.address, self.node.peer_id)
+                    "%d cache tokens, at %s (peer %s)", source.model_id, format_blocks(start, end), source.num_blocks,
+                    device, dtype_name, cfg.quant, throughput, cache_tokens, self.address, self.node.peer_id)
         self._write_ready_file()
 
         self._spawn(self.announcer.run(self.node.peer_id, lambda: self.state.end, source.model_id), "announcer")
         self._spawn(self.sessions.expiry_loop(), "session expiry")
         if cfg.rebalance_enabled:
             self.rebalancer = Rebalancer(
-                node=self.node, transport=self.transport, model_id=source.model_id, num_blocks=source.num_blocks, peer_id=self.node.peer_id,
+                node=self.node, transport=self.transport, model_id=source.model_id, num_blocks=source.num_blocks,
+                peer_id=self.node.peer_id,
                 strategy=cfg.placement, balance_quality=cfg.balance_quality, mean_period=cfg.rebalance_period,
                 min_move_interval=cfg.min_move_interval, current_range=lambda: (self.state.start, self.state.end),
                 move=self.move_to)
