@@ -1,4 +1,5 @@
-"""dht: the swarm directory on Kademlia. Keys hold signed, expiring entries from many servers.
+"""dht: the swarm directory on Kademlia. Keys hold signed, expiring entries from many servers;
+what the entries mean (zswarm's server records) is zswarm's business (zswarm/records.py).
 
 See docs/architecture.md (section dht/) for the contract.
 """
@@ -6,19 +7,12 @@ See docs/architecture.md (section dht/) for the contract.
 from dht.config import DHTConfig
 from dht.entry import Entry
 from dht.errors import (
-    BadRequest, BootstrapError, DHTError, ExpiredEntry, IdentityError, InvalidEntry, RecordError,
+    BadRequest, BootstrapError, DHTError, ExpiredEntry, IdentityError, InvalidEntry,
 )
 from dht.identity import Identity
 from dht.node import DHTNode
-from dht.records import (
-    ServerRecord, ServerState, aannounce_blocks, afetch_block_servers, alist_models,
-    announce_blocks, fetch_block_servers, list_models,
-)
 
 __all__ = [
     "DHTNode", "DHTConfig", "Identity", "Entry",
-    "ServerRecord", "ServerState",
-    "announce_blocks", "aannounce_blocks", "fetch_block_servers", "afetch_block_servers",
-    "list_models", "alist_models",
-    "DHTError", "IdentityError", "InvalidEntry", "ExpiredEntry", "RecordError", "BadRequest", "BootstrapError",
+    "DHTError", "IdentityError", "InvalidEntry", "ExpiredEntry", "BadRequest", "BootstrapError",
 ]

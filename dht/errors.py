@@ -4,7 +4,6 @@
     ├── IdentityError       an identity file that cannot be read or is not an ed25519 key
     ├── InvalidEntry        a signed entry that fails decoding, size, expiry or signature checks
     │   └── ExpiredEntry    an entry whose expiration time has passed (routine, not an attack)
-    ├── RecordError         a ServerRecord of the wrong schema or version
     ├── BadRequest          a DHT datagram or RPC argument that is malformed
     └── BootstrapError      none of the initial peers answered
 """
@@ -23,10 +22,6 @@ class InvalidEntry(DHTError):
 
 
 class ExpiredEntry(InvalidEntry):
-    pass
-
-
-class RecordError(DHTError):
     pass
 
 

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from zswarm import AutoDistributedModelForCausalLM
-    from zswarm.client.local_swarm import LocalSwarm, split_blocks
+    from zswarm.testing.launch import LocalSwarm, split_blocks
     from zswarm.models import resolve_model
 
     torch.manual_seed(args.seed)

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from dht import DHTNode, Identity, ServerRecord, ServerState, fetch_block_servers
+from dht import DHTNode, Identity
+from zswarm.records import fetch_block_servers
+from zswarm.swarm_info import ServerRecord, ServerState
 from zswarm.inspect import Inspector, cli
 from zswarm.inspect.fetch import check_blob, decode_value, expand_key, normalize_rpc_address, InspectError
 from zswarm.inspect.render import render_route, render_swarm, short_id
-from zswarm.inspect.views import (ROUTING_DEFAULTS, SwarmView, assess_model, coverage_runs, plan_route,
+from zswarm.inspect.views import (ROUTING_DEFAULTS, SwarmReport, assess_model, coverage_runs, plan_route,
                                   route_candidates, to_jsonable)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,15 +73,15 @@ def test_a_moved_server_is_listed_once_with_its_live_record():
 
 def test_swarm_text_shows_health_strip_and_server_rows_and_json_has_the_same_facts():
     blocks = blocks_of(30, rec("peer-a" * 6, 0, 10), rec("peer-c" * 6, 20, 30))
-    view = SwarmView(["127.0.0.1:1"], 0.0, [assess_model("m", 30, blocks, pings={"peer-a" * 6: 0.002})])
+    view = SwarmReport(["127.0.0.1:1"], 0.0, [assess_model("m", 30, blocks, pings={"peer-a" * 6: 0.002})])
     text = render_swarm(view)
-    assert "BROKEN: blocks 10-19 of m are served by no one" in text
+    assert "BROKEN: blocks 10:20 of m are served by no one" in text
     assert "1111111111..........1111111111" in text
     assert short_id("peer-a" * 6) in text and "2.0 ms" in text
     data = json.loads(json.dumps(to_jsonable(view)))
     model = data["models"][0]
     assert model["status"] == "broken" and model["gaps"] == [[10, 20]]
-    assert model["gaps_text"] == "blocks 10-19 of m are served by no one"
+    assert model["gaps_text"] == "blocks 10:20 of m are served by no one"
     assert [s["peer_id"] for s in model["servers"]] == ["peer-a" * 6, "peer-c" * 6]
 
 
@@ -88,7 +90,7 @@ def test_hostile_record_and_info_strings_cannot_send_escape_sequences_to_the_ter
 
     evil = rec("p" * 32, 0, 2)
     evil.version, evil.address = "\x1b[2J\x1b]0;owned\x07", "tcp://h:1\r\x1b[1A"
-    text = render_swarm(SwarmView(["x:1"], 0.0, [assess_model("m\x1b[31m", 2, blocks_of(2, evil))]))
+    text = render_swarm(SwarmReport(["x:1"], 0.0, [assess_model("m\x1b[31m", 2, blocks_of(2, evil))]))
     report = {"address": "tcp://h:1", "info": {"version": "\x1b[2J", 3: "\x07"}, "pings_sent": 1,
               "pings_answered": 0, "rtt_min": None, "rtt_median": None}
     for out in (text, render_server(report)):
@@ -110,7 +112,7 @@ def test_route_view_takes_the_cheaper_replica_and_prices_it_like_the_router():
 def test_route_view_without_route_names_the_gap():
     view = plan_route("m", 4, blocks_of(4, rec("a", 0, 2), rec("b", 3, 4)), {})
     assert view.seconds_per_token is None and view.gaps == [(2, 3)]
-    assert "block 2 of m is served by no one" in render_route(view)
+    assert "blocks 2:3 of m are served by no one" in render_route(view)
 
 
 def test_route_candidates_are_the_ones_the_client_sequence_manager_builds():
@@ -303,12 +305,12 @@ def test_server_route_and_raw_views_of_a_live_swarm(swarm, inspector, capsys):
 def test_killed_server_shows_as_a_gap_naming_its_blocks_until_a_replacement_joins(swarm, inspector, capsys):
     swarm.kill("b")
     code, out, _ = inspect(capsys, inspector)
-    assert code == 0 and f"BROKEN: blocks 2-3 of {swarm.model_id} are served by no one" in out
+    assert code == 0 and f"BROKEN: blocks 2:4 of {swarm.model_id} are served by no one" in out
     assert "11..11" in out
     code, out, _ = inspect(capsys, inspector, "--json")
     assert json.loads(out)["models"][0]["gaps"] == [[2, 4]]
     code, out, _ = inspect(capsys, inspector, "route", swarm.model_id)
-    assert code == 1 and f"blocks 2-3 of {swarm.model_id} are served by no one" in out
+    assert code == 1 and f"blocks 2:4 of {swarm.model_id} are served by no one" in out
 
     swarm.start("b2", 2, 4)
     swarm.wait_online("b2")

@@ -1,7 +1,7 @@
 """The layers of docs/architecture.md, pinned: what each package may import directly.
 
 wire and dht import nothing of zswarm (nor each other); zswarm.models, and the pure algorithms
-(routing, placement, defaults), import no network code: not zmq, wire's transport or server,
+(routing, placement, defaults, the swarm vocabulary in swarm_info and blocks), import no network code: not zmq, wire's transport or server,
 dht, nor zswarm's client, server or tools. (zswarm.errors, which every layer may import, reads
 wire.errors for the error replies' base class; that module is plain exception classes.)
 """
@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NETWORK = ("zmq", "wire", "dht", "zswarm.client", "zswarm.server", "zswarm.inspect", "zswarm.demo", "kademlia")
-ALLOWED_EVERYWHERE = ("zswarm.errors", "zswarm.defaults", "zswarm.dtypes")
+ALLOWED_EVERYWHERE = ("zswarm.errors", "zswarm.defaults", "zswarm.dtypes", "zswarm.blocks", "zswarm.swarm_info")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -42,7 +42,7 @@ def test_dht_imports_nothing_of_zswarm_or_wire():
     assert offending((ROOT / "dht").rglob("*.py"), ("zswarm", "wire")) == []
 
 
-@pytest.mark.parametrize("part", ["models", "placement", "routing.py", "defaults.py"])
+@pytest.mark.parametrize("part", ["models", "placement", "routing.py", "defaults.py", "swarm_info.py", "blocks.py"])
 def test_models_and_the_pure_algorithms_import_no_network_code(part):
     target = ROOT / "zswarm" / part
     files = [target] if target.is_file() else list(target.rglob("*.py"))

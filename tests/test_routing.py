@@ -89,10 +89,10 @@ def test_no_route_error_names_the_uncovered_blocks():
     cands = [RouteCandidate("a", 0, 47, 10.0, 0.01), RouteCandidate("b", 49, 80, 10.0, 0.01)]
     with pytest.raises(NoRouteError) as info:
         find_inference_route(cands, 0, 80, model_id="Llama-2-70b")
-    assert str(info.value) == "blocks 47-48 of Llama-2-70b are served by no one"
+    assert str(info.value) == "blocks 47:49 of Llama-2-70b are served by no one"
     assert info.value.missing == [(47, 49)]
     assert isinstance(info.value, ZswarmError)
-    with pytest.raises(NoRouteError, match="block 0 of M is served by no one"):
+    with pytest.raises(NoRouteError, match="blocks 0:1 of M are served by no one"):
         find_forward_route(cands[1:] + [RouteCandidate("c", 1, 49, 1.0, 0.0)], 0, 80, model_id="M")
 
 

@@ -97,7 +97,7 @@ def prepare_model(ref: str, workdir: Path) -> str:
 
 def run(args) -> dict:
     from zswarm import AutoDistributedModelForCausalLM
-    from zswarm.client.local_swarm import LocalSwarm
+    from zswarm.testing.launch import LocalSwarm
     from zswarm.models import resolve_model
 
     torch.set_num_threads(args.threads)

@@ -34,7 +34,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dht import DHTConfig, DHTNode, ServerRecord, announce_blocks, fetch_block_servers  # noqa: E402
+from dht import DHTConfig, DHTNode  # noqa: E402
+from zswarm.records import announce_blocks, fetch_block_servers  # noqa: E402
+from zswarm.swarm_info import ServerRecord  # noqa: E402
 
 BLOCKS = 80
 MODEL = "bench/model-80"

@@ -98,7 +98,7 @@ def swarm_step(model, ids):
 
 def run(args) -> dict:
     from zswarm import AutoDistributedModelForCausalLM
-    from zswarm.client.local_swarm import LocalSwarm
+    from zswarm.testing.launch import LocalSwarm
     from zswarm.models import resolve_model
     from zswarm.models.testing import load_reference_model
 

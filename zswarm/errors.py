@@ -10,6 +10,7 @@ dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
     ├── InsufficientMemoryError (RuntimeError)  not even one block fits on the device
     ├── QuantizationUnavailable (RuntimeError)  --quant asked for, but bitsandbytes/CUDA is missing
     ├── BudgetTimeout                        (server-internal) no cache room freed up within the wait
+    ├── RecordError                          a server record (DHT value) of the wrong schema or version
     ├── ServerError (also wire.RemoteError)  an error reply of the RPC protocol, by its code
     │   ├── CacheFullError          cache_full         no cache room freed up within the wait
     │   ├── UnknownSessionError     unknown_session    never opened here, closed, or expired
@@ -28,8 +29,8 @@ dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
     ├── SessionLengthError (ValueError)      a step past the session's max_length
     ├── InspectError                         zswarm-inspect: something the operator has to fix or know
     ├── DemoError                            zswarm-demo: something the user should read about
-    ├── ServerExitedError (RuntimeError)     a LocalSwarm server exited before it came online
-    └── ServersNotOnlineError (TimeoutError) LocalSwarm servers still not ONLINE when the wait ran out
+    ├── ServerExitedError (RuntimeError)     a launched server exited before it came online
+    └── ServersNotOnlineError (TimeoutError) launched servers still not ONLINE when the wait ran out
 
 A `ServerError` is raised by a server handler (`CacheFullError("why")`; wire answers with its
 `code` and message) and re-raised by the client as the same class (`cls(code, message)`),
@@ -44,6 +45,7 @@ policy reads them (`is_server_fault`). A server start-up catches `ZswarmError` a
 from __future__ import annotations
 
 from wire.errors import RemoteError, register_remote_error
+from zswarm.blocks import format_blocks, format_ranges
 
 
 class ZswarmError(Exception):
@@ -131,6 +133,11 @@ for _cls in (CacheFullError, UnknownSessionError, BadPositionError, BadInputErro
 del _cls
 
 
+class RecordError(ZswarmError):
+    """A server record or model-index entry read from the DHT has the wrong schema or version
+    (zswarm.swarm_info); the readers log it once per peer and leave the record out."""
+
+
 # ---- wire and dht, mapped ---------------------------------------------------------------------------
 
 class TransportError(ZswarmError):
@@ -169,10 +176,10 @@ class SpanFailed(ZswarmError):
 
 
 class NoRouteError(ZswarmError):
-    """No chain of servers covers the requested blocks: "blocks 47-48 of MODEL are served by no one".
+    """No chain of servers covers the requested blocks: "blocks 47:49 of MODEL are served by no one".
 
     `missing` holds the uncovered ranges as half-open `(start, end)` pairs; the message names
-    them inclusively, the way a person counts blocks. `adapter`: the active adapter that no
+    them in zswarm's one range notation (`zswarm.blocks`). `adapter`: the active adapter that no
     server of those blocks serves, or None.
     """
 
@@ -180,10 +187,7 @@ class NoRouteError(ZswarmError):
         self.missing = [(int(a), int(b)) for a, b in missing]
         self.model_id = model_id
         self.adapter = adapter
-        parts = [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in self.missing]
-        several = len(self.missing) > 1 or any(b - a > 1 for a, b in self.missing)
-        noun, verb = ("blocks", "are") if several else ("block", "is")
-        message = f"{noun} {', '.join(parts)} of {model_id} {verb} served by no one"
+        message = f"blocks {format_ranges(self.missing)} of {model_id} are served by no one"
         super().__init__(message + (f" ({detail})" if detail else ""))
 
 
@@ -207,17 +211,20 @@ class DemoError(ZswarmError):
 
 
 class ServerExitedError(ZswarmError, RuntimeError):
-    """A LocalSwarm server exited before it came online; `.server` says which, its log says why."""
+    """A launched server (zswarm.testing.launch) exited before it came online; `.server` says which,
+    its log says why."""
 
     def __init__(self, server):
         self.server = server
-        super().__init__(f"server {server.name} (blocks {server.start}:{server.end}) exited with status "
+        where = format_blocks(server.start, server.end) if server.start is not None else "not chosen yet"
+        super().__init__(f"server {server.name} (blocks {where}) exited with status "
                          f"{server.popen.returncode} while starting; the end of its log ({server.log}):\n"
                          f"{server.tail()}")
 
 
 class ServersNotOnlineError(ZswarmError, TimeoutError):
-    """LocalSwarm servers still not ONLINE when the wait ran out; `.servers` are those, the message has their logs."""
+    """Launched servers still not ONLINE (or ready) when the wait ran out; `.servers` are those, the
+    message has their logs."""
 
     def __init__(self, servers: list, timeout: float):
         self.servers = servers

@@ -39,13 +39,14 @@ Both raise `zswarm.errors.NoRouteError` naming the blocks no candidate covers.
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Collection, Literal, Mapping, Sequence
 
 from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, UNKNOWN_RTT_S
+from zswarm.blocks import format_blocks
 from zswarm.errors import NoRouteError
+from zswarm.swarm_info import finite_nonneg
 
 __all__ = [
     "RouteCandidate",
@@ -78,6 +79,14 @@ class RouteCandidate:
     cache_room: bool = True  # whether it announced room for this session's cache
     throughput: float = 0.0  # tokens/s of the whole server (Petals' sense), for forward routes
 
+    @classmethod
+    def from_record(cls, record, start: int, end: int, *, rtt: float | None,
+                    tokens_needed: int = 0) -> "RouteCandidate":
+        """A server's record (zswarm.swarm_info.ServerRecord) as a candidate for blocks [start, end)."""
+        return cls(peer_id=record.peer_id, start=max(start, record.start), end=min(end, record.end),
+                   inference_rps=record.inference_rps, rtt_from_client=rtt, next_pings=dict(record.next_pings),
+                   cache_room=record.cache_tokens_left >= tokens_needed, throughput=record.throughput)
+
 
 @dataclass(frozen=True)
 class RouteSpan:
@@ -103,7 +112,7 @@ def candidates(blocks: Sequence[Mapping[str, object]], start: int, end: int, *,
     place a server's record becomes what routing reads. The client's SequenceManager and
     zswarm-inspect both build theirs here.
 
-    `blocks[b]`: peer_id -> the record (a `ServerRecord`) of each usable server of block b.
+    `blocks[b]`: peer_id -> the `zswarm.swarm_info.ServerRecord` of each usable server of block b.
     `banned` servers are left out, except where a block would be left with no server at all;
     a server whose RTT is None (it did not answer a ping) is left out.
     """
@@ -118,24 +127,13 @@ def candidates(blocks: Sequence[Mapping[str, object]], start: int, end: int, *,
     for peer in sorted(chosen):
         if peer in rtts and rtts[peer] is None:
             continue
-        rec = records[peer]
-        out.append(RouteCandidate(
-            peer_id=peer, start=max(start, rec.start), end=min(end, rec.end), inference_rps=rec.inference_rps,
-            rtt_from_client=rtts.get(peer), next_pings=dict(rec.next_pings),
-            cache_room=rec.cache_tokens_left >= tokens_needed, throughput=rec.throughput))
+        out.append(RouteCandidate.from_record(records[peer], start, end, rtt=rtts.get(peer),
+                                              tokens_needed=tokens_needed))
     return out
 
 
-def _finite_pos(value, fallback: float) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return fallback
-    return value if math.isfinite(value) and value >= 0 else fallback
-
-
 def _block_time(c: RouteCandidate) -> float:
-    rps = _finite_pos(c.inference_rps, 0.0)
+    rps = finite_nonneg(c.inference_rps, 0.0)
     return 1.0 / max(rps, _MIN_RPS)
 
 
@@ -165,10 +163,10 @@ class _Costs:
         if relay not in ("client", "server"):
             raise ValueError(f"relay must be 'client' or 'server', got {relay!r}")
         self.relay = relay
-        self.hop_overhead = _finite_pos(hop_overhead, HOP_OVERHEAD_S)
-        self.no_cache_penalty = _finite_pos(no_cache_penalty, NO_CACHE_PENALTY_S)
-        unknown = _finite_pos(unknown_rtt, UNKNOWN_RTT_S)
-        self.rtt = [_finite_pos(c.rtt_from_client, unknown) if c.rtt_from_client is not None else unknown
+        self.hop_overhead = finite_nonneg(hop_overhead, HOP_OVERHEAD_S)
+        self.no_cache_penalty = finite_nonneg(no_cache_penalty, NO_CACHE_PENALTY_S)
+        unknown = finite_nonneg(unknown_rtt, UNKNOWN_RTT_S)
+        self.rtt = [finite_nonneg(c.rtt_from_client, unknown) if c.rtt_from_client is not None else unknown
                     for c in candidates]
         self.block_time = [_block_time(c) for c in candidates]
         self.candidates = candidates
@@ -191,7 +189,7 @@ class _Costs:
             return detour
         ping = self.candidates[i].next_pings.get(self.candidates[j].peer_id) if isinstance(
             self.candidates[i].next_pings, dict) else None
-        ping = _finite_pos(ping, -1.0) if ping is not None else -1.0
+        ping = finite_nonneg(ping, -1.0) if ping is not None else -1.0
         return ping / 2 if ping >= 0 else detour
 
 
@@ -211,7 +209,7 @@ def inference_route_cost(route: Sequence[RouteSpan], candidates: Sequence[RouteC
                 index.append(i)
                 break
         else:
-            raise ValueError(f"no candidate {span.peer_id!r} holds blocks [{span.start}, {span.end})")
+            raise ValueError(f"no candidate {span.peer_id!r} holds blocks {format_blocks(span.start, span.end)}")
     total = 0.0
     for k, (span, i) in enumerate(zip(route, index)):
         total += costs.enter(i) + span.length * costs.block_time[i]
@@ -342,7 +340,7 @@ def find_forward_route(candidates: Sequence[RouteCandidate], start: int, end: in
         here = [c for c in usable if c.start <= k < c.end]
         weights = []
         for c in here:
-            speed = _finite_pos(c.throughput, 0.0) or _finite_pos(c.inference_rps, 0.0) or _MIN_RPS
+            speed = finite_nonneg(c.throughput, 0.0) or finite_nonneg(c.inference_rps, 0.0) or _MIN_RPS
             weights.append(speed * (min(c.end, end) - k))
         chosen = rng.choices(here, weights=weights)[0]
         stop = min(chosen.end, end)

@@ -28,7 +28,9 @@ def llama_reference(tiny_llama_dir):
 @pytest.fixture
 def swarm(llama_source):
     """An in-process swarm of the tiny llama; add servers with swarm.add(start, end)."""
-    return InProcessSwarm(llama_source)
+    swarm = InProcessSwarm(llama_source)
+    yield swarm
+    swarm.close()
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def connect(swarm, llama_source):
 def local_swarm(model_dir, workdir, *servers):
     """A LocalSwarm of `model_dir` whose `servers`, (name, start, end) or (name, start, end, start
     keyword arguments), are all online; everything it started is stopped on leaving."""
-    from zswarm.client.local_swarm import LocalSwarm
+    from zswarm.testing.launch import LocalSwarm
     from zswarm.models import resolve_model
 
     source = resolve_model(str(model_dir))

@@ -1,87 +1,73 @@
-"""An in-process swarm for the client's unit tests: MockTransport handlers that speak the RPC
-protocol of docs/architecture.md over real model spans (`load_span`), and the ServerRecords a
-DHT would return for them. Only for testing the client's own logic (routing, failover, replay)
-fast; the proof tests in test_swarm_*.py run real server processes."""
+"""An in-process swarm for the client's unit tests: the real server RPC (`ServerRPC`, with its
+sessions, cache budget and compute thread) over real model spans, mounted on a MockTransport, and
+the ServerRecords a DHT would return for them. Only for testing the client's own logic (routing,
+failover, replay) fast; the protocol is the server's own, so the two cannot drift apart. The proof
+tests in test_swarm_*.py run real server processes."""
 from __future__ import annotations
 
 import itertools
 
 import torch
 
-from dht.records import ServerRecord, ServerState
+import zswarm
 from wire import MockTransport
 from zswarm.client import ClientConfig
 from zswarm.client.swarm import SwarmConnection
-from zswarm.errors import BadPositionError, UnknownSessionError
 from zswarm.models import load_client_parts, load_span, resolve_model
+from zswarm.server.cache_budget import CacheBudget
+from zswarm.server.compute import ComputeQueue
+from zswarm.server.handlers import ServerRPC, ServingState
+from zswarm.server.sessions import SessionManager
+from zswarm.swarm_info import ServerRecord, ServerState
 
 _ids = itertools.count(1)
 
+CACHE_TOKENS = 4096  # each server's KV budget, and what its record announces free at the start
+
 
 class SpanServer:
-    """One fake server over blocks [start, end) of a real model."""
+    """One server over blocks [start, end) of a real model: ServerRPC's handlers, in this process."""
 
-    def __init__(self, source, start: int, end: int, *, peer_id: str | None = None, inference_rps: float = 100.0):
+    def __init__(self, source, start: int, end: int, *, peer_id: str | None = None, inference_rps: float = 100.0,
+                 adapters: tuple[str, ...] = ()):
+        """`adapters`: the names it serves (no LoRA weights behind them: the base model runs)."""
         self.span = load_span(source, start, end, dtype=torch.float32)
+        self.span.attach_pool(CACHE_TOKENS)  # as a server does: one KV pool of the budget's size
         self.start, self.end = start, end
         self.peer_id = peer_id or f"peer-{next(_ids)}-{start}-{end}"
         self.address = f"tcp://mock-{self.peer_id}:1"
         self.model_id = source.model_id
-        self.inference_rps = inference_rps
-        self.sessions: dict[str, tuple] = {}
-        self.steps = 0           # inference_step calls served
-        self.fail_after: int | None = None   # die (stop answering) after this many steps
+        self.compute = ComputeQueue(name=f"compute-{self.peer_id}")
+        self.sessions = SessionManager(CacheBudget(CACHE_TOKENS), idle_timeout=300.0)
+        self.state = ServingState(
+            model_id=source.model_id, num_blocks=source.num_blocks, hidden_size=int(source.config.hidden_size),
+            dtype="float32", quant="none", peer_id=self.peer_id, version=zswarm.__version__, start=start, end=end,
+            span=self.span, throughput=100.0, inference_rps=inference_rps, forward_rps=1000.0,
+            adapters=tuple(adapters))
+        self.rpc = ServerRPC(self.state, self.sessions, self.compute)
+        self.steps = 0  # inference_step calls served
 
     def record(self) -> ServerRecord:
-        return ServerRecord(peer_id=self.peer_id, address=self.address, model_id=self.model_id, start=self.start,
-                            end=self.end, state=ServerState.ONLINE, throughput=100.0,
-                            inference_rps=self.inference_rps, forward_rps=1000.0, dtype="float32",
-                            cache_tokens_left=10_000)
+        s = self.state
+        return ServerRecord(peer_id=s.peer_id, address=self.address, model_id=s.model_id, start=s.start, end=s.end,
+                            state=ServerState.ONLINE, throughput=s.throughput, inference_rps=s.inference_rps,
+                            forward_rps=s.forward_rps, dtype=s.dtype, cache_tokens_left=self.sessions.budget.free,
+                            adapters=tuple(s.adapters))
 
     def handlers(self) -> dict:
-        return {"ping": self.ping, "open_session": self.open_session, "inference_step": self.inference_step,
-                "close_session": self.close_session, "forward": self.forward, "backward": self.backward}
+        handlers = self.rpc.handlers()
+        step = handlers["inference_step"]
 
-    async def ping(self, request):
-        return {}, []
+        async def inference_step(request):
+            reply = await step(request)
+            self.steps += 1
+            return reply
 
-    async def open_session(self, request):
-        meta = request.meta
-        sub = self.span.sub(meta["start"], meta["end"])
-        session_id = f"s{next(_ids)}"
-        self.sessions[session_id] = (sub, sub.new_cache(meta["batch_size"]))
-        return {"session_id": session_id}, []
+        return {**handlers, "inference_step": inference_step}
 
-    async def inference_step(self, request):
-        meta = request.meta
-        if meta["session_id"] not in self.sessions:
-            raise UnknownSessionError("no such session")
-        sub, cache = self.sessions[meta["session_id"]]
-        named = dict(zip(meta.get("tensor_names", ["hidden"]), request.tensors))
-        position = meta["position"]
-        if position > cache.length:
-            raise BadPositionError(f"position {position} skips past {cache.length}")
-        cache.rollback(position)
-        if "hypo_ids" in named:
-            cache.reorder(named["hypo_ids"])
-        hidden = named["hidden"]
-        self.steps += 1
-        return {}, [sub.inference_step(hidden, cache).to(hidden.dtype)]
-
-    async def close_session(self, request):
-        self.sessions.pop(request.meta["session_id"], None)
-        return {}, []
-
-    async def forward(self, request):
-        hidden = request.tensors[0]
-        sub = self.span.sub(request.meta["start"], request.meta["end"])
-        return {}, [sub.forward(hidden).to(hidden.dtype)]
-
-    async def backward(self, request):
-        hidden, grad = request.tensors[:2]
-        sub = self.span.sub(request.meta["start"], request.meta["end"])
-        grad_hidden, _ = sub.backward(hidden, grad)
-        return {}, [grad_hidden.to(hidden.dtype)]
+    def close(self) -> None:
+        self.sessions.close_all("was ended: the test is over")
+        self.compute.close()
 
 
 class InProcessSwarm:
@@ -102,6 +88,10 @@ class InProcessSwarm:
     def kill(self, server: SpanServer) -> None:
         self.transport.remove_server(server.address)
         self.killed.add(server.peer_id)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
 
     async def fetch_records(self):
         """What the DHT would say: killed servers stay listed (their records have not expired)."""

@@ -62,7 +62,7 @@ def test_only_server_of_some_blocks_vanishing_raises_no_route_error_naming_them(
     swarm.add(0, 4)
     lonely = swarm.add(4, 6)
     model = connect(max_retries=2)
-    with pytest.raises(NoRouteError, match=r"blocks 4-5 of tiny-llama\w* are served by no one.*3 failed attempts"):
+    with pytest.raises(NoRouteError, match=r"blocks 4:6 of tiny-llama\w* are served by no one.*3 failed attempts"):
         model.generate(PROMPT, max_new_tokens=6,
                        stopping_criteria=StoppingCriteriaList([AtStep(2, lambda: swarm.kill(lonely))]))
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from dht.records import ServerRecord, ServerState
+from zswarm.swarm_info import ServerRecord, ServerState
 from wire import MockTransport
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import ServerUnavailable
@@ -68,7 +68,7 @@ def test_a_dead_last_server_fails_its_probe_instead_of_being_routed_through():
         manager = _manager([_record("a", 0, 2), _record("b", 2, 4)], alive={"b"})
         await manager.update()           # the first ping already bans a
         assert manager.bans.is_banned("a")
-        with pytest.raises(ServerUnavailable, match="last one left for blocks 0-1"):
+        with pytest.raises(ServerUnavailable, match="last one left for blocks 0:2"):
             await manager.make_inference_route(0, 4)
     asyncio.run(main())
 
@@ -102,7 +102,7 @@ def test_blocks_nobody_serves_raise_no_route_error_naming_them():
     async def main():
         manager = _manager([_record("a", 0, 2), _record("b", 3, 5)])
         await manager.update()
-        with pytest.raises(NoRouteError, match="block 2 of m is served by no one"):
+        with pytest.raises(NoRouteError, match="blocks 2:3 of m are served by no one"):
             await manager.make_inference_route(0, 5)
     asyncio.run(main())
 

@@ -94,6 +94,6 @@ def test_kill_9_where_the_replacement_has_other_span_boundaries_gives_identical_
 
 
 def test_death_of_the_only_server_of_some_blocks_raises_no_route_error_naming_them(model, swarm):
-    with pytest.raises(NoRouteError, match=r"blocks 0-1 of \S+ are served by no one .*4 failed attempts"):
+    with pytest.raises(NoRouteError, match=r"blocks 0:2 of \S+ are served by no one .*4 failed attempts"):
         model.generate(PROMPT, max_new_tokens=10,
                        stopping_criteria=StoppingCriteriaList([AtStep(3, lambda: swarm.kill(swarm.servers["a"]))]))

@@ -16,7 +16,7 @@ IDS = torch.tensor([[1, 5, 9, 33, 7, 2]])
 def adapter_swarm(swarm):
     """Two servers of all blocks: `with_x` serves adapter "x", `plain` serves none. Each
     remembers the meta of the requests it got."""
-    with_x, plain = swarm.add(0, 6, peer_id="with-x"), swarm.add(0, 6, peer_id="plain")
+    with_x, plain = swarm.add(0, 6, peer_id="with-x", adapters=("x",)), swarm.add(0, 6, peer_id="plain")
     adapters = {with_x.peer_id: ("x",), plain.peer_id: ()}
     seen: dict[str, list[tuple[str, dict]]] = {with_x.peer_id: [], plain.peer_id: []}
     for server in (with_x, plain):

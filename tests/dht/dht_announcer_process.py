@@ -5,8 +5,13 @@ Prints "READY <address> <peer_id>" once announced, then serves until stdin close
 """
 
 import sys
+from pathlib import Path
 
-from dht import DHTConfig, DHTNode, ServerRecord, announce_blocks
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's dht and zswarm, not an installed copy
+
+from dht import DHTConfig, DHTNode  # noqa: E402
+from zswarm.records import announce_blocks  # noqa: E402
+from zswarm.swarm_info import ServerRecord  # noqa: E402
 
 
 def main() -> None:

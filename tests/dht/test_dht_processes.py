@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dht import DHTConfig, DHTNode, ServerRecord, announce_blocks, fetch_block_servers, list_models
+from dht import DHTConfig, DHTNode
+from zswarm.records import announce_blocks, fetch_block_servers, list_models
+from zswarm.swarm_info import ServerRecord
 
 HERE = Path(__file__).parent
 

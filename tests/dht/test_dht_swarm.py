@@ -3,7 +3,9 @@
 import asyncio
 import time
 
-from dht import DHTNode, ServerRecord, announce_blocks, fetch_block_servers, list_models
+from dht import DHTNode
+from zswarm.records import announce_blocks, fetch_block_servers, list_models
+from zswarm.swarm_info import ServerRecord
 from dht.entry import sign_entry
 from dht.identity import Identity
 from dht.server import key_digest

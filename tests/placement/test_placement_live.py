@@ -11,7 +11,8 @@ C also pinged A and B (the latency strategy's stand-in for regions); on loopback
 near, and placement only tells near from far (50 ms), so the exact RTTs do not matter.
 """
 
-from dht import ServerState, fetch_block_servers
+from zswarm.records import fetch_block_servers
+from zswarm.swarm_info import ServerState
 from zswarm.placement import choose_blocks
 from zswarm.server.rebalancer import swarm_view
 
@@ -35,7 +36,7 @@ def test_server_with_latency_placement_chooses_the_blocks_placement_computes_fro
 
     c = spawn_server(tiny_model_dir, "--initial-peers", a.dht_address, "--num-blocks", 2, "--throughput", 300,
                      "--placement", "latency", *COMMON).wait_serving()
-    assert "(latency placement; 2 other servers in the swarm, 2 answered a ping)" in c.log()
+    assert "(latency placement; 2 other servers in the swarm, 2 answered a ping)" in c.log_text()
 
     records = fetch_block_servers(node, tiny_model_id, 0, NUM_BLOCKS)
     mine = next(r for per_block in records for r in per_block.values() if r.peer_id == c.peer_id)

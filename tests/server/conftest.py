@@ -40,58 +40,7 @@ def tiny_span(tiny_source):
 
 
 # ---- real server processes ------------------------------------------------------------------
-import re  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-SERVING = re.compile(r"serving (\S+) blocks (\d+):(\d+) of (\d+) on .* at (tcp://\S+) \(peer (\w+)\)")
-DHT_AT = re.compile(r"others join this swarm with --initial-peers (\S+)\)")
-
-
-class ServerProcess:
-    """`zswarm-server ARGS` as a child process, its log in a file."""
-
-    def __init__(self, args, log_path, env):
-        self.args = list(args)
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "zswarm.server.cli", *self.args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.address = self.peer_id = self.dht_address = None
-        self.start = self.end = None
-
-    def log(self) -> str:
-        return open(self.log_path, "rb").read().decode(errors="replace")
-
-    def wait_for(self, pattern, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.log())
-            if match:
-                return match
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited ({self.proc.returncode}) before {pattern!r}:\n{self.log()[-3000:]}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.log()[-3000:]}")
-
-    def wait_serving(self, timeout=60.0) -> "ServerProcess":
-        self.dht_address = self.wait_for(DHT_AT, timeout).group(1)
-        match = self.wait_for(SERVING, timeout)
-        self.start, self.end = int(match.group(2)), int(match.group(3))
-        self.address, self.peer_id = match.group(5), match.group(6)
-        return self
-
-    def terminate(self, timeout=20.0) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+from zswarm.testing.launch import ServerProcess  # noqa: E402  (ready by its --ready-file, not by a log line)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +51,7 @@ def spawn_server(tmp_path_factory):
     env = dict(os.environ, HF_HUB_OFFLINE="1", ZSWARM_CACHE=str(logs / "cache"), PYTHONUNBUFFERED="1")
 
     def spawn(*args):
-        server = ServerProcess([str(a) for a in args], logs / f"server{len(started)}.log", env)
+        server = ServerProcess(args, logs / f"server{len(started)}.log", env=env)
         started.append(server)
         return server
     try:

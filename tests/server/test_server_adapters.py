@@ -11,7 +11,7 @@ import logging
 import pytest
 import torch
 
-from dht import fetch_block_servers
+from zswarm.records import fetch_block_servers
 from wire import ZmqTransport
 from zswarm.errors import UnknownAdapterError
 from zswarm.models import load_client_parts, load_span
@@ -37,8 +37,8 @@ def adapter_dirs(tiny_model_dir, tmp_path_factory):
 def swarm(tiny_model_dir, adapter_dirs, spawn_server):
     adapters = ["--adapters", adapter_dirs["style"], adapter_dirs["terse"]]
     first = spawn_server(tiny_model_dir, "--new-swarm", "--block-indices", "0:3", *adapters, *COMMON)
-    # the second server loads its blocks while the first does
-    dht_address = first.wait_for(r"others join this swarm with --initial-peers (\S+)\)").group(1)
+    # the second joins the swarm through the first once that one serves (its ready file says where)
+    dht_address = first.wait_ready().dht_address
     second = spawn_server(tiny_model_dir, "--initial-peers", dht_address, "--block-indices", "3:6", *adapters,
                           *COMMON)
     return [first.wait_serving(), second.wait_serving()]
@@ -218,7 +218,7 @@ def test_a_bad_adapter_stops_the_start_with_one_line_before_joining_the_swarm(
 
 
 def test_a_server_that_moves_keeps_serving_its_adapters_on_the_new_blocks(tiny_model_dir, tiny_source, adapter_dirs):
-    from dht import ServerState
+    from zswarm.swarm_info import ServerState
     from zswarm.server.config import ServerConfig
     from zswarm.server.server import Server
 

@@ -8,7 +8,9 @@ import socket
 
 import pytest
 
-from dht import DHTNode, ServerState, afetch_block_servers
+from dht import DHTNode
+from zswarm.records import afetch_block_servers
+from zswarm.swarm_info import ServerState
 from wire import ZmqTransport
 from zswarm.server.addresses import announced_host
 from zswarm.server.config import ConfigError, ServerConfig

@@ -4,7 +4,9 @@ import asyncio
 import pytest
 import torch
 
-from dht import DHTNode, ServerState, afetch_block_servers
+from dht import DHTNode
+from zswarm.records import afetch_block_servers
+from zswarm.swarm_info import ServerState
 from wire import ZmqTransport
 from zswarm.server import ConfigError, Server, ServerConfig
 

@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from dht import ServerState, fetch_block_servers
+from zswarm.records import fetch_block_servers
+from zswarm.swarm_info import ServerState
 
 NUM_BLOCKS = 6
 FAST = ["--throughput", 100, "--rebalance", "--rebalance-period", 0.6, "--min-move-interval", 1.5,
@@ -46,12 +47,12 @@ def test_skewed_swarm_moves_a_server_into_the_gap_and_stays_there(swarms):
         if sorted(ranges.values()) == [(0, 3), (3, 6)]:
             break
         time.sleep(0.2)
-    assert sorted(ranges.values()) == [(0, 3), (3, 6)], (ranges, [s.log()[-2000:] for s in servers])
-    moves = sum(s.log().count("moved from blocks 0:3 to 3:6") for s in servers)
+    assert sorted(ranges.values()) == [(0, 3), (3, 6)], (ranges, [s.log_text()[-2000:] for s in servers])
+    moves = sum(s.log_text().count("moved from blocks 0:3 to 3:6") for s in servers)
     assert moves >= 1
     time.sleep(3)  # several more check periods: nobody flips back
     assert online_ranges(node, swarms["model_id"], servers) == ranges
-    assert sum(s.log().count("moved from blocks") for s in servers) == moves
+    assert sum(s.log_text().count("moved from blocks") for s in servers) == moves
 
 
 def test_balanced_swarm_stays_put(swarms):
@@ -61,4 +62,4 @@ def test_balanced_swarm_stays_put(swarms):
         time.sleep(remaining)
     assert online_ranges(node, swarms["model_id"], servers) == {servers[0].peer_id: (0, 3), servers[1].peer_id: (3, 6)}
     for server in servers:
-        assert "rebalancing" not in server.log()
+        assert "rebalancing" not in server.log_text()

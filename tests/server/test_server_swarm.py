@@ -5,7 +5,8 @@ import time
 import pytest
 import torch
 
-from dht import ServerState, fetch_block_servers
+from zswarm.records import fetch_block_servers
+from zswarm.swarm_info import ServerState
 from wire import ZmqTransport
 from zswarm.errors import BadPositionError, BlocksNotServedError, CacheFullError
 
@@ -173,5 +174,5 @@ def test_after_sigterm_the_server_exits_cleanly_and_no_record_of_it_is_online(sw
     leaving = servers[-1]
     assert (leaving.peer_id, leaving.start, leaving.end) in online_ranges(node, model_id)
     assert leaving.terminate() == 0
-    assert "as OFFLINE" in leaving.log()
+    assert "as OFFLINE" in leaving.log_text()
     assert online_ranges(node, model_id, {leaving.peer_id}) == set()

@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
+class EchoServerProcess:
     def __init__(self, port: int):
         self.proc = subprocess.Popen([sys.executable, str(SERVER_SCRIPT), str(port)],
                                      stdout=subprocess.PIPE, text=True)
@@ -43,7 +43,7 @@ class ServerProcess:
 def server_processes():
     started = []
     try:
-        yield lambda port: started.append(ServerProcess(port)) or started[-1]
+        yield lambda port: started.append(EchoServerProcess(port)) or started[-1]
     finally:
         for server in started:
             server.kill()

@@ -23,7 +23,7 @@ from .floor import floor
 from .gpu_tables import print_gpu
 from .hf_local import best_of, eager_anchor, free, load_hf, static_anchor, ttft_local
 from .random_llama import SHAPES, make_random_llama
-from .server_chain import start_chain
+from .server_chain import log_lines, start_chain
 from .swarm_runs import churn, concurrency, session_row, ttft_swarm
 from .swarm_session import one_session, prompt_lengths, random_prompt
 
@@ -57,7 +57,7 @@ class Servers:
         return hops(self.servers)
 
     def notes(self) -> dict:
-        return {f"{self.quant} server{i}": s.log_lines("graph") for i, s in enumerate(self.servers)}
+        return {f"{self.quant} server{i}": log_lines(s, "graph") for i, s in enumerate(self.servers)}
 
     def __exit__(self, *exc):
         for server in self.servers:

@@ -1,61 +1,20 @@
 """zswarm-server processes for benchmarks, started as an operator would (the CLI, `--new-swarm`
-then `--initial-peers`), one after another; each is known to be serving, and where, from its log.
+then `--initial-peers`), one after another; each is known to be serving, and where, from the
+ready file it writes (zswarm.testing.launch, the launcher tests and LocalSwarm use too).
 
-Unlike zswarm.client.local_swarm (a DHT node in this process, servers found in the DHT) nothing
-here needs the DHT client: the benchmark talks to the servers' RPC addresses directly.
+Unlike LocalSwarm (a DHT node in this process, servers found in the DHT) nothing here needs the
+DHT client: the benchmark talks to the servers' RPC addresses directly.
 """
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-SERVING = re.compile(r"serving (\S+) blocks (\d+):(\d+) of (\d+) on .* at (tcp://\S+) \(peer (\w+)\)")
-DHT_AT = re.compile(r"others join this swarm with --initial-peers (\S+)\)")
+from zswarm.testing.launch import ServerProcess  # public here as before
 
+__all__ = ["ServerProcess", "log_lines", "start_chain"]
 
-class ServerProcess:
-    def __init__(self, args: list, log_dir: Path, name: str, env: dict):
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "zswarm.server.cli", *map(str, args)]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.address = self.dht_address = None
-        self.start = self.end = None
-
-    def wait_serving(self, timeout: float) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            match = SERVING.search(text)
-            if match:
-                self.dht_address = DHT_AT.search(text).group(1)
-                self.start, self.end, self.address = int(match.group(2)), int(match.group(3)), match.group(5)
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not come up; log {self.log_path}:\n{self.log_path.read_text()[-3000:]}")
-
-    def log_lines(self, needle: str, limit: int = 5) -> list:
-        """The first `limit` lines of this server's log that contain `needle` (case-insensitive)."""
-        lines = [line.strip()[:300] for line in self.log_path.read_text(errors="replace").splitlines()
-                 if needle.lower() in line.lower()]
-        return lines[:limit]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+STOP_GRACE_S = 60.0  # a benchmark's servers get SIGTERM and this long to leave before SIGKILL
 
 
 def start_chain(model_dir: str, ranges: list, extra: list, log_dir: Path, timeout: float,
@@ -71,9 +30,18 @@ def start_chain(model_dir: str, ranges: list, extra: list, log_dir: Path, timeou
             rate = (["--throughput-cache", log_dir / "throughput.json"] if measure_first and i == 0
                     else ["--throughput", 1])
             args = [model_dir, *join, "--block-indices", f"{start}:{end}", *rate, *extra]
-            servers.append(ServerProcess(args, log_dir, f"{tag}server{i}-{start}-{end}", env).wait_serving(timeout))
+            server = ServerProcess(args, Path(log_dir) / f"{tag}server{i}-{start}-{end}.log", env=env,
+                                   stop_grace=STOP_GRACE_S)
+            servers.append(server)
+            server.wait_serving(timeout)
     except BaseException:
         for server in servers:
             server.stop()
         raise
     return servers
+
+
+def log_lines(server: ServerProcess, needle: str, limit: int = 12) -> list:
+    """The first `limit` lines of a server's log that contain `needle` (case-insensitive)."""
+    lines = [line.strip()[:300] for line in server.log_text().splitlines() if needle.lower() in line.lower()]
+    return lines[:limit]

@@ -1,5 +1,5 @@
-"""What counts as a server's fault, how the client gives up when retries run out, and what a
-caller of the public API sees of wire's and dht's errors (`public_error`: the one place they
+"""What counts as a server's fault, the retry budget every failover loop of the client spends
+(`RetryBudget`: inference sessions and forward/backward alike), and what a caller of the public API sees of wire's and dht's errors (`public_error`: the one place they
 are mapped into zswarm's tree)."""
 from __future__ import annotations
 
@@ -44,6 +44,46 @@ def adapter_detail(adapter: str) -> str:
 
 def backoff_delay(config: ClientConfig, attempt: int) -> float:
     return min(config.retry_backoff_s * 2 ** max(attempt - 1, 0), config.ban_max_s)
+
+
+class RetryBudget:
+    """One operation's retries: at most `config.max_retries` failed attempts, exponential backoff
+    between them, and NoRouteError (chained to the last failure) once they are spent.
+
+    A failed attempt is a server failing a call (`fail`) or no route to be had (`no_route`); the
+    first time no route is found after a new start (`new_route`) does not count, since our view
+    of the swarm may just be stale: the view is refreshed at once instead.
+    """
+
+    def __init__(self, config: ClientConfig, model_id: str):
+        self.config, self.model_id = config, model_id
+        self.attempt = 0
+        self._refreshed = False
+
+    def fail(self, cause: BaseException, start: int, end: int) -> None:
+        """Count a failed attempt on blocks [start, end); raises once the budget is spent."""
+        self.attempt += 1
+        if self.attempt > self.config.max_retries:
+            raise retries_exhausted(self.model_id, start, end, self.attempt, cause) from cause
+
+    async def backoff(self) -> None:
+        await asyncio.sleep(backoff_delay(self.config, self.attempt))
+
+    def new_route(self) -> None:
+        """Routing starts over (a new range, or after a server failed): a stale view is forgiven once more."""
+        self._refreshed = False
+
+    async def no_route(self, cause: BaseException, start: int, end: int, refresh) -> None:
+        """No route now: refresh the view (`await refresh()`) at once the first time, after that
+        count a failed attempt and back off first."""
+        if self._refreshed:
+            self.fail(cause, start, end)
+            await self.backoff()
+        self._refreshed = True
+        await refresh()
+
+    def __str__(self) -> str:
+        return f"attempt {self.attempt} of {self.config.max_retries}"
 
 
 def public_error(exc: BaseException) -> BaseException:

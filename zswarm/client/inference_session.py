@@ -28,9 +28,9 @@ from typing import Callable
 import torch
 
 from wire.codec import to_wire_dtype
+from zswarm.blocks import format_blocks
 from zswarm.client.config import ClientConfig
-from zswarm.client.failures import (ServerUnavailable, backoff_delay, describe, is_server_fault,
-                                    retries_exhausted)
+from zswarm.client.failures import RetryBudget, ServerUnavailable, describe, is_server_fault
 from zswarm.client.sequence_manager import SequenceManager
 from zswarm.errors import NoRouteError, SessionClosedError, SessionLengthError
 
@@ -227,9 +227,9 @@ class InferenceSession:
     async def _through_route(self, hidden: torch.Tensor) -> torch.Tensor:
         """`hidden` at positions position.. through blocks [start, end); the retry budget
         (`max_retries` failed attempts) is for the whole of this step."""
-        attempt = 0
+        budget = RetryBudget(self.config, self.manager.model_id)
         if not self.spans:
-            self.spans, attempt = await self._route(self.start, self.end, attempt=0, cause=None)
+            self.spans = await self._route(self.start, self.end, budget)
             self._log_route()
         block = self.start
         while block < self.end:
@@ -240,10 +240,10 @@ class InferenceSession:
             except Exception as exc:
                 if not is_server_fault(exc):
                     raise
-                attempt += 1
                 self.failures.append((time.monotonic(), span.peer_id, describe(exc)))
                 self.manager.on_failure(span.peer_id, exc)
-                attempt = await self._replace(index, attempt=attempt, cause=exc)
+                budget.fail(exc, span.start, span.end)
+                await self._replace(index, budget, cause=exc)
                 continue
             self.manager.on_success(span.peer_id)
             self._history_at(block, hidden).write(self.position, hidden)
@@ -267,7 +267,7 @@ class InferenceSession:
         replayed_from, replayed = span.position, []
         past = self.history.get(span.start)
         if span.position < self.position and (past is None or past.length < self.position):
-            raise RuntimeError(f"no history to rebuild blocks {span.start}-{span.end - 1} from")  # a bug
+            raise RuntimeError(f"no history to rebuild blocks {format_blocks(span.start, span.end)} from")  # a bug
         per_row = self._tokens_per_row()
         # Replay in pieces of at most per_row tokens; the last one travels with the new tokens.
         while span.position < self.position and self.position - span.position + hidden.shape[1] > per_row:
@@ -312,41 +312,28 @@ class InferenceSession:
         span.session_id, span.position, span.pending_hypo_ids = session_id, 0, None
 
     # ---- routing and replacement ----------------------------------------------------------
-    async def _route(self, start: int, end: int, *, attempt: int,
-                     cause: BaseException | None) -> tuple[list[SpanSession], int]:
-        """Route [start, end) within the retry budget; returns the new span sessions and the
-        count of failed attempts so far."""
-        refreshed = False
+    async def _route(self, start: int, end: int, budget: RetryBudget) -> list[SpanSession]:
+        """Route [start, end) within the retry budget; returns the new span sessions."""
+        budget.new_route()
         while True:
             try:
                 route = await self.manager.make_inference_route(
                     start, end, batch_size=self.batch_size or 1, max_length=self.max_length)
                 break
             except (NoRouteError, ServerUnavailable) as exc:
-                if not refreshed:  # our view may be stale: the DHT may know servers we do not
-                    refreshed = True
-                    await self.manager.update()
-                    continue
-                attempt += 1
-                cause = exc
-                if attempt > self.config.max_retries:
-                    raise retries_exhausted(self.manager.model_id, start, end, attempt, cause) from exc
-                await asyncio.sleep(backoff_delay(self.config, attempt))
-                await self.manager.update()
-        return [SpanSession(r.peer_id, self.manager.address(r.peer_id), r.start, r.end) for r in route], attempt
+                await budget.no_route(exc, start, end, self.manager.update)
+        return [SpanSession(r.peer_id, self.manager.address(r.peer_id), r.start, r.end) for r in route]
 
-    async def _replace(self, index: int, *, attempt: int, cause: BaseException) -> int:
+    async def _replace(self, index: int, budget: RetryBudget, *, cause: BaseException) -> None:
         failed = self.spans[index]
-        if attempt > self.config.max_retries:
-            raise retries_exhausted(self.manager.model_id, failed.start, failed.end, attempt, cause) from cause
         self.failovers += 1
-        logger.warning("server %s failed on blocks %d-%d (%s); rerouting (attempt %d of %d)", failed.peer_id,
-                       failed.start, failed.end - 1, describe(cause), attempt, self.config.max_retries)
+        logger.warning("server %s failed on blocks %s (%s); rerouting (%s)", failed.peer_id,
+                       format_blocks(failed.start, failed.end), describe(cause), budget)
         # Route from what we know at once (the failed server is banned now); the manager refreshes
         # from the DHT in the background, and `_route` waits for a refresh if this view has no route.
-        new, attempt = await self._route(failed.start, failed.end, attempt=attempt, cause=cause)
+        new = await self._route(failed.start, failed.end, budget)
         if any(self.manager.bans.is_banned(s.peer_id) for s in new):
-            await asyncio.sleep(backoff_delay(self.config, attempt))  # only just-failed servers left
+            await budget.backoff()  # only just-failed servers left
         self.spans[index:index + 1] = new
         # Free the failed server's cache if it is still there, without waiting on a dead server.
         task = asyncio.ensure_future(self._close_servers([failed]))
@@ -356,13 +343,14 @@ class InferenceSession:
         starts = {span.start for span in self.spans}
         self.history = {block: past for block, past in self.history.items() if block in starts}
         self._log_route()
-        return attempt
 
     def _log_route(self) -> None:
         level = logging.INFO if self.config.show_route else logging.DEBUG
         if logger.isEnabledFor(level):
-            logger.log(level, "route for blocks %d-%d of %s: %s", self.start, self.end - 1, self.manager.model_id,
-                       " -> ".join(f"{s.start}-{s.end - 1} @ {s.peer_id[:12]} ({s.address})" for s in self.spans))
+            logger.log(level, "route for blocks %s of %s: %s", format_blocks(self.start, self.end),
+                       self.manager.model_id,
+                       " -> ".join(f"{format_blocks(s.start, s.end)} @ {s.peer_id[:12]} ({s.address})"
+                                   for s in self.spans))
 
     # ---- history --------------------------------------------------------------------------
     def _span_index_at(self, block: int) -> int:

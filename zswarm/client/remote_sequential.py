@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from wire.codec import to_wire_dtype
-from zswarm.client.failures import (ServerUnavailable, SpanFailed, backoff_delay, is_server_fault,
-                                    retries_exhausted)
+from zswarm.blocks import format_blocks
+from zswarm.client.failures import RetryBudget, ServerUnavailable, SpanFailed, is_server_fault
 from zswarm.client.swarm import SwarmConnection
 from zswarm.errors import NoRouteError
 from zswarm.routing import RouteSpan
@@ -56,7 +56,7 @@ class RemoteSequential(nn.Module):
         return _RemoteBlocks.apply(hidden, prompts, self)
 
     def extra_repr(self) -> str:
-        return f"blocks {self.start}-{self.end - 1} of {self.swarm.model_id}"
+        return f"blocks {format_blocks(self.start, self.end)} of {self.swarm.model_id}"
 
     # ---- async work on the client loop ------------------------------------------------------
     async def aforward(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None, *,
@@ -111,31 +111,22 @@ class RemoteSequential(nn.Module):
                              busy: Counter | None = None):
         """Run `work(route)` on a route of [start, end); on a server's failure ban it and run it
         again on a new route, at most `max_retries` times."""
-        manager, config = self.swarm.manager, self.swarm.config
-        route, attempt, cause, refreshed = first_route, 0, None, False
+        manager = self.swarm.manager
+        budget = RetryBudget(self.swarm.config, manager.model_id)
+        route = first_route
         while True:
             try:
                 if route is None:
                     route = await manager.make_forward_route(start, end, busy=busy)
                 return await work(route)
             except (NoRouteError, ServerUnavailable) as exc:
-                if not refreshed:  # our view may be stale: the DHT may know servers we do not
-                    refreshed = True
-                    await manager.update()
-                    continue
-                attempt, cause = attempt + 1, exc
-                if attempt > config.max_retries:
-                    raise retries_exhausted(manager.model_id, start, end, attempt, cause) from exc
-                await asyncio.sleep(backoff_delay(config, attempt))
-                await manager.update()
+                await budget.no_route(exc, start, end, manager.update)
             except SpanFailed as exc:
-                attempt, cause = attempt + 1, exc
                 manager.on_failure(exc.peer_id, exc.cause)
-                if attempt > config.max_retries:
-                    raise retries_exhausted(manager.model_id, start, end, attempt, cause) from exc
-                logger.warning("%s; routing blocks %d-%d again (attempt %d of %d)", exc, start, end - 1,
-                               attempt, config.max_retries)
-                route, refreshed = None, False
+                budget.fail(exc, start, end)
+                logger.warning("%s; routing blocks %s again (%s)", exc, format_blocks(start, end), budget)
+                route = None
+                budget.new_route()
 
     async def _call(self, span: RouteSpan, method: str, hidden: torch.Tensor, prompts: torch.Tensor | None = None,
                     *, grad: torch.Tensor | None = None) -> list[torch.Tensor]:

@@ -17,13 +17,15 @@ import random
 import time
 from typing import Awaitable, Callable, Mapping, Sequence
 
-from dht.records import ServerRecord, ServerState
+from zswarm.swarm_info import ServerRecord, ServerState
 from wire.errors import RequestTimeout
 from wire.transport import Reply, Transport
 from zswarm.client.bans import BanList
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import ServerUnavailable, adapter_detail
+from zswarm.blocks import format_blocks
 from zswarm.errors import NoRouteError
+from zswarm.probe import ping_rtt
 from zswarm.routing import (RouteCandidate, RouteSpan, candidates, find_forward_route, find_inference_route,
                             uncovered_ranges)
 
@@ -130,13 +132,10 @@ class SequenceManager:
     async def ping(self, peer_id: str) -> bool:
         """Measure the RTT to `peer_id`; a server that does not answer is banned."""
         try:
-            address = self.address(peer_id)
-            began = time.perf_counter()
-            await self.transport.call(address, "ping", {}, timeout=self.config.ping_timeout)
+            rtt = await ping_rtt(self.transport, self.address(peer_id), timeout=self.config.ping_timeout)
         except Exception as exc:
             self.on_failure(peer_id, exc)
             return False
-        rtt = time.perf_counter() - began
         old = self.rtts.get(peer_id)
         self.rtts[peer_id] = rtt if old is None else (1 - RTT_SMOOTHING) * old + RTT_SMOOTHING * rtt
         return True
@@ -216,7 +215,7 @@ class SequenceManager:
             if self.bans.is_banned(span.peer_id):
                 if not await self.ping(span.peer_id):
                     raise ServerUnavailable(f"server {span.peer_id}, the last one left for blocks "
-                                            f"{span.start}-{span.end - 1}, does not answer")
+                                            f"{format_blocks(span.start, span.end)}, does not answer")
 
 
 def prefer_idle(candidates: list[RouteCandidate], start: int, end: int,

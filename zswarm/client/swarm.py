@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Coroutine, TypeVar
 
-from dht import DHTNode, afetch_block_servers
+from dht import DHTNode
+from zswarm.records import afetch_block_servers
 from dht.node import listen_host_for
 from wire import BackgroundLoop, Transport, ZmqTransport
 from zswarm.client.config import ClientConfig

@@ -2,7 +2,7 @@
 
     config.py       DemoConfig (every option and its default, once), DemoError
     chat.py         the client: chat template, streaming with timings, one-shot and conversation
-    cli.py          arguments -> DemoConfig; the run: a LocalSwarm (zswarm.client.local_swarm) with the
+    cli.py          arguments -> DemoConfig; the run: a LocalSwarm (zswarm.testing.launch) with the
                     blocks split over its servers, the chat, the clean shutdown, the exit status
 
 See cli.py's docstring (or `zswarm-demo --help`) for what the command does.
@@ -16,9 +16,9 @@ __all__ = ["Chat", "DemoConfig", "DemoError", "LocalSwarm", "build_parser", "con
            "speed_line", "split_blocks"]
 
 
-def __getattr__(name):  # LocalSwarm and split_blocks live in zswarm.client, which imports torch: only on use
+def __getattr__(name):  # LocalSwarm and split_blocks live in zswarm.testing.launch (the DHT node): only on use
     if name in ("LocalSwarm", "split_blocks"):
-        from zswarm.client import local_swarm
+        from zswarm.testing import launch
 
-        return getattr(local_swarm, name)
+        return getattr(launch, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import Sequence
 
+from zswarm.blocks import format_blocks
 from zswarm.demo.config import DemoConfig, DemoError
 
 
@@ -63,7 +64,7 @@ def make_streamer(tokenizer, out):
 
 
 def route_text(session) -> str:
-    return " -> ".join(f"{s.start}:{s.end}" for s in getattr(session, "spans", []))
+    return " -> ".join(format_blocks(s.start, s.end) for s in getattr(session, "spans", []))
 
 
 class Chat:

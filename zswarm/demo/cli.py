@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from zswarm.blocks import format_blocks
 from zswarm.demo.chat import Chat
 from zswarm.demo.config import EXIT_FAILED, EXIT_OK, DemoConfig, DemoError, say
 
 if TYPE_CHECKING:  # imported when a run starts: zswarm.client imports torch, and --help should not wait for it
-    from zswarm.client.local_swarm import LocalSwarm
+    from zswarm.testing.launch import LocalSwarm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +65,7 @@ def _stop_on_signal(signum, frame):
 
 def start_servers(swarm: LocalSwarm, config: DemoConfig) -> None:
     """The model's blocks split evenly over config.servers servers; server i on port+1+i when a base port is given."""
-    from zswarm.client.local_swarm import split_blocks
+    from zswarm.testing.launch import split_blocks
 
     try:
         spans = split_blocks(swarm.num_blocks, config.servers)
@@ -74,22 +75,22 @@ def start_servers(swarm: LocalSwarm, config: DemoConfig) -> None:
         swarm.start(f"server-{i}", start, end, throughput=None, threads=config.threads_per_server,
                     port=config.port + 1 + i if config.port else 0)
     say(f"starting {config.servers} server{'s' if config.servers > 1 else ''} for {swarm.model_id} "
-        f"({', '.join(f'{s.start}:{s.end}' for s in swarm.servers.values())}); logs in {swarm.workdir}")
+        f"({', '.join(format_blocks(s.start, s.end) for s in swarm.servers.values())}); logs in {swarm.workdir}")
 
 
 def wait_online(swarm: LocalSwarm, config: DemoConfig) -> None:
     """Until every server is ONLINE, a line as each comes; DemoError with the log's end when one fails."""
-    from zswarm.client.local_swarm import ServerExitedError, ServersNotOnlineError
+    from zswarm.testing.launch import ServerExitedError, ServersNotOnlineError
 
     def online(server, seconds):
-        say(f"server {server.index + 1}/{len(swarm.servers)} online: blocks {server.start}:{server.end} "
+        say(f"server {server.index + 1}/{len(swarm.servers)} online: blocks {format_blocks(server.start, server.end)} "
             f"at {server.address} ({seconds:.1f} s)")
 
     try:
         swarm.wait_online(timeout=config.startup_timeout, on_online=online)
     except ServerExitedError as exc:
         s = exc.server
-        raise DemoError(f"server {s.index + 1} (blocks {s.start}:{s.end}) exited with status {s.popen.returncode} "
+        raise DemoError(f"server {s.index + 1} (blocks {format_blocks(s.start, s.end)}) exited with status {s.popen.returncode} "
                         f"while starting; the end of its log ({s.log}):\n{s.tail(25)}") from None
     except ServersNotOnlineError as exc:
         tails = "\n".join(f"--- server {s.index + 1} ({s.log}):\n{s.tail(25)}" for s in exc.servers)
@@ -104,7 +105,7 @@ def run(config: DemoConfig) -> int:
     try:
         began = time.monotonic()
         say(f"preparing {config.model} ...")
-        from zswarm.client.local_swarm import LocalSwarm
+        from zswarm.testing.launch import LocalSwarm
         from zswarm.models import resolve_model
 
         source = resolve_model(config.model)

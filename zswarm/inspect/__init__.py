@@ -14,7 +14,7 @@ From Python::
 """
 
 from zswarm.inspect.fetch import Inspector, InspectError, SwarmUnreachable
-from zswarm.inspect.views import ModelHealth, RawView, RouteView, ServerRow, SwarmView, assess_model, plan_route
+from zswarm.inspect.views import ModelHealth, RawView, RouteView, ServerRow, SwarmReport, assess_model, plan_route
 
 __all__ = ["Inspector", "InspectError", "SwarmUnreachable", "ModelHealth", "RawView", "RouteView", "ServerRow",
-           "SwarmView", "assess_model", "plan_route"]
+           "SwarmReport", "assess_model", "plan_route"]

@@ -13,13 +13,15 @@ from typing import Sequence
 
 import msgpack
 
-from dht import DHTConfig, DHTNode, ServerRecord, afetch_block_servers, alist_models
-from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry, RecordError
+from dht import DHTConfig, DHTNode
+from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry
 from dht.node import listen_host_for, parse_address
-from dht.records import MAX_BLOCKS, MODELS_KEY, block_key
 from wire import BackgroundLoop, ZmqTransport
-from zswarm.errors import InspectError, SwarmUnreachable
-from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmView, assess_model, plan_route)
+from zswarm.errors import InspectError, RecordError, SwarmUnreachable
+from zswarm.records import MODELS_KEY, afetch_block_servers, alist_models, block_key
+from zswarm.swarm_info import MAX_BLOCKS, ServerRecord
+from zswarm.inspect.views import (RawEntry, RawView, RouteView, SwarmReport, assess_model, plan_route)
+from zswarm.probe import measure_rtt, measure_rtts
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +98,11 @@ class Inspector:
         return self.loop.run(coro, timeout=timeout)
 
     # ---- views ----------------------------------------------------------------------------------
-    def swarm(self, only_model: str | None = None) -> SwarmView:
+    def swarm(self, only_model: str | None = None) -> SwarmReport:
         node = self.dht()
         return self._run(self._aswarm(node, only_model))
 
-    async def _aswarm(self, node: DHTNode, only_model: str | None) -> SwarmView:
+    async def _aswarm(self, node: DHTNode, only_model: str | None) -> SwarmReport:
         models = await alist_models(node)
         if only_model is not None:
             models = {only_model: models.get(only_model)}
@@ -109,7 +111,7 @@ class Inspector:
             fetched[model_id] = await self._blocks(node, model_id, num_blocks)
         peers = {r.peer_id: r.address for blocks in fetched.values() for b in blocks for r in b.values()}
         pings = await self._ping_all(peers) if self.ping_servers else {}
-        view = SwarmView(list(self.initial_peers), time.time())
+        view = SwarmReport(list(self.initial_peers), time.time())
         for model_id, blocks in fetched.items():
             view.models.append(assess_model(model_id, len(blocks), blocks, pings))
         return view
@@ -130,17 +132,10 @@ class Inspector:
         return blocks[:reach]
 
     async def _ping_all(self, peers: dict[str, str]) -> dict[str, float | None]:
-        results = await asyncio.gather(*(self._ping(address) for address in peers.values()))
-        return dict(zip(peers, results))
+        return await measure_rtts(self.transport, peers, timeout=self.ping_timeout)
 
     async def _ping(self, address: str) -> float | None:
-        began = time.perf_counter()
-        try:
-            await self.transport.call(address, "ping", {}, timeout=self.ping_timeout)
-        except Exception as exc:
-            logger.debug("ping %s: %s", address, exc)
-            return None
-        return time.perf_counter() - began
+        return await measure_rtt(self.transport, address, timeout=self.ping_timeout)
 
     def server(self, address: str, pings: int = 3) -> dict:
         """`info` and a few pings of one server; raises InspectError when it does not answer."""

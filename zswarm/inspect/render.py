@@ -9,7 +9,8 @@ import math
 import time
 from typing import Sequence
 
-from zswarm.inspect.views import ModelHealth, RawView, RouteView, SwarmView, coverage_runs, format_blocks, gap_message
+from zswarm.blocks import format_blocks
+from zswarm.inspect.views import ModelHealth, RawView, RouteView, SwarmReport, coverage_runs, gap_message
 
 PEER_ID_CHARS = 12  # of 32: enough to tell servers apart in a table; --json has the full id
 
@@ -74,13 +75,13 @@ def render_model(model: ModelHealth) -> list[str]:
         for start, end, count, throughput in coverage_runs(model.blocks):
             joining = sum(c.joining for c in model.blocks[start:end] if c.servers == 0)
             note = "" if count else ("served by no one" + (" (a server is joining)" if joining else ""))
-            rows.append([format_blocks([(start, end)]), str(count), fmt_rate(throughput) if count else "-", note])
+            rows.append([format_blocks(start, end), str(count), fmt_rate(throughput) if count else "-", note])
         lines += table(["blocks", "servers", "tokens/s", ""], rows, right=[False, True, True, False])
     if model.servers:
         rows = []
         for s in model.servers:
             state = s.state if s.reachable is not False else f"{s.state}, no answer"
-            rows.append([short_id(s.peer_id), s.address, f"{s.start}:{s.end}", state, fmt_rate(s.throughput),
+            rows.append([short_id(s.peer_id), s.address, format_blocks(s.start, s.end), state, fmt_rate(s.throughput),
                          str(s.cache_tokens_left), s.version or "-", fmt_ms(s.rtt)])
         lines.append("")
         lines += table(["peer id", "address", "blocks", "state", "tokens/s", "cache left", "version", "rtt"], rows,
@@ -88,7 +89,7 @@ def render_model(model: ModelHealth) -> list[str]:
     return lines
 
 
-def render_swarm(view: SwarmView) -> str:
+def render_swarm(view: SwarmReport) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(view.taken_at))
     n = len(view.models)
     lines = [f"swarm via {printable(', '.join(view.initial_peers))} at {when}: {n} model{'s' if n != 1 else ''}"]
@@ -105,7 +106,7 @@ def render_server(report: dict) -> str:
     model = info.pop("model_id", "?")
     start, end, num_blocks = info.pop("start", "?"), info.pop("end", "?"), info.pop("num_blocks", "?")
     load = info.pop("load", None)
-    rows = [("serves", f"{model} blocks {start}:{end} of {num_blocks}"),
+    rows = [("serves", f"{model} blocks {format_blocks(start, end)} of {num_blocks}"),
             ("ping", f"{report['pings_answered']}/{report['pings_sent']} answered, rtt min {fmt_ms(report['rtt_min'])}, "
                      f"median {fmt_ms(report['rtt_median'])}")]
     rows += [(str(key), _scalar(info[key])) for key in sorted(info, key=str)]
@@ -131,7 +132,7 @@ def render_route(view: RouteView) -> str:
     if view.seconds_per_token is None:
         lines.append(printable(f"  no route: {gap_message(view.model_id, view.gaps)}"))
         return "\n".join(lines) + "\n"
-    rows = [[str(i + 1), f"{h.start}:{h.end}", short_id(h.peer_id), h.address, fmt_ms(h.rtt), fmt_ms(h.compute)]
+    rows = [[str(i + 1), format_blocks(h.start, h.end), short_id(h.peer_id), h.address, fmt_ms(h.rtt), fmt_ms(h.compute)]
             for i, h in enumerate(view.hops)]
     lines += table(["#", "blocks", "peer id", "address", "rtt", "compute/token"], rows,
                    right=[True, False, False, False, True, True])

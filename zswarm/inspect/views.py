@@ -2,7 +2,7 @@
 
 Fetching (fetch.py) produces DHT records and ping results; the functions here turn them into
 views (health, coverage, routes) without any I/O, and `render.py` turns views into text. So every
-judgement the tool makes -- "block 12 is served by no one", "this route costs 31 ms per token" --
+judgement the tool makes -- "blocks 12:13 are served by no one", "this route costs 31 ms per token" --
 is unit-testable on synthetic swarms.
 
 A server counts toward a block's coverage when its record there says ONLINE and, if we pinged
@@ -13,11 +13,12 @@ still says (a killed server's record lives on until it expires).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
-from dht.records import ServerRecord, ServerState
-from zswarm.routing import ROUTING_DEFAULTS, RouteCandidate, candidates
+from zswarm.errors import NoRouteError
+from zswarm.routing import ROUTING_DEFAULTS, RouteCandidate, candidates, find_inference_route_with_cost
+from zswarm.swarm_info import ServerRecord, ServerState, finite_nonneg
 
 STATE_NAMES = {ServerState.OFFLINE: "offline", ServerState.JOINING: "joining", ServerState.ONLINE: "online"}
 _STATE_RANK = {ServerState.ONLINE: 2, ServerState.JOINING: 1, ServerState.OFFLINE: 0}
@@ -47,6 +48,12 @@ class ServerRow:
         """Counts toward coverage: announced ONLINE and not found unreachable."""
         return self.state == "online" and self.reachable is not False
 
+    @classmethod
+    def from_record(cls, record: ServerRecord, rtt: float | None, reachable: bool | None) -> "ServerRow":
+        """The row of a server's record: its fields of the same name, its state by name, our ping."""
+        shown = {f.name: getattr(record, f.name) for f in fields(cls) if f.name not in ("state", "rtt", "reachable")}
+        return cls(**shown, state=STATE_NAMES.get(record.state, str(int(record.state))), rtt=rtt, reachable=reachable)
+
 
 @dataclass
 class BlockCoverage:
@@ -74,7 +81,10 @@ class ModelHealth:
 
 
 @dataclass
-class SwarmView:
+class SwarmReport:
+    """Every model's health as seen from here at one moment (not placement's SwarmView, the input
+    of the block-placement algorithms)."""
+
     initial_peers: list[str]
     taken_at: float  # unix time
     models: list[ModelHealth] = field(default_factory=list)
@@ -121,23 +131,9 @@ class RawView:
 
 # ---- pure derivations ----------------------------------------------------------------------------
 
-def format_blocks(ranges: Sequence[tuple[int, int]]) -> str:
-    """Half-open ranges as a person counts blocks: [(10, 20), (25, 26)] -> "10-19, 25"."""
-    return ", ".join(f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in ranges)
-
-
 def gap_message(model_id: str, gaps: Sequence[tuple[int, int]]) -> str:
-    several = len(gaps) > 1 or any(b - a > 1 for a, b in gaps)
-    noun, verb = ("blocks", "are") if several else ("block", "is")
-    return f"{noun} {format_blocks(gaps)} of {model_id} {verb} served by no one"
-
-
-def _row(record: ServerRecord, rtt: float | None, reachable: bool | None) -> ServerRow:
-    return ServerRow(
-        peer_id=record.peer_id, address=record.address, start=record.start, end=record.end,
-        state=STATE_NAMES.get(record.state, str(int(record.state))), throughput=record.throughput,
-        inference_rps=record.inference_rps, cache_tokens_left=record.cache_tokens_left, version=record.version,
-        dtype=record.dtype, quant=record.quant, public_name=record.public_name, rtt=rtt, reachable=reachable)
+    """What a client would be told about these gaps: NoRouteError's own message."""
+    return str(NoRouteError(gaps, model_id))
 
 
 def unique_records(blocks: Sequence[dict[str, ServerRecord]]) -> dict[str, ServerRecord]:
@@ -165,19 +161,15 @@ def assess_model(model_id: str, num_blocks: int, blocks: Sequence[dict[str, Serv
     for peer_id, record in sorted(unique_records(blocks).items(), key=lambda kv: (kv[1].start, kv[1].end, kv[0])):
         rtt = pings.get(peer_id)
         reachable = None if peer_id not in pings else rtt is not None
-        rows[peer_id] = _row(record, rtt, reachable)
+        rows[peer_id] = ServerRow.from_record(record, rtt, reachable)
     coverage = []
     for i in range(num_blocks):
         here = blocks[i] if i < len(blocks) else {}
         serving = [r for p, r in here.items() if r.state == ServerState.ONLINE and rows[p].reachable is not False]
         joining = sum(1 for r in here.values() if r.state == ServerState.JOINING)
-        coverage.append(BlockCoverage(i, len(serving), sum(_finite(r.throughput) for r in serving), joining))
+        coverage.append(BlockCoverage(i, len(serving), sum(finite_nonneg(r.throughput, 0.0) for r in serving), joining))
     gaps = _ranges_where(coverage, lambda c: c.servers == 0)
     return ModelHealth(model_id, num_blocks, gaps, coverage, list(rows.values()))
-
-
-def _finite(x: float) -> float:
-    return x if isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 else 0.0
 
 
 def _ranges_where(coverage: Sequence[BlockCoverage], predicate) -> list[tuple[int, int]]:
@@ -215,9 +207,6 @@ def route_candidates(blocks: Sequence[dict[str, ServerRecord]], rtts: dict[str, 
 def plan_route(model_id: str, num_blocks: int, blocks: Sequence[dict[str, ServerRecord]],
                rtts: dict[str, float | None], *, max_length: int = 0) -> RouteView:
     """The inference route a client here would take now, priced by the router's own cost model."""
-    from zswarm.errors import NoRouteError
-    from zswarm.routing import find_inference_route_with_cost
-
     candidates = route_candidates(blocks, rtts, 0, num_blocks, tokens_needed=max_length)
     try:
         route, cost = find_inference_route_with_cost(candidates, 0, num_blocks, model_id=model_id, **ROUTING_DEFAULTS)
@@ -237,7 +226,7 @@ def plan_route(model_id: str, num_blocks: int, blocks: Sequence[dict[str, Server
 def to_jsonable(view) -> dict:
     """A view as JSON-ready data (tuples become lists, computed properties are included)."""
     data = asdict(view)
-    if isinstance(view, SwarmView):
+    if isinstance(view, SwarmReport):
         for model, health in zip(data["models"], view.models):
             model["status"] = health.status
             model["healthy"] = health.healthy
@@ -257,6 +246,7 @@ def _lists(x):
     return x
 
 
-__all__ = ["ServerRow", "BlockCoverage", "ModelHealth", "SwarmView", "RouteHop", "RouteView", "RawEntry", "RawView",
-           "assess_model", "coverage_runs", "format_blocks", "gap_message", "plan_route",
+__all__ = ["ServerRow", "BlockCoverage", "ModelHealth", "SwarmReport", "RouteHop", "RouteView", "RawEntry",
+           "RawView",
+           "assess_model", "coverage_runs", "gap_message", "plan_route",
            "route_candidates", "to_jsonable", "unique_records", "ROUTING_DEFAULTS"]

@@ -85,6 +85,7 @@ from zswarm.placement.petals import best_start
 from zswarm.placement.swarm import (ONLINE, ServerSpan, SwarmView, block_throughputs, check_request,
                                    clean_throughput, has_senior_twin)
 from zswarm.routing import RouteCandidate, find_inference_route_with_cost
+from zswarm.swarm_info import finite_nonneg
 
 __all__ = ["LatencyModel", "latency_choose_blocks", "latency_should_move"]
 
@@ -113,8 +114,9 @@ class LatencyModel:
                 value = self.region_rtt(a, b)
             else:
                 value = self.region_rtt.get((a, b), self.region_rtt.get((b, a)))
-            if value is not None and math.isfinite(value) and value >= 0:
-                return float(value)
+            value = finite_nonneg(value, -1.0) if value is not None else -1.0
+            if value >= 0:
+                return value
         if a is None or b is None:
             return UNKNOWN_REGION_RTT_S
         return SAME_REGION_RTT if a == b else CROSS_REGION_RTT
@@ -130,11 +132,8 @@ def _regions_from_pings(view: SwarmView, my_peer_id: str | None, region: str | N
     """
     measured = {}
     for peer, rtt in (pings or {}).items() if isinstance(pings, Mapping) else ():
-        try:
-            rtt = float(rtt)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(rtt) and rtt >= 0:
+        rtt = finite_nonneg(rtt, -1.0)
+        if rtt >= 0:
             measured[peer] = rtt
     if region is not None or not measured or any(s.region is not None for s in view.servers):
         return view, region, model

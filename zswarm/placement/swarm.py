@@ -1,20 +1,20 @@
 """The swarm as block placement sees it: plain data, no I/O.
 
-A server builds a `SwarmView` from the DHT's `ServerRecord`s (one `ServerSpan` per server), the
-simulator builds one from its own state; both hand it to `choose_blocks` / `should_move`.
+A server builds a `SwarmView` from the DHT's server records (`SwarmView.from_records`, one
+`ServerSpan` per server), the simulator builds one from its own state; both hand it to
+`choose_blocks` / `should_move`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
+
+from zswarm.swarm_info import ServerState, finite_nonneg, live_records
 
 __all__ = ["ServerSpan", "SwarmView", "OFFLINE", "JOINING", "ONLINE"]
 
-# The values of dht.records.ServerState (an IntEnum, so its members compare equal to these);
-# repeated here so the pure algorithms do not import the network layer.
-OFFLINE, JOINING, ONLINE = 0, 1, 2
+OFFLINE, JOINING, ONLINE = ServerState.OFFLINE, ServerState.JOINING, ServerState.ONLINE
 
 
 @dataclass
@@ -34,6 +34,13 @@ class ServerSpan:
     def length(self) -> int:
         return self.end - self.start
 
+    @classmethod
+    def from_record(cls, record, num_blocks: int) -> "ServerSpan":
+        """A server's record (zswarm.swarm_info.ServerRecord) as placement reads it, its span cut to the model."""
+        return cls(peer_id=record.peer_id, start=record.start, end=min(record.end, num_blocks),
+                   throughput=record.throughput, inference_rps=record.inference_rps, state=record.state,
+                   next_pings=dict(record.next_pings))
+
 
 @dataclass
 class SwarmView:
@@ -41,6 +48,14 @@ class SwarmView:
 
     num_blocks: int
     servers: list[ServerSpan] = field(default_factory=list)
+
+    @classmethod
+    def from_records(cls, num_blocks: int, blocks: Sequence[Mapping[str, object]], *,
+                     exclude: str | None = None) -> "SwarmView":
+        """Per-block server records (fetch_block_servers' shape) -> one ServerSpan per live server."""
+        spans = [ServerSpan.from_record(r, num_blocks) for r in live_records(blocks, exclude).values()
+                 if r.start < num_blocks]
+        return cls(num_blocks=num_blocks, servers=spans)
 
     def live(self, exclude: str | None = None) -> list[ServerSpan]:
         """Servers that hold or are loading their blocks (JOINING or ONLINE), valid spans only."""
@@ -56,11 +71,7 @@ class SwarmView:
 
 def clean_throughput(value) -> float:
     """An announced throughput as a usable number: junk (NaN, inf, negative, not a number) counts as 0."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return value if math.isfinite(value) and value > 0 else 0.0
+    return finite_nonneg(value, 0.0)
 
 
 def block_throughputs(num_blocks: int, spans: Iterable[ServerSpan]) -> list[float]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Callable
 
-from dht import ServerRecord, ServerState, aannounce_blocks, afetch_block_servers
+from zswarm.blocks import format_blocks
 from zswarm.defaults import NEXT_PING_TIMEOUT_S
+from zswarm.probe import measure_rtts
+from zswarm.records import aannounce_blocks, afetch_block_servers
+from zswarm.swarm_info import ServerRecord, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +44,12 @@ class Announcer:
         try:
             stored = await aannounce_blocks(self.node, record, self.ttl, num_blocks=self.num_blocks)
         except Exception as exc:  # the DHT being unreachable must not kill the server
-            logger.warning("announce of blocks %d:%d as %s failed: %s", record.start, record.end,
+            logger.warning("announce of blocks %s as %s failed: %s", format_blocks(record.start, record.end),
                            record.state.name, exc)
             return False
         logger.log(logging.INFO if explicit else logging.DEBUG,
-                   "announced blocks %d:%d as %s (ttl %.0fs, %d cache tokens left)%s",
-                   record.start, record.end, record.state.name, self.ttl, record.cache_tokens_left,
+                   "announced blocks %s as %s (ttl %.0fs, %d cache tokens left)%s",
+                   format_blocks(record.start, record.end), record.state.name, self.ttl, record.cache_tokens_left,
                    "" if stored else " -- no DHT peer accepted it yet")
         return stored
 
@@ -63,16 +65,8 @@ class Announcer:
         targets = [r for pid, r in servers.items() if pid != my_peer_id and r.state != ServerState.OFFLINE]
         targets = targets[:MAX_PINGED]
 
-        async def rtt(record: ServerRecord):
-            began = time.perf_counter()
-            try:
-                await self.transport.call(record.address, "ping", timeout=NEXT_PING_TIMEOUT_S)
-            except Exception:
-                return record.peer_id, None
-            return record.peer_id, time.perf_counter() - began
-
-        results = await asyncio.gather(*(rtt(r) for r in targets))
-        self.next_pings = {pid: round(t, 6) for pid, t in results if t is not None}
+        rtts = await measure_rtts(self.transport, {r.peer_id: r.address for r in targets}, timeout=NEXT_PING_TIMEOUT_S)
+        self.next_pings = {pid: round(t, 6) for pid, t in rtts.items() if t is not None}
         return self.next_pings
 
     async def run(self, my_peer_id: str, current_end: Callable[[], int], model_id: str) -> None:

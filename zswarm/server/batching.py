@@ -45,7 +45,7 @@ ACTIVE_TICKS = 20     # a session that stepped within this many tick times is ex
 class DecodeStep:
     """One session's one-token step, validated by the handler."""
 
-    session: Any  # server InferenceSession
+    session: Any  # a ServerSession
     hidden: torch.Tensor  # [batch, 1, hidden] as received (host)
     position: int
     hypo_ids: Optional[torch.Tensor] = None

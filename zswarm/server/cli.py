@@ -30,7 +30,7 @@ _FLOATS = {"balance_quality", "rebalance_period", "min_move_interval", "throughp
            "max_wait_timeout", "update_period", "expiration_periods", "drain_timeout"}
 _INTS = {"num_blocks", "port", "dht_port", "attn_cache_tokens", "max_session_length", "max_batch_size",
          "max_request_tokens", "prefill_chunk_tokens"}
-_STRINGS = {"host", "public_host", "identity", "public_name", "throughput_cache"}
+_STRINGS = {"host", "public_host", "identity", "public_name", "throughput_cache", "ready_file"}
 
 
 def field_help() -> dict[str, str]:

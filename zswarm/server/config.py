@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from zswarm.blocks import format_blocks
 from zswarm.defaults import DEFAULT_MODEL_ID as DEFAULT_MODEL
 from zswarm.defaults import STRATEGIES as PLACEMENTS
 from zswarm.errors import ConfigError  # noqa: F401  (raised here, imported from here by many)
@@ -71,6 +72,7 @@ class ServerConfig:
     update_period: float = 60.0  # seconds between announcements in the DHT
     expiration_periods: float = 3.0  # records expire after this many update periods
     drain_timeout: float = 10.0  # seconds to let open sessions finish on shutdown or a move
+    ready_file: Optional[str] = None  # once serving, write {address, dht_address, peer_id, start, end} here as JSON (rewritten after a move)
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
 
     def __post_init__(self) -> None:
@@ -92,7 +94,7 @@ class ServerConfig:
                 raise ConfigError(f"block_indices must be (start, end), got {self.block_indices!r}")
             start, end = self.block_indices
             if not (_is_int(start) and _is_int(end)) or not 0 <= start < end:
-                raise ConfigError(f"block_indices must satisfy 0 <= start < end, got {start}:{end}")
+                raise ConfigError(f"block_indices must satisfy 0 <= start < end, got {format_blocks(start, end)}")
         if self.new_swarm and self.initial_peers:
             raise ConfigError("give --new-swarm or --initial-peers, not both")
         self.initial_peers = tuple(self.initial_peers)

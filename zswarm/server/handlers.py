@@ -24,7 +24,7 @@ from zswarm.server import compute as priorities
 from zswarm.server.batching import DecodeBatcher, DecodeStep, ensure_cache
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ServerConfig
-from zswarm.server.sessions import InferenceSession, SessionManager
+from zswarm.server.sessions import ServerSession, SessionManager
 from zswarm.server.validation import block_range, check_hidden, check_hypo_ids, check_prompts, \
     check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_str, named_tensors
 
@@ -150,7 +150,7 @@ class ServerRPC:
             session = self.sessions.get(session.session_id)  # closed or expired while we queued?
             return await self._inference_step(session, meta, request.tensors)
 
-    async def _inference_step(self, session: InferenceSession, meta: dict, tensors):
+    async def _inference_step(self, session: ServerSession, meta: dict, tensors):
         s = self.state
         found = named_tensors(meta, tensors, ["hidden"], ["prompts", "hypo_ids"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
@@ -181,7 +181,7 @@ class ServerRPC:
         s.stats["inference_steps"] += 1
         return {}, [output]
 
-    async def _prompt_step(self, session: InferenceSession, hidden, prompts, hypo_ids, position: int):
+    async def _prompt_step(self, session: ServerSession, hidden, prompts, hypo_ids, position: int):
         """New tokens of one session in chunks, each queued on its own so that decode ticks of other
         sessions run between them (batching.py)."""
         chunk = max(1, self.state.prefill_chunk_tokens // hidden.shape[0])

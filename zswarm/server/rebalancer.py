@@ -9,7 +9,7 @@ flipping back and forth (Petals #389), on top of placement's own balance-quality
 - check periods are random (uniform in 0.5x..1.5x the mean), so peers rarely check at once.
 
 The latency strategy is fed the RTTs this server measures to every other server of the model
-(two `ping`s each, all servers at once, before each decision): they stand in for the regions a real server
+(two `ping`s each, all servers at once, before each decision, over the server's own transport): they stand in for the regions a real server
 does not know (`zswarm.placement.latency`).
 """
 
@@ -21,85 +21,50 @@ import random
 import time
 from typing import Awaitable, Callable, Optional
 
-from dht import ServerRecord, ServerState, afetch_block_servers
+from zswarm import probe
+from zswarm.blocks import format_blocks
 from zswarm.defaults import REBALANCE_PING_TIMEOUT_S
+from zswarm.placement import SwarmView, choose_blocks, should_move
+from zswarm.records import afetch_block_servers
+from zswarm.swarm_info import ServerRecord, live_records
 
 logger = logging.getLogger(__name__)
 
 
-
-
-def _live_records(blocks: list[dict[str, ServerRecord]], exclude: Optional[str] = None) -> dict[str, ServerRecord]:
-    servers: dict[str, ServerRecord] = {}
-    for per_block in blocks:
-        for peer_id, record in per_block.items():
-            if peer_id == exclude or record.state == ServerState.OFFLINE:
-                continue
-            servers.setdefault(peer_id, record)
-    return servers
-
-
 def swarm_view(num_blocks: int, blocks: list[dict[str, ServerRecord]], *, exclude: Optional[str] = None):
     """DHT records (one dict per block) -> placement.SwarmView with one ServerSpan per live server."""
-    from zswarm.placement import ServerSpan, SwarmView
-
-    servers = _live_records(blocks, exclude)
-    spans = [
-        ServerSpan(peer_id=r.peer_id, start=r.start, end=min(r.end, num_blocks), throughput=r.throughput,
-                   inference_rps=r.inference_rps, state=r.state, next_pings=dict(r.next_pings))
-        for r in servers.values() if r.start < num_blocks
-    ]
-    return SwarmView(num_blocks=num_blocks, servers=spans)
+    return SwarmView.from_records(num_blocks, blocks, exclude=exclude)
 
 
-async def measure_rtts(blocks: list[dict[str, ServerRecord]], my_peer_id: str) -> dict[str, float]:
-    """peer_id -> RTT (s) of one `ping` to every other live server; those that do not answer are left out."""
-    from wire import ZmqTransport
-
-    records = _live_records(blocks, exclude=my_peer_id)
-    if not records:
-        return {}
-    transport = ZmqTransport()
-
-    async def rtt(record: ServerRecord):
-        best = None
-        for _ in range(2):  # the first ping also pays for connecting: the least of two is the RTT
-            started = time.monotonic()
-            try:
-                await transport.call(record.address, "ping", timeout=REBALANCE_PING_TIMEOUT_S)
-            except Exception:  # gone, busy or not a server: no measurement, not an error
-                return record.peer_id, None
-            elapsed = time.monotonic() - started
-            best = elapsed if best is None else min(best, elapsed)
-        return record.peer_id, best
-
-    try:
-        results = await asyncio.gather(*(rtt(r) for r in records.values()))
-    finally:
-        await transport.close()
-    return {peer_id: t for peer_id, t in results if t is not None}
+async def measure_rtts(transport, blocks: list[dict[str, ServerRecord]], my_peer_id: str) -> dict[str, float]:
+    """peer_id -> RTT (s) to every other live server, the least of two pings (the first also pays
+    for connecting), over `transport` (the server's own); those that do not answer are left out."""
+    records = live_records(blocks, exclude=my_peer_id)
+    rtts = await probe.measure_rtts(transport, {peer: r.address for peer, r in records.items()},
+                                    timeout=REBALANCE_PING_TIMEOUT_S, tries=2)
+    return {peer_id: t for peer_id, t in rtts.items() if t is not None}
 
 
-async def choose_initial_blocks(node, model_id: str, num_blocks: int, blocks_to_host: int, strategy: str,
-                                my_peer_id: str, throughput: float, inference_rps: float) -> tuple[int, int]:
-    from zswarm.placement import choose_blocks
-
+async def choose_initial_blocks(node, transport, model_id: str, num_blocks: int, blocks_to_host: int,
+                                strategy: str, my_peer_id: str, throughput: float,
+                                inference_rps: float) -> tuple[int, int]:
     blocks = await afetch_block_servers(node, model_id, 0, num_blocks)
     view = swarm_view(num_blocks, blocks, exclude=my_peer_id)
-    pings = await measure_rtts(blocks, my_peer_id) if strategy == "latency" else {}
+    pings = await measure_rtts(transport, blocks, my_peer_id) if strategy == "latency" else {}
     start, end = choose_blocks(view, blocks_to_host, strategy=strategy, my_peer_id=my_peer_id,
                                throughput=throughput, inference_rps=inference_rps, pings=pings)
-    logger.info("chose blocks %d:%d (%s placement; %d other servers in the swarm, %d answered a ping)",
-                start, end, strategy, len(view.servers), len(pings))
+    logger.info("chose blocks %s (%s placement; %d other servers in the swarm, %d answered a ping)",
+                format_blocks(start, end), strategy, len(view.servers), len(pings))
     return int(start), int(end)
 
 
 class Rebalancer:
-    def __init__(self, *, node, model_id: str, num_blocks: int, peer_id: str, strategy: str,
+    def __init__(self, *, node, transport, model_id: str, num_blocks: int, peer_id: str, strategy: str,
                  balance_quality: float, mean_period: float, min_move_interval: float,
                  current_range: Callable[[], tuple[int, int]],
                  move: Callable[[int, int], Awaitable[None]], rng: Optional[random.Random] = None):
-        self.node, self.model_id, self.num_blocks, self.peer_id = node, model_id, num_blocks, peer_id
+        self.node, self.transport = node, transport  # the server's own transport, for the pings
+        self.model_id, self.num_blocks, self.peer_id = model_id, num_blocks, peer_id
         self.strategy, self.balance_quality = strategy, balance_quality
         self.mean_period, self.min_move_interval = mean_period, min_move_interval
         self.current_range, self.move = current_range, move
@@ -109,15 +74,13 @@ class Rebalancer:
 
     async def check(self) -> Optional[tuple[int, int]]:
         """One check: the range to move to, or None to stay."""
-        from zswarm.placement import should_move
-
         if time.monotonic() - self.last_move < self.min_move_interval:
             return None
         blocks = await afetch_block_servers(self.node, self.model_id, 0, self.num_blocks)
         view = swarm_view(self.num_blocks, blocks)
         if not any(s.peer_id == self.peer_id for s in view.servers):
             return None  # our own record is not visible yet: no basis to decide on
-        pings = await measure_rtts(blocks, self.peer_id) if self.strategy == "latency" else {}
+        pings = await measure_rtts(self.transport, blocks, self.peer_id) if self.strategy == "latency" else {}
         target = should_move(view, self.peer_id, self.strategy, balance_quality=self.balance_quality, pings=pings)
         if target is None or tuple(target) == tuple(self.current_range()):
             return None
@@ -134,8 +97,8 @@ class Rebalancer:
             if target is None:
                 continue
             start, end = self.current_range()
-            logger.info("rebalancing: moving from blocks %d:%d to %d:%d (the swarm's weakest blocks would gain)",
-                        start, end, *target)
+            logger.info("rebalancing: moving from blocks %s to %s (the swarm's weakest blocks would gain)",
+                        format_blocks(start, end), format_blocks(*target))
             self.last_move = time.monotonic()
             self.moves += 1
             await self.move(*target)

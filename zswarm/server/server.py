@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -22,9 +24,10 @@ from typing import Optional
 import zmq
 
 import zswarm
-from dht import DHTError, DHTNode, Identity, ServerRecord, ServerState
+from dht import DHTError, DHTNode, Identity
 from wire import RpcServer, WireError, ZmqTransport
 from zswarm import dtypes
+from zswarm.blocks import format_blocks
 from zswarm.errors import ZswarmError
 from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error
 from zswarm.server.adapters import attach_adapters, open_adapters
@@ -38,10 +41,15 @@ from zswarm.server.quant import check_quant_available
 from zswarm.server.rebalancer import Rebalancer, choose_initial_blocks
 from zswarm.server.sessions import SessionManager
 from zswarm.server.throughput import Rates, get_rates
+from zswarm.swarm_info import ServerRecord, ServerState
 
 logger = logging.getLogger(__name__)
 
 GIL_SWITCH_INTERVAL_S = 0.0002  # see run_server
+
+# The fields a ServerRecord takes from ServingState as they are (both name them the same).
+_FROM_SERVING_STATE = ("peer_id", "model_id", "start", "end", "throughput", "inference_rps", "forward_rps",
+                       "dtype", "quant", "version")
 
 
 class Server:
@@ -58,6 +66,7 @@ class Server:
         self.rates: Optional[Rates] = None
         self.adapters: list = []  # LoraAdapter, checked at start; put on every span loaded
         self.address = ""
+        self.dht_address = ""  # HOST:PORT others give as --initial-peers to join through this server
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._moving = asyncio.Lock()
@@ -118,6 +127,7 @@ class Server:
         join_at = self.node.address if cfg.host not in WILDCARD_HOSTS else f"{public_host}:{dht_port}"
         logger.info("DHT node %s at %s (others join this swarm with --initial-peers %s)",
                     self.node.peer_id, self.node.address, join_at)
+        self.dht_address = join_at
 
         shape = BlockShape.from_source(source)
         cache_tokens = cfg.attn_cache_tokens or default_cache_tokens(device)
@@ -126,15 +136,17 @@ class Server:
             cache_tokens = fit_cache_tokens(free_device_bytes(device), shape, dtype_name, cfg.quant, blocks_to_host,
                                             cache_tokens)
         self.rates = await loop.run_in_executor(None, self._get_rates, blocks_to_host)
+        self.transport = ZmqTransport()  # every ping this server sends (placement, next_pings) goes through it
         throughput = cfg.throughput or self.rates.throughput(blocks_to_host)
 
         if cfg.block_indices is not None:
             start, end = cfg.block_indices
             if end > source.num_blocks:
-                raise ConfigError(f"--block-indices {start}:{end}, but {source.model_id} has {source.num_blocks} blocks")
+                raise ConfigError(f"--block-indices {format_blocks(start, end)}, but {source.model_id} has "
+                                  f"{source.num_blocks} blocks")
         else:
-            start, end = await choose_initial_blocks(self.node, source.model_id, source.num_blocks, blocks_to_host,
-                                                     cfg.placement, self.node.peer_id, throughput,
+            start, end = await choose_initial_blocks(self.node, self.transport, source.model_id, source.num_blocks,
+                                                     blocks_to_host, cfg.placement, self.node.peer_id, throughput,
                                                      self.rates.inference_rps)
 
         self.compute = ComputeQueue()
@@ -153,7 +165,6 @@ class Server:
         except zmq.ZMQError as exc:
             raise bind_error(exc, "RPC port (TCP)", cfg.host, cfg.port, "--port") from None
         self.address = f"tcp://{public_host}:{self.rpc_server.port}"
-        self.transport = ZmqTransport()
         self.announcer = Announcer(self.node, self.transport, self._record, num_blocks=source.num_blocks,
                                    ttl=cfg.record_ttl, period=cfg.update_period)
         await self.announcer.announce(ServerState.JOINING)
@@ -161,15 +172,17 @@ class Server:
         self.state.span = await self._load(start, end)
         await self.announcer.measure_next_pings(self.node.peer_id, end, source.model_id)
         await self.announcer.announce(ServerState.ONLINE)
-        logger.info("serving %s blocks %d:%d of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
-                    "%d cache tokens, at %s (peer %s)", source.model_id, start, end, source.num_blocks, device,
-                    dtype_name, cfg.quant, throughput, cache_tokens, self.address, self.node.peer_id)
+        logger.info("serving %s blocks %s of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
+                    "%d cache tokens, at %s (peer %s)", source.model_id, format_blocks(start, end), source.num_blocks,
+                    device, dtype_name, cfg.quant, throughput, cache_tokens, self.address, self.node.peer_id)
+        self._write_ready_file()
 
         self._spawn(self.announcer.run(self.node.peer_id, lambda: self.state.end, source.model_id), "announcer")
         self._spawn(self.sessions.expiry_loop(), "session expiry")
         if cfg.rebalance_enabled:
             self.rebalancer = Rebalancer(
-                node=self.node, model_id=source.model_id, num_blocks=source.num_blocks, peer_id=self.node.peer_id,
+                node=self.node, transport=self.transport, model_id=source.model_id, num_blocks=source.num_blocks,
+                peer_id=self.node.peer_id,
                 strategy=cfg.placement, balance_quality=cfg.balance_quality, mean_period=cfg.rebalance_period,
                 min_move_interval=cfg.min_move_interval, current_range=lambda: (self.state.start, self.state.end),
                 move=self.move_to)
@@ -207,28 +220,41 @@ class Server:
         """Serve blocks [start, end) instead: fail no one silently, announce every state change."""
         async with self._moving:
             old_start, old_end = self.state.start, self.state.end
-            self.sessions.stop_accepting(f"the server is moving from blocks {old_start}:{old_end} to {start}:{end}")
+            self.sessions.stop_accepting(f"the server is moving from blocks {format_blocks(old_start, old_end)} "
+                                         f"to {format_blocks(start, end)}")
             await self.announcer.announce(record=self._record(ServerState.OFFLINE))
             self.state.start, self.state.end = start, end
             await self.announcer.announce(ServerState.JOINING)
             await self._drain(self.config.drain_timeout, sessions_too=True)
-            self.sessions.close_all(f"was ended: the server moved to blocks {start}:{end}")
+            self.sessions.close_all(f"was ended: the server moved to blocks {format_blocks(start, end)}")
             self.state.span = None
             self.state.span = await self._load(start, end)
             self.sessions.resume_accepting()
             await self.announcer.measure_next_pings(self.node.peer_id, end, self.state.model_id)
             await self.announcer.announce(ServerState.ONLINE)
-            logger.info("moved from blocks %d:%d to %d:%d", old_start, old_end, start, end)
+            logger.info("moved from blocks %s to %s", format_blocks(old_start, old_end), format_blocks(start, end))
+            self._write_ready_file()
 
     # ---- helpers ---------------------------------------------------------------------------
+    def _write_ready_file(self) -> None:
+        """--ready-file: the signal that this server serves, and where (zswarm.testing.launch reads
+        it). Written whole (a temporary file renamed over it), so a reader never sees half of it."""
+        path = self.config.ready_file
+        if not path:
+            return
+        ready = {"address": self.address, "dht_address": self.dht_address, "peer_id": self.node.peer_id,
+                 "model_id": self.state.model_id, "start": self.state.start, "end": self.state.end}
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as out:
+            json.dump(ready, out)
+        os.replace(tmp, path)
+
     def _record(self, state: ServerState) -> ServerRecord:
-        s = self.state
-        return ServerRecord(
-            peer_id=s.peer_id, address=self.address, model_id=s.model_id, start=s.start, end=s.end, state=state,
-            throughput=s.throughput, inference_rps=s.inference_rps, forward_rps=s.forward_rps, dtype=s.dtype,
-            quant=s.quant, cache_tokens_left=self.sessions.budget.free, adapters=tuple(s.adapters),
-            version=s.version, public_name=self.config.public_name,
-        )
+        """What this server offers now, as announced: ServingState's fields of the same name, plus
+        what only the server knows (its address, free cache, public name)."""
+        return ServerRecord(**{name: getattr(self.state, name) for name in _FROM_SERVING_STATE},
+                            adapters=tuple(self.state.adapters), address=self.address, state=state,
+                            cache_tokens_left=self.sessions.budget.free, public_name=self.config.public_name)
 
     def _plan_blocks(self, shape: BlockShape, dtype: str, cache_tokens: int, device: str, total: int) -> int:
         cfg = self.config
@@ -266,7 +292,7 @@ class Server:
         from zswarm.server.loading import load_blocks
 
         began = time.monotonic()
-        logger.info("loading weights of blocks %d:%d (%s, %s, quant=%s) ...", start, end, self.device,
+        logger.info("loading weights of blocks %s (%s, %s, quant=%s) ...", format_blocks(start, end), self.device,
                     dtypes.dtype_name(self.dtype), self.config.quant)
         def load():
             span = load_blocks(self.source, start, end, dtype=self.dtype, device=self.device,
@@ -279,7 +305,7 @@ class Server:
             return span
 
         span = await asyncio.get_running_loop().run_in_executor(None, load)
-        logger.info("loaded blocks %d:%d in %.1fs", start, end, time.monotonic() - began)
+        logger.info("loaded blocks %s in %.1fs", format_blocks(start, end), time.monotonic() - began)
         return span
 
     async def _drain(self, timeout: float, *, sessions_too: bool) -> None:

@@ -26,7 +26,7 @@ _REMEMBER_ENDED = 4096  # ended session ids kept to say "expired" rather than "u
 
 
 @dataclass
-class InferenceSession:
+class ServerSession:
     session_id: str
     start: int
     end: int
@@ -59,7 +59,7 @@ class SessionManager:
         self.clock = clock
         self.accepting = True
         self.refusal = "the server is shutting down"
-        self._sessions: dict[str, InferenceSession] = {}
+        self._sessions: dict[str, ServerSession] = {}
         self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -70,7 +70,7 @@ class SessionManager:
 
     async def open(self, *, start: int, end: int, max_length: int, batch_size: int, wait_timeout: float,
                    span: Any, peer: bytes = b"", adapter: Optional[str] = None,
-                   left_pad: Optional[list[int]] = None) -> InferenceSession:
+                   left_pad: Optional[list[int]] = None) -> ServerSession:
         if not self.accepting:
             raise ShuttingDownError(self.refusal)
         tokens = reserved_tokens(batch_size, max_length)  # whole pages of the KV pool
@@ -89,7 +89,7 @@ class SessionManager:
         if not self.accepting:  # began shutting down while we waited
             self.budget.release(tokens)
             raise ShuttingDownError(self.refusal)
-        session = InferenceSession(
+        session = ServerSession(
             session_id=secrets.token_hex(16), start=start, end=end, max_length=max_length,
             batch_size=batch_size, span=span, peer=peer, adapter=adapter, left_pad=left_pad, last_used=self.clock(),
         )
@@ -99,7 +99,7 @@ class SessionManager:
                     f", adapter {adapter}" if adapter else "", self.budget.free)
         return session
 
-    def get(self, session_id) -> InferenceSession:
+    def get(self, session_id) -> ServerSession:
         session = self._sessions.get(session_id) if isinstance(session_id, str) else None
         if session is None:
             why = self._ended.get(session_id) if isinstance(session_id, str) else None

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from zswarm.blocks import format_blocks
 from zswarm.errors import BadInputError, BlocksNotServedError, TooManyTokensError
 
 HIDDEN_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
@@ -70,10 +71,11 @@ def block_range(meta: dict, hosted_start: int, hosted_end: int) -> tuple[int, in
     start = meta_int(meta, "start", default=hosted_start)
     end = meta_int(meta, "end", default=hosted_end)
     if start >= end:
-        raise BadInputError(f"empty block range {start}:{end}")
+        raise BadInputError(f"empty block range {format_blocks(start, end)}")
     if start < hosted_start or end > hosted_end:
         raise BlocksNotServedError(
-            f"blocks {start}:{end} asked, but this server holds blocks {hosted_start}:{hosted_end}"
+            f"blocks {format_blocks(start, end)} asked, but this server holds blocks "
+            f"{format_blocks(hosted_start, hosted_end)}"
         )
     return start, end
 
