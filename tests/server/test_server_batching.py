@@ -113,7 +113,7 @@ def test_concurrent_sessions_that_join_and_leave_get_their_numbers_alone_in_shar
 def test_1000_sessions_later_host_memory_and_the_cache_budget_are_back_and_steps_still_match(server, tiny_span):
     import psutil
 
-    process = psutil.Process(server.proc.pid)
+    process = psutil.Process(server.popen.pid)
 
     async def wave(transport, first, count=8):
         await asyncio.gather(*(Client(first + k, prompt=1 + k, steps=1).run(transport, server, asyncio.Event())
