@@ -17,7 +17,7 @@ from zswarm.models import load_client_parts, load_span, resolve_model
 from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
 from zswarm.server.handlers import ServerRPC, ServingState
-from zswarm.server.sessions import SessionManager
+from zswarm.server.sessions import ServerSessions
 from zswarm.swarm_info import ServerRecord, ServerState
 
 _ids = itertools.count(1)
@@ -38,7 +38,7 @@ class SpanServer:
         self.address = f"tcp://mock-{self.peer_id}:1"
         self.model_id = source.model_id
         self.compute = ComputeQueue(name=f"compute-{self.peer_id}")
-        self.sessions = SessionManager(CacheBudget(CACHE_TOKENS), idle_timeout=300.0)
+        self.sessions = ServerSessions(CacheBudget(CACHE_TOKENS), idle_timeout=300.0)
         self.state = ServingState(
             model_id=source.model_id, num_blocks=source.num_blocks, hidden_size=int(source.config.hidden_size),
             dtype="float32", quant="none", peer_id=self.peer_id, version=zswarm.__version__, start=start, end=end,

@@ -14,7 +14,7 @@ from zswarm.errors import (BadInputError, BadPositionError, BlocksNotServedError
 from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
 from zswarm.server.handlers import ServerRPC, ServingState
-from zswarm.server.sessions import SessionManager
+from zswarm.server.sessions import ServerSessions
 
 TINY_LAYERS = 6  # conftest's tiny model
 CACHE_TOKENS = 256
@@ -28,7 +28,7 @@ class Live:
         self.loop = BackgroundLoop(name="server-rpc-test")
         self.span = span.sub(*HOSTED)
         self.compute = ComputeQueue()
-        self.sessions = SessionManager(CacheBudget(CACHE_TOKENS), idle_timeout=60)
+        self.sessions = ServerSessions(CacheBudget(CACHE_TOKENS), idle_timeout=60)
         self.state = ServingState(model_id="tiny", num_blocks=TINY_LAYERS, hidden_size=span.hidden_size,
                                   dtype="float32", quant="none", peer_id="me", version="test",
                                   start=HOSTED[0], end=HOSTED[1], span=self.span, max_session_length=128,

@@ -6,7 +6,7 @@ import pytest
 from zswarm.errors import CacheFullError, ShuttingDownError, TooManyTokensError, UnknownSessionError
 from zswarm.models.kv_pool import PAGE_TOKENS
 from zswarm.server.cache_budget import CacheBudget
-from zswarm.server.sessions import SessionManager
+from zswarm.server.sessions import ServerSessions
 
 
 class Clock:
@@ -22,7 +22,7 @@ def open_args(**kw):
 
 def test_open_reserves_batch_times_max_length_and_close_gives_it_back():
     async def main():
-        manager = SessionManager(CacheBudget(10 * PAGE_TOKENS), idle_timeout=60)
+        manager = ServerSessions(CacheBudget(10 * PAGE_TOKENS), idle_timeout=60)
         a = await manager.open(**open_args())
         b = await manager.open(**open_args())
         assert a.session_id != b.session_id and len(a.session_id) == 32
@@ -34,7 +34,7 @@ def test_open_reserves_batch_times_max_length_and_close_gives_it_back():
 
 def test_a_session_reserves_whole_pages_of_the_kv_pool_per_row():
     async def main():
-        manager = SessionManager(CacheBudget(10 * PAGE_TOKENS), idle_timeout=60)
+        manager = ServerSessions(CacheBudget(10 * PAGE_TOKENS), idle_timeout=60)
         await manager.open(**open_args(max_length=PAGE_TOKENS + 1, batch_size=3))
         assert manager.budget.free == 4 * PAGE_TOKENS  # 3 rows x 2 pages
     asyncio.run(main())
@@ -42,7 +42,7 @@ def test_a_session_reserves_whole_pages_of_the_kv_pool_per_row():
 
 def test_open_beyond_budget_fails_with_cache_full_or_too_many_tokens():
     async def main():
-        manager = SessionManager(CacheBudget(3 * PAGE_TOKENS), idle_timeout=60)
+        manager = ServerSessions(CacheBudget(3 * PAGE_TOKENS), idle_timeout=60)
         await manager.open(**open_args())
         with pytest.raises(CacheFullError, match="cache full"):
             await manager.open(**open_args(wait_timeout=0.02))
@@ -54,7 +54,7 @@ def test_open_beyond_budget_fails_with_cache_full_or_too_many_tokens():
 def test_idle_sessions_expire_and_then_say_so():
     async def main():
         clock = Clock()
-        manager = SessionManager(CacheBudget(10 * PAGE_TOKENS), idle_timeout=10, clock=clock)
+        manager = ServerSessions(CacheBudget(10 * PAGE_TOKENS), idle_timeout=10, clock=clock)
         idle = await manager.open(**open_args())
         busy = await manager.open(**open_args())
         clock.now = 8
@@ -72,7 +72,7 @@ def test_idle_sessions_expire_and_then_say_so():
 def test_a_session_whose_step_is_running_never_expires():
     async def main():
         clock = Clock()
-        manager = SessionManager(CacheBudget(10 * PAGE_TOKENS), idle_timeout=1, clock=clock)
+        manager = ServerSessions(CacheBudget(10 * PAGE_TOKENS), idle_timeout=1, clock=clock)
         session = await manager.open(**open_args())
         async with session.lock:
             clock.now = 100
@@ -83,7 +83,7 @@ def test_a_session_whose_step_is_running_never_expires():
 
 def test_no_new_sessions_while_not_accepting():
     async def main():
-        manager = SessionManager(CacheBudget(10 * PAGE_TOKENS), idle_timeout=60)
+        manager = ServerSessions(CacheBudget(10 * PAGE_TOKENS), idle_timeout=60)
         manager.stop_accepting("moving blocks")
         with pytest.raises(ShuttingDownError, match="moving blocks"):
             await manager.open(**open_args())

@@ -14,6 +14,8 @@ from typing import Sequence
 
 import torch
 
+from zswarm.blocks import format_blocks
+
 from .errors import SpanInputError
 from .kv_pool import PAGE_TOKENS, KVPool, pages_for
 from .paged import PagedRows, contiguous_rows, slots
@@ -118,4 +120,4 @@ class SpanCache:
         self.pool.release(sorted(pages))
 
     def __repr__(self) -> str:
-        return f"SpanCache(blocks=[{self.start}, {self.end}), batch={self.batch_size}, length={self.length})"
+        return f"SpanCache(blocks={format_blocks(self.start, self.end)}, batch={self.batch_size}, length={self.length})"

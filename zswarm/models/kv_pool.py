@@ -22,6 +22,8 @@ import threading
 
 import torch
 
+from zswarm.blocks import format_blocks
+
 from .errors import SpanInputError
 
 PAGE_TOKENS = 16  # tokens per page: small enough that rounding a session up wastes little
@@ -115,5 +117,5 @@ class KVPool:
         self._allocate_store(max(at_least, 2 * self.num_pages))
 
     def __repr__(self) -> str:
-        return (f"KVPool(blocks=[{self.start}, {self.end}), {self.num_pages - 1} pages of {PAGE_TOKENS} tokens, "
+        return (f"KVPool(blocks={format_blocks(self.start, self.end)}, {self.num_pages - 1} pages of {PAGE_TOKENS} tokens, "
                 f"{len(self._free)} free)")

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from zswarm.blocks import format_blocks
+
 from .cache import SpanCache
 from .decode_graph import MAX_GRAPH_ROWS, GraphSettings, RowBatch, run_tick
 from .errors import ConfigMismatchError, SpanInputError
@@ -79,13 +81,13 @@ class BlockSpan(nn.Module):
         self._pool: KVPool | None = None
 
     def __repr__(self) -> str:
-        return f"BlockSpan({self.family.name}, blocks=[{self.start}, {self.end}), dtype={self.dtype}, device={self.device})"
+        return f"BlockSpan({self.family.name}, blocks={format_blocks(self.start, self.end)}, dtype={self.dtype}, device={self.device})"
 
     # ---- public API ---------------------------------------------------------------------------
     def sub(self, start: int, end: int) -> "BlockSpan":
         """A view over blocks [start, end) within this span; shares weights and position tables."""
         if not self.start <= start < end <= self.end:
-            raise SpanInputError(f"blocks [{start}, {end}) are not inside this span [{self.start}, {self.end})")
+            raise SpanInputError(f"blocks {format_blocks(start, end)} are not inside this span {format_blocks(self.start, self.end)}")
         a, b = start - self.start, end - self.start
         view = BlockSpan(self.family, self.config, start, end, nn.ModuleList(list(self.blocks)[a:b]),
                          self.dtype, self.device, self.rotary, self.windows[a:b], self.graphs)
@@ -233,7 +235,7 @@ class BlockSpan(nn.Module):
     def _check_cache(self, cache) -> None:
         if not isinstance(cache, SpanCache) or (cache.start, cache.end) != (self.start, self.end) \
                 or cache.pool is not self.kv_pool:
-            raise SpanInputError(f"cache {cache!r} was not made for blocks [{self.start}, {self.end}) of this span")
+            raise SpanInputError(f"cache {cache!r} was not made for blocks {format_blocks(self.start, self.end)} of this span")
 
     def _run(self, hidden: torch.Tensor, past: int, cache: None, prompts: torch.Tensor | None) -> torch.Tensor:
         """A whole sequence without a cache (forward and backward)."""
@@ -304,7 +306,7 @@ def load_span(source: "ModelSource", start: int, end: int, *, dtype: torch.dtype
               device: torch.device | str = "cpu") -> BlockSpan:
     """Build blocks [start, end) from transformers' own layer classes and assign only their tensors."""
     if not 0 <= start < end <= source.num_blocks:
-        raise ValueError(f"blocks [{start}, {end}) are outside the model's [0, {source.num_blocks})")
+        raise ValueError(f"blocks {format_blocks(start, end)} are outside the model's {format_blocks(0, source.num_blocks)}")
     dtype, device = as_dtype(dtype), torch.device(device)
     family = source.family
     config = block_config(source)

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from zswarm.errors import ShuttingDownError
+
 logger = logging.getLogger(__name__)
 
 INFERENCE = 0
@@ -22,7 +24,7 @@ FORWARD = 1
 BACKWARD = 1
 
 
-class ComputeClosed(RuntimeError):
+class ComputeClosed(ShuttingDownError):
     """The compute thread has stopped; no more work is taken."""
 
 

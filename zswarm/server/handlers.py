@@ -24,7 +24,7 @@ from zswarm.server import compute as priorities
 from zswarm.server.batching import DecodeBatcher, DecodeStep, ensure_cache
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ServerConfig
-from zswarm.server.sessions import ServerSession, SessionManager
+from zswarm.server.sessions import ServerSession, ServerSessions
 from zswarm.server.validation import block_range, check_hidden, check_hypo_ids, check_prompts, \
     check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_str, named_tensors
 
@@ -61,7 +61,7 @@ class ServingState:
 
 
 class ServerRPC:
-    def __init__(self, state: ServingState, sessions: SessionManager, compute: ComputeQueue):
+    def __init__(self, state: ServingState, sessions: ServerSessions, compute: ComputeQueue):
         self.state = state
         self.sessions = sessions
         self.compute = compute

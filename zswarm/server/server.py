@@ -29,6 +29,8 @@ from wire import RpcServer, WireError, ZmqTransport
 from zswarm import dtypes
 from zswarm.blocks import format_blocks
 from zswarm.errors import ZswarmError
+from zswarm.models import resolve_model
+from zswarm.models.decode_graph import capture_buckets
 from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error
 from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
@@ -36,10 +38,11 @@ from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ConfigError, ServerConfig
 from zswarm.server.handlers import ServerRPC, ServingState
+from zswarm.server.loading import graphs_refused, load_blocks, resolve_device, resolve_dtype
 from zswarm.server.memory import BlockShape, default_cache_tokens, fit_cache_tokens, free_device_bytes, plan_num_blocks
 from zswarm.server.quant import check_quant_available
 from zswarm.server.rebalancer import Rebalancer, choose_initial_blocks
-from zswarm.server.sessions import SessionManager
+from zswarm.server.sessions import ServerSessions
 from zswarm.server.throughput import Rates, get_rates
 from zswarm.swarm_info import ServerRecord, ServerState
 
@@ -59,7 +62,7 @@ class Server:
         self.rpc_server: Optional[RpcServer] = None
         self.transport: Optional[ZmqTransport] = None
         self.compute: Optional[ComputeQueue] = None
-        self.sessions: Optional[SessionManager] = None
+        self.sessions: Optional[ServerSessions] = None
         self.state: Optional[ServingState] = None
         self.announcer: Optional[Announcer] = None
         self.rebalancer: Optional[Rebalancer] = None
@@ -105,8 +108,6 @@ class Server:
             raise ConfigError("give --initial-peers HOST:PORT to join a swarm, or --new-swarm to start one")
         public_host = announced_host(cfg.host, cfg.public_host, cfg.initial_peers)
         loop = asyncio.get_running_loop()
-        from zswarm.models import resolve_model
-        from zswarm.server.loading import resolve_device, resolve_dtype
 
         device = resolve_device(cfg.device)
         check_quant_available(cfg.quant, device)
@@ -150,7 +151,7 @@ class Server:
                                                      self.rates.inference_rps)
 
         self.compute = ComputeQueue()
-        self.sessions = SessionManager(CacheBudget(cache_tokens), cfg.session_idle_timeout)
+        self.sessions = ServerSessions(CacheBudget(cache_tokens), cfg.session_idle_timeout)
         self.state = ServingState(
             model_id=source.model_id, num_blocks=source.num_blocks, hidden_size=int(source.config.hidden_size),
             dtype=dtype_name, quant=cfg.quant, peer_id=self.node.peer_id, version=zswarm.__version__,
@@ -277,7 +278,6 @@ class Server:
         if cfg.throughput is not None:  # given: every per-block rate follows from it
             per_block = cfg.throughput * blocks_to_host
             return Rates(inference_rps=per_block, forward_rps=per_block)
-        from zswarm.server.loading import graphs_refused, load_blocks
 
         dtype_name = dtypes.dtype_name(self.dtype)
         # the cached rates were measured on one decode path: with graphs they are ~10x higher on a GPU
@@ -288,8 +288,6 @@ class Server:
                          cfg.throughput_cache)
 
     async def _load(self, start: int, end: int):
-        from zswarm.models.decode_graph import capture_buckets
-        from zswarm.server.loading import load_blocks
 
         began = time.monotonic()
         logger.info("loading weights of blocks %s (%s, %s, quant=%s) ...", format_blocks(start, end), self.device,

@@ -52,7 +52,7 @@ class ServerSession:
         return 0 if self.cache is None else int(self.cache.length)
 
 
-class SessionManager:
+class ServerSessions:
     def __init__(self, budget: CacheBudget, idle_timeout: float, clock: Callable[[], float] = time.monotonic):
         self.budget = budget
         self.idle_timeout = idle_timeout
