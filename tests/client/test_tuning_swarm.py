@@ -184,8 +184,11 @@ def test_kill_9_between_forward_and_backward_reroutes_backward_over_two_other_se
     model = connect(tuning_mode="deep_ptune", blocked_servers=(swarm.servers["b2"].peer_id,))
     with torch.no_grad():
         model.tuning.deep_prompts.normal_(std=0.5)
-    out = model(IDS, labels=IDS)
-    (route,) = model.blocks.last_routes
+    for _ in range(30):  # forward routes are drawn at random (b, or d + e): take one that used b
+        out = model(IDS, labels=IDS)
+        (route,) = model.blocks.last_routes
+        if route[-1].peer_id == swarm.servers["b"].peer_id:
+            break
     assert route[-1].peer_id == swarm.servers["b"].peer_id
     swarm.kill(swarm.servers["b"])
     out.loss.backward()
