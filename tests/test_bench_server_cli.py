@@ -35,5 +35,7 @@ def test_left_padded_batch_keeps_each_prompt_at_the_right_edge_with_its_mask():
 
 
 def test_hops_travel_to_client_processes():
+    # what multiprocessing's pipe does to a Hop on its way to the benchmark's own client processes
+    # (nothing from the network or disk is unpickled)
     hop = Hop("tcp://127.0.0.1:1", 0, 16)
     assert pickle.loads(pickle.dumps(hop)) == hop

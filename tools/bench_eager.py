@@ -44,24 +44,24 @@ never blocks: the GIL convoy; 3 steps only, it is slow).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import inspect
 import json
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as zswarm-server does
 
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from benchlib.background import Background  # noqa: E402
+from benchlib.op_counts import OpCounter, count_device_work, count_python_calls  # noqa: E402
 from zswarm.models.families import family_for  # noqa: E402
 from zswarm.models.families.base import cache_keyword  # noqa: E402
 from zswarm.models.span import BlockSpan, as_dtype  # noqa: E402
@@ -77,8 +77,6 @@ SHAPES = {  # hidden, intermediate, heads, kv heads
 }
 ROWS = ["hf", "bare", "bare+spancache", "span", "span-grow", "server-step"]
 SPAN_ROWS = ("span", "span-grow", "server-step")  # enter inference_mode themselves
-# ops after which the host waits for the device (on cuda): .item()/bool(tensor), nonzero/argwhere, copy to host
-SYNC_OPS = ("_local_scalar_dense", "nonzero", "is_nonzero", "item")
 
 
 # ---- model -----------------------------------------------------------------------------------------
@@ -218,74 +216,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class OpCounter(TorchDispatchMode):
-    """Every op that reaches a backend (below autograd), by name; views marked."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: collections.Counter = collections.Counter()
-        self.views = 0
-        self.syncs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func.overloadpacket).removeprefix("aten::")
-        if getattr(func, "is_view", False):
-            self.views += 1
-            name += " (view)"
-        if name in SYNC_OPS:
-            self.syncs += 1
-        elif name in ("copy_", "_to_copy") and _to_host(func, args, kwargs):
-            self.syncs += 1
-            name += " (to host)"
-        self.ops[name] += 1
-        return func(*args, **kwargs)
-
-
-def _to_host(func, args, kwargs) -> bool:
-    try:
-        if str(func.overloadpacket).endswith("copy_"):
-            dst, src = args[0], args[1]
-            return dst.device.type == "cpu" and src.device.type != "cpu"
-        device = kwargs.get("device")
-        return device is not None and torch.device(device).type == "cpu" and args[0].device.type != "cpu"
-    except Exception:
-        return False
-
-
-def count_python_calls(fn) -> int:
-    calls = [0]
-
-    def prof(frame, event, arg):
-        if event == "call":
-            calls[0] += 1
-    sys.setprofile(prof)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return calls[0]
-
-
-def count_device_work(fn, device: torch.device) -> dict:
-    """cuda: kernels run and CUDA runtime calls made by one step (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        sync(device)
-    kernels, runtime = collections.Counter(), collections.Counter()
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[event.name] += 1
-        elif event.name.startswith("cuda") or event.name.startswith("cu"):
-            runtime[event.name] += 1
-    launches = sum(v for k, v in runtime.items() if "Launch" in k)
-    syncs = sum(v for k, v in runtime.items() if "Synchronize" in k or k.startswith("cudaMemcpy") and "Async" not in k)
-    return {"device_kernels": sum(kernels.values()), "cuda_launches": launches, "cuda_sync_calls": syncs,
-            "cuda_runtime_calls": dict(runtime.most_common()), "kernel_names": dict(kernels.most_common(30))}
-
-
 def prepare_row(name, lm, span, prompt, tokens, warmup):
     """The row's step over a fresh cache, after the prompt and `warmup` steps."""
     step = runnable(name, make_row(name, lm, span, prompt.shape[1] + len(tokens) + 4))
@@ -358,65 +288,6 @@ def generate_ms(lm, prompt_ids: torch.Tensor, new_tokens: int, device: torch.dev
         return time.perf_counter() - began
     timed(2)
     return [1e3 * (timed(new_tokens) - timed(1)) / (new_tokens - 1) for _ in range(3)]
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class Background:
-    """A thread beside the timed steps: 'loop', 'ticker' or 'busy' (see the module docstring)."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.stop = threading.Event()
-        self.loop = None
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, daemon=True, name=f"bench-{kind}")
-
-    def _main(self):
-        if self.kind == "busy":
-            self.ready.set()
-            while not self.stop.is_set():
-                sum(range(2000))
-            return
-        import zmq
-
-        from wire.sockets import LoopSocket
-
-        loop = self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        sock = zmq.Context.instance().socket(zmq.ROUTER)
-        sock.bind("tcp://127.0.0.1:*")
-        # the server's own reader: it reads ZMQ_EVENTS, which consumes the FD's edge (a reader that
-        # does not finds the FD readable forever and spins the loop)
-        wrapped = LoopSocket(sock, lambda frames: None, loop)
-        if self.kind == "ticker":
-            def tick():
-                loop.call_later(0.001, tick)
-            loop.call_soon(tick)
-        loop.call_soon(self.ready.set)
-        try:
-            loop.run_forever()
-        finally:
-            wrapped.close()
-            loop.close()
-
-    def __enter__(self):
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        return False
 
 
 # ---- report -----------------------------------------------------------------------------------------------

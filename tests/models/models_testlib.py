@@ -63,7 +63,7 @@ def bucket_tick(span, caches, tokens, rows: int | None = None, pages: int | None
     bucketed: padding rows and pages included); every cache then advances as inference_step's does."""
     for cache in caches:
         cache.rows_for_step(1)
-    batch = RowBatch(caches)
+    batch = RowBatch.of(caches)
     step = BucketStep(span, span.kv_pool, rows or bucket(batch.rows), pages or bucket(batch.pages()))
     with torch.inference_mode():
         out = step.run_uncaptured(torch.cat(tokens), batch).clone()

@@ -34,8 +34,19 @@ class SpanCache:
         self.length = 0  # tokens held, the same for every layer
         self._owned: list[int] = []  # every page held, for the finalizer
         self._finalizer = weakref.finalize(self, pool.release, self._owned)
+        self._table_on_device = None
         self.page_table = self._take_pages(batch_size, pages_for(max_length) if max_length else 0)
         self._left_pad_device = None if left_pad is None else left_pad.to(pool.device)
+
+    @property
+    def page_table(self) -> torch.Tensor:
+        """[rows, pages] page ids, a host tensor (batched ticks build their rows from it)."""
+        return self._page_table
+
+    @page_table.setter
+    def page_table(self, table: torch.Tensor) -> None:
+        self._page_table = table
+        self._table_on_device = None  # copied once when a step needs it, not once per step
 
     # ---- what a step needs ---------------------------------------------------------------------
     def rows_for_step(self, q: int) -> PagedRows:
@@ -46,7 +57,9 @@ class SpanCache:
         missing = pages_for(end) - self.page_table.shape[1]
         if missing > 0:
             self.page_table = torch.cat([self.page_table, self._take_pages(self.batch_size, missing)], dim=1)
-        return contiguous_rows(self.pool, self.page_table, self.length, q)
+        if self._table_on_device is None:
+            self._table_on_device = self._page_table.to(self.pool.device)
+        return contiguous_rows(self.pool, self._table_on_device, self.length, q)
 
     @property
     def left_pad_device(self) -> torch.Tensor | None:

@@ -54,29 +54,28 @@ def decode_body(span, pool, hidden: torch.Tensor, q_pos: torch.Tensor, pad: torc
 
 
 class RowBatch:
-    """The host-side description of one tick's rows, stacked in session order."""
+    """The host-side description of one tick's rows, stacked in session order: each row's
+    position (where its new token goes), its leading pads and its page table."""
 
-    def __init__(self, caches):
-        self.caches = caches
-        self.sizes = [c.batch_size for c in caches]
-        self.q_pos = torch.cat([torch.full((c.batch_size,), c.length, dtype=torch.long) for c in caches])
-        self.pad = torch.cat([c.left_pad if c.left_pad is not None else torch.zeros(c.batch_size, dtype=torch.long)
-                              for c in caches])
-        self.kv_length = int(self.q_pos.max()) + 1
+    def __init__(self, q_pos: torch.Tensor, pad: torch.Tensor, table: torch.Tensor, caches=()):
+        self.q_pos, self.pad, self.table, self.caches = q_pos, pad, table, list(caches)
+        self.kv_length = int(q_pos.max()) + 1
+
+    @classmethod
+    def of(cls, caches) -> "RowBatch":
+        positions, pads = [], []
+        for c in caches:
+            positions += [c.length] * c.batch_size
+            pads += c.left_pad.tolist() if c.left_pad is not None else [0] * c.batch_size
         width = max(c.page_table.shape[1] for c in caches)
-        self.table = torch.cat([torch.nn.functional.pad(c.page_table, (0, width - c.page_table.shape[1]))
-                                for c in caches])
+        table = torch.cat([torch.nn.functional.pad(c.page_table, (0, width - c.page_table.shape[1])) for c in caches])
+        return cls(torch.tensor(positions), torch.tensor(pads), table, caches)
 
     @classmethod
     def scratch(cls, rows: int) -> "RowBatch":
         """`rows` rows at position 0 of the scratch page: what a graph is captured on before any session."""
-        batch = cls.__new__(cls)
-        batch.caches, batch.sizes = [], [rows]
-        batch.q_pos = torch.zeros(rows, dtype=torch.long)
-        batch.pad = torch.zeros(rows, dtype=torch.long)
-        batch.table = torch.zeros(rows, 1, dtype=torch.long)
-        batch.kv_length = 1
-        return batch
+        zeros = torch.zeros(rows, dtype=torch.long)
+        return cls(zeros, zeros.clone(), torch.zeros(rows, 1, dtype=torch.long))
 
     @property
     def rows(self) -> int:

@@ -46,9 +46,8 @@ def slots(page_table: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 def contiguous_rows(pool, page_table: torch.Tensor, past: int, q: int) -> PagedRows:
     """Rows that all hold positions [0, past) and add [past, past + q): one session's step.
 
-    `page_table` is a host tensor; the slots go to the pool's device in one copy each."""
-    new = torch.arange(past, past + q)
-    write = slots(page_table, new).reshape(-1)
-    read = slots(page_table, torch.arange(past + q))
-    device = pool.device
-    return PagedRows(pool, write.to(device), read.to(device))
+    `page_table` lives on the pool's device: the slots are computed there, with no copy from the
+    host (whose wait for the device would cost every eager step a sync)."""
+    positions = torch.arange(past + q, device=page_table.device)
+    read = slots(page_table, positions)
+    return PagedRows(pool, read[:, past:].reshape(-1), read)

@@ -145,7 +145,8 @@ class BlockSpan(nn.Module):
         prompts = self._check_prompts(prompts, hidden)
         cache._begin_step(hidden.shape[0])
         if hidden.shape[1] == 1 and not prompts_apply(prompts, cache.length, 1):
-            return self.decode_tick([hidden], [cache]).clone()
+            out = self.decode_tick([hidden], [cache])
+            return out.clone() if self.graphs.enabled else out  # a graph's output buffer is reused
         return self._session_step(hidden, cache, prompts)
 
     def decode_tick(self, hiddens: list[torch.Tensor], caches: list[SpanCache]) -> torch.Tensor:
@@ -206,7 +207,7 @@ class BlockSpan(nn.Module):
 
     # ---- internals ----------------------------------------------------------------------------
     def _tick(self, hiddens, caches, group: list[int]) -> torch.Tensor:
-        batch = RowBatch([caches[i] for i in group])
+        batch = RowBatch.of([caches[i] for i in group])
         hidden = torch.cat([hiddens[i] for i in group]) if len(group) > 1 else hiddens[group[0]]
         out = run_tick(self, self.kv_pool, hidden, batch)
         for cache in batch.caches:

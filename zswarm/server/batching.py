@@ -141,7 +141,7 @@ class DecodeBatcher:
         ready = []
         for step in steps:
             try:
-                _prepare(step)
+                prepare_session(step.session, step.position, step.hypo_ids)
                 ready.append(step)
             except BaseException as exc:
                 outcomes[id(step)] = (None, exc)
@@ -187,20 +187,15 @@ class DecodeBatcher:
         return results
 
 
-def _prepare(step: DecodeStep) -> None:
-    """The session's cache at the step's position: made on its first step, rolled back, beams reordered."""
-    session = step.session
+def prepare_session(session, position: int, hypo_ids=None) -> None:
+    """On the compute thread, before a session's step: its cache made on its first step (it takes
+    pool pages; the whole max_length at once, which the budget already reserved), rolled back to
+    the step's position, beams reordered. A session closed while its step waited takes nothing."""
     if session.closed:
         raise UnknownSessionError(f"session {session.session_id[:8]} was closed while its step waited")
-    ensure_cache(session)
-    if step.position < session.cache.length:
-        session.cache.rollback(step.position)
-    if step.hypo_ids is not None:
-        session.cache.reorder(step.hypo_ids)
-
-
-def ensure_cache(session) -> None:
-    """Make the session's cache on its first step (on the compute thread: it takes pool pages)."""
     if session.cache is None:
-        # the whole max_length at once: the budget already reserved it, and the pool never moves
         session.cache = session.span.new_cache(session.batch_size, session.max_length, left_pad=session.left_pad)
+    if position < session.cache.length:
+        session.cache.rollback(position)
+    if hypo_ids is not None:
+        session.cache.reorder(hypo_ids)

@@ -21,7 +21,7 @@ from zswarm.errors import BadInputError, BadPositionError, BlocksNotServedError,
 from zswarm.models.lora import using_adapter
 from zswarm.models.span import prompts_apply
 from zswarm.server import compute as priorities
-from zswarm.server.batching import DecodeBatcher, DecodeStep, ensure_cache
+from zswarm.server.batching import DecodeBatcher, DecodeStep, prepare_session
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ServerConfig
 from zswarm.server.sessions import ServerSession, ServerSessions
@@ -191,11 +191,7 @@ class ServerRPC:
             span = session.span
             with torch.inference_mode(), using_adapter(session.adapter):
                 if begin == 0:
-                    ensure_cache(session)
-                    if position < session.cache.length:
-                        session.cache.rollback(position)
-                    if hypo_ids is not None:
-                        session.cache.reorder(hypo_ids)
+                    prepare_session(session, position, hypo_ids)
                 out = span.inference_step(_to_span(hidden[:, begin:begin + chunk], span), session.cache,
                                           prompts=_to_span(prompts, span))
                 return to_wire_dtype(out.to("cpu"), hidden.dtype)
