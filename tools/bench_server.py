@@ -12,7 +12,8 @@ GPU section (--gpu), issue 18's bar in one run: a Llama-7B-shaped model with ran
 0:16 and 16:32), against Hugging Face on the same GPU. Parts (--gpu-parts, default all):
   churn       : p50 per token of the 1st, 2nd and 100th session the servers serve
   concurrency : 1/8/32 client sessions (client processes) decoding at once: aggregate tokens/s,
-                per-session p50, max p50 / single-session p50
+                per-session p50, max p50 / single-session p50; then the same sessions with headless
+                clients (no client GPU work: the servers' capacity, as for clients on other machines)
   ttft        : time to first token of a 512-token prompt, swarm vs local HF
   anchors     : HF eager generate and HF static cache + torch.compile at batch 1/8/32, and the
                 memory-bandwidth floor (weight bytes / measured copy bandwidth)

@@ -103,3 +103,33 @@ def test_buckets_captured_before_serving_leave_later_ticks_nothing_to_capture(ti
     for _ in range(8):
         span.decode_tick([torch.randn(c.batch_size, 1, span.hidden_size, device="cuda") for c in caches], caches)
     assert len(span.kv_pool.graphs) == captured
+
+
+def test_device_memory_and_pool_are_whole_after_1000_sessions(tiny_llama_dir):
+    """Issue 18's memory bar on the device: 1000 sessions of varied shapes open, step (alone and
+    batched) and close; the allocator holds what it held after the first ones, and every page is free."""
+    span = load_span(resolve_model(tiny_llama_dir), 0, 3, device="cuda")
+    span.attach_pool(4096)
+    torch.manual_seed(3)
+
+    def sessions(count: int, offset: int) -> None:
+        live = []
+        for n in range(offset, offset + count):
+            cache = span.new_cache(1 + n % 2, max_length=16 + n % 40)
+            span.inference_step(torch.randn(cache.batch_size, 1 + n % 9, span.hidden_size, device="cuda"), cache)
+            live.append(cache)
+            span.decode_tick([torch.randn(c.batch_size, 1, span.hidden_size, device="cuda") for c in live], live)
+            if len(live) > 4:
+                live.pop(n % len(live)).close()
+        for cache in live:
+            cache.close()
+
+    sessions(50, 0)  # buckets captured, allocator warmed
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    sessions(1000, 50)
+    torch.cuda.synchronize()
+    after = torch.cuda.memory_allocated()
+    assert span.graphs.enabled
+    assert span.kv_pool.free_pages == span.kv_pool.num_pages - 1
+    assert abs(after - before) <= 0.01 * before, (before, after)

@@ -5,6 +5,8 @@ Why processes: every real user is its own process on its own machine. One Python
 sessions through 2 hops would spend more per token on its own RPCs than a batched server does, and
 the benchmark would measure the client. Sessions go round-robin to the processes; each opens its
 sessions and runs their prefills, then all wait for one "go" so the decode phases start together.
+With device "none" the sessions are headless (swarm_session.HeadlessSession: no client parts, no
+GPU work in the client processes), which measures what the servers can serve.
 Aggregate tokens/s is all decode tokens over the wall time from the first session's first decode
 step to the last session's last one (perf_counter is one monotonic clock for all processes).
 """
@@ -17,6 +19,8 @@ import time
 import traceback
 
 import torch
+
+HEADLESS = "none"  # the device of client processes that do no device work
 
 
 def _worker(conn, model_dir: str, servers: list, device: str) -> None:
@@ -32,9 +36,17 @@ def _serve(conn, model_dir: str, servers: list, device: str) -> None:
     torch.set_num_threads(1)  # a client's own math is small; leave the cores to the servers
     from zswarm.models import load_client_parts, resolve_model
 
-    from .swarm_session import GreedySession
+    from .swarm_session import GreedySession, HeadlessSession
 
-    parts = load_client_parts(resolve_model(model_dir), dtype=torch.float16, device=device)
+    source = resolve_model(model_dir)
+    if device == HEADLESS:
+        def new_session(index):
+            return HeadlessSession(source.config.hidden_size, servers, seed=index)
+    else:
+        parts = load_client_parts(source, dtype=torch.float16, device=device)
+
+        def new_session(index):
+            return GreedySession(parts, servers, device)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     conn.send("loaded")
@@ -45,7 +57,7 @@ def _serve(conn, model_dir: str, servers: list, device: str) -> None:
         _, jobs, new_tokens = msg  # jobs: [(session index, prompt ids as a list)]
 
         async def prepare():
-            sessions = [await GreedySession(parts, servers, device).open(len(ids) + new_tokens + 1) for _, ids in jobs]
+            sessions = [await new_session(i).open(len(ids) + new_tokens + 1) for i, ids in jobs]
             prefill = await asyncio.gather(*(s.prefill(torch.tensor([ids])) for s, (_, ids) in zip(sessions, jobs)))
             return sessions, prefill
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .chain_client import hops, server_info
-from .client_pool import ClientPool
+from .client_pool import HEADLESS, ClientPool
 from .floor import floor
 from .gpu_tables import print_gpu
 from .hf_local import best_of, eager_anchor, free, load_hf, static_anchor, ttft_local
@@ -137,6 +137,9 @@ def gpu_section(args, log_dir: Path, out: dict | None = None) -> dict:
                 progress(f"starting {args.client_procs} client processes")
                 with ClientPool(args.client_procs, model_dir, servers, device) as pool:
                     out["concurrency"] = concurrency(pool, args, vocab, progress)
+                progress(f"the same with headless clients ({args.client_procs} processes, no client GPU work)")
+                with ClientPool(args.client_procs, model_dir, servers, HEADLESS) as pool:
+                    out["capacity"] = concurrency(pool, args, vocab, progress)
             if "ttft" in parts:
                 swarm_ttft = ttft_swarm(client, servers, device, args.ttft_tokens, args.ttft_repeats, vocab)
                 out["ttft"] = {"prompt_tokens": args.ttft_tokens, "repeats": args.ttft_repeats, "swarm": swarm_ttft}

@@ -21,9 +21,9 @@ def print_header(out: dict) -> None:
           f"steps per session; per-token times are host clock from sending a step to the next token id on the host")
 
 
-def print_concurrency(rows: list, anchors: dict | None) -> None:
+def print_concurrency(rows: list, anchors: dict | None, title: str = "concurrency through the swarm") -> None:
     repeats = (anchors or {}).get("repeats")
-    print("\nconcurrency through the swarm, and the anchors at the same batch (local HF, same GPU, same prompts "
+    print(f"\n{title}, and the anchors at the same batch (local HF, same GPU, same prompts "
           f"left-padded; after a full-length warm-up, the fastest of {repeats} timed calls)")
     eager = {r["batch"]: r for r in (anchors or {}).get("eager", [])}
     static = {r["batch"]: r for r in (anchors or {}).get("static", [])}
@@ -93,6 +93,10 @@ def print_gpu(out: dict) -> None:
     print_header(out)
     if "concurrency" in out or "anchors" in out:
         print_concurrency(out.get("concurrency"), out.get("anchors"))
+    if "capacity" in out:
+        print_concurrency(out["capacity"], out.get("anchors"),
+                          "server capacity: the same sessions with headless clients (client processes send fixed "
+                          "hidden states and do no GPU work, as clients on other machines would not)")
     if "churn" in out:
         print_churn(out["churn"])
     if "ttft" in out:

@@ -75,6 +75,32 @@ class GreedySession:
                 await self.transport.close()
 
 
+class HeadlessSession(GreedySession):
+    """A session whose client does no device work: each step sends a fixed random hidden state
+    (on the host) and takes the reply. It measures what the servers can serve: a real client's
+    embeddings and LM head run on its own machine, but a client process on the servers' GPU makes
+    that GPU switch between processes and slows the servers' ticks (measured: a tick of 8 rows
+    took 5 ms with 4 client processes on the GPU, 10-12 ms with 16)."""
+
+    def __init__(self, hidden_size: int, servers, seed: int = 0):
+        super().__init__(None, servers, "cpu")
+        gen = torch.Generator().manual_seed(seed)
+        self.step_input = torch.randn(1, 1, hidden_size, generator=gen).to(torch.float16)
+        self.hidden_size, self.seed = hidden_size, seed
+
+    async def _token(self) -> None:
+        await self.chain.step(self.hidden)
+        self.tokens.append(0)
+        self.hidden = self.step_input
+
+    async def prefill(self, prompt: torch.Tensor) -> float:
+        began = time.perf_counter()
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        self.hidden = torch.randn(1, prompt.shape[1], self.hidden_size, generator=gen).to(torch.float16)
+        await self._token()
+        return time.perf_counter() - began
+
+
 async def one_session(parts, servers, device: str, prompt: torch.Tensor, new_tokens: int) -> dict:
     """Open, prefill, decode new_tokens, close: the timings of one session."""
     session = await GreedySession(parts, servers, device).open(prompt.shape[1] + new_tokens + 1)

@@ -108,7 +108,8 @@ class ServerRPC:
             "cache_tokens_left": self.sessions.budget.free, "sessions": len(self.sessions),
             "load": {"queued": self.compute.pending, "busy_fraction": round(self.compute.busy_seconds / elapsed, 4),
                      "waiting_for_cache": self.sessions.budget.waiting, "decode_ticks": self.batcher.ticks,
-                     "decode_rows": self.batcher.rows, **s.stats},
+                     "decode_rows": self.batcher.rows,
+                     "decode_tick_ms": round(self.batcher.tick_seconds * 1e3, 3), **s.stats},
             "adapters": list(s.adapters), "peer_id": s.peer_id, "ready": s.span is not None,
             "max_session_length": s.max_session_length, "max_request_tokens": s.max_request_tokens,
         }, []
