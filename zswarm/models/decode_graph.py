@@ -106,6 +106,7 @@ class BucketStep:
         # positions, pads and page table in one buffer: one host-to-device copy per replay
         self.meta = torch.zeros(rows * (2 + pages), dtype=torch.long, device=device)
         self.staging = torch.zeros(self.meta.shape, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.copied = torch.cuda.Event() if device.type == "cuda" else None  # when staging may be rewritten
         self.rope = span.rotary.get(0, self.kv_length)  # held: a later growth of the table makes a new one
 
     def _views(self, meta):
@@ -114,12 +115,19 @@ class BucketStep:
 
     def _load(self, hidden: torch.Tensor, batch: RowBatch) -> None:
         n = batch.rows
+        if self.copied is not None:
+            # the last tick's copy out of the pinned staging buffer may not have run yet (nothing
+            # synchronises between ticks unless the caller reads the output): rewriting it now
+            # would hand that tick this tick's positions and pages
+            self.copied.synchronize()
         self.staging.zero_()  # padding rows: position 0 of the scratch page
         q_pos, pad, table = self._views(self.staging)
         q_pos[:n], pad[:n] = batch.q_pos, batch.pad
         width = min(self.pages, batch.table.shape[1])
         table[:n, :width] = batch.table[:, :width]
         self.meta.copy_(self.staging, non_blocking=True)
+        if self.copied is not None:
+            self.copied.record()
         self.hidden[:n].copy_(hidden)
 
     def _body(self) -> torch.Tensor:
