@@ -21,11 +21,12 @@ from zswarm.errors import BadInputError, BadPositionError, BlocksNotServedError,
 from zswarm.models.lora import using_adapter
 from zswarm.models.span import prompts_apply
 from zswarm.server import compute as priorities
+from zswarm.server.admission import TENSOR_NAMES, admit
 from zswarm.server.batching import DecodeBatcher, DecodeStep, prepare_session
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ServerConfig
 from zswarm.server.sessions import ServerSession, ServerSessions
-from zswarm.server.validation import block_range, check_hidden, check_hypo_ids, check_prompts, \
+from zswarm.server.validation import block_range, check_batch, check_hidden, check_hypo_ids, check_prompts, \
     check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_str, named_tensors
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ class ServerRPC:
 
     def handlers(self) -> dict:
         return {name[len("rpc_"):]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")}
+
+    def admit(self, method: str, meta: dict, declared) -> None:
+        """wire's admission hook: refuse a request on its declared tensors, before they are decoded."""
+        admit(self.state, method, meta, declared)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _span_for(self, start: int, end: int):
@@ -152,7 +157,7 @@ class ServerRPC:
 
     async def _inference_step(self, session: ServerSession, meta: dict, tensors):
         s = self.state
-        found = named_tensors(meta, tensors, ["hidden"], ["prompts", "hypo_ids"])
+        found = named_tensors(meta, tensors, *TENSOR_NAMES["inference_step"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
         batch, seq, _ = hidden.shape
         if batch != session.batch_size:
@@ -211,10 +216,10 @@ class ServerRPC:
         s, meta = self.state, request.meta
         start, end = block_range(meta, s.start, s.end)
         adapter = self._check_adapter(meta)
-        found = named_tensors(meta, request.tensors, ["hidden"], ["prompts"])
+        found = named_tensors(meta, request.tensors, *TENSOR_NAMES["forward"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
         check_tokens(hidden.shape[0], hidden.shape[1], s.max_request_tokens, "forward")
-        check_batch(hidden, s.max_batch_size)
+        check_batch(hidden.shape[0], s.max_batch_size)
         prompts = found.get("prompts")
         if prompts is not None:
             check_prompts(prompts, end - start, hidden, hidden.shape[1])
@@ -233,12 +238,12 @@ class ServerRPC:
         s, meta = self.state, request.meta
         start, end = block_range(meta, s.start, s.end)
         adapter = self._check_adapter(meta)
-        found = named_tensors(meta, request.tensors, ["hidden", "grad_out"], ["prompts"])
+        found = named_tensors(meta, request.tensors, *TENSOR_NAMES["backward"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
         grad_out = found["grad_out"]
         check_same(grad_out, hidden, "grad_out")
         check_tokens(hidden.shape[0], hidden.shape[1], s.max_request_tokens, "backward")
-        check_batch(hidden, s.max_batch_size)
+        check_batch(hidden.shape[0], s.max_batch_size)
         prompts = found.get("prompts")
         if prompts is not None:
             check_prompts(prompts, end - start, hidden, hidden.shape[1])
@@ -258,11 +263,6 @@ class ServerRPC:
         grads = await self._run(backward, priorities.BACKWARD)
         s.stats["backward"] += 1
         return {}, grads
-
-
-def check_batch(hidden: torch.Tensor, max_batch: int) -> None:
-    if hidden.shape[0] > max_batch:
-        raise TooManyTokensError(f"batch {hidden.shape[0]} exceeds this server's limit of {max_batch}")
 
 
 def _to_span(t: Optional[torch.Tensor], span) -> Optional[torch.Tensor]:

@@ -160,7 +160,7 @@ class Server:
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
         rpc = ServerRPC(self.state, self.sessions, self.compute)
-        self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port)
+        self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port, admit=rpc.admit)
         try:
             await self.rpc_server.start()
         except zmq.ZMQError as exc:
