@@ -133,24 +133,25 @@ class ServerRPC:
         span = self._span_for(start, end)
         left_pad = meta_left_pad(meta, batch_size, max_length, span.family)
         session = await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
-                                           wait_timeout=wait, span=span, peer=request.peer, adapter=adapter,
+                                           wait_timeout=wait, span=span, peer=request.peer,
+                                           peer_address=request.peer_address, adapter=adapter,
                                            left_pad=left_pad)
         return {"session_id": session.session_id}, []
 
     async def rpc_close_session(self, request):
         session_id = request.meta.get("session_id")
-        closed = isinstance(session_id, str) and self.sessions.close(session_id, why="was closed by its client")
-        if closed:
-            self.batcher.forget(session_id)  # ticks no longer wait for its next step
-        if not closed and not self.sessions.ended(session_id):  # closing twice is fine; a made-up id is not
-            self.sessions.get(session_id)  # raises unknown_session
+        if self.sessions.ended(session_id):  # closing twice is fine; a made-up id is not
+            return {}, []
+        self.sessions.get(session_id, request.peer)  # unknown, or another connection's: refused
+        self.sessions.close(session_id, why="was closed by its client")
+        self.batcher.forget(session_id)  # ticks no longer wait for its next step
         return {}, []
 
     async def rpc_inference_step(self, request):
         meta = request.meta
         # Take the session's lock before any other await: steps pipelined on one connection are
         # then served in the order they were sent (see wire/server.py).
-        session = self.sessions.get(meta.get("session_id"))
+        session = self.sessions.get(meta.get("session_id"), request.peer)
         async with session.lock:
             session = self.sessions.get(session.session_id)  # closed or expired while we queued?
             return await self._inference_step(session, meta, request.tensors)
