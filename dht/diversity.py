@@ -27,40 +27,41 @@ class AddressLimits:
 
 
 @lru_cache(maxsize=65536)
-def _groups(ip: str | None, port: int | None) -> tuple:
-    """The groups a contact at ip:port counts against: (endpoint, ip, subnet); None where unlimited."""
+def address_groups(ip: str | None, port: int | None) -> tuple:
+    """The groups a contact at ip:port counts against, as (kind, name) keys: its endpoint, and for
+    a public address its IP and subnet; () for this node itself (no address)."""
     if ip is None:
-        return (None, None, None)  # this node itself
-    endpoint = f"{ip}:{port}"
+        return ()
+    endpoint = (0, f"{ip}:{port}")
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
-        return (endpoint, None, None)
+        return (endpoint,)
     mapped = getattr(address, "ipv4_mapped", None)
     address = mapped or address
     if not address.is_global:  # loopback, private, link-local, shared (CGNAT) and reserved
-        return (endpoint, None, None)
+        return (endpoint,)
     prefix = 24 if address.version == 4 else 64
-    subnet = str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
-    return (endpoint, str(address), subnet)
+    return (endpoint, (1, str(address)), (2, str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))))
 
 
 def groups_of(node) -> tuple:
-    return _groups(getattr(node, "ip", None), getattr(node, "port", None))
+    return address_groups(node.ip, node.port)
+
+
+def _caps(limits: AddressLimits) -> tuple:
+    return (limits.per_endpoint, limits.per_ip, limits.per_subnet)
 
 
 def fits(node, chosen: Iterable, limits: AddressLimits) -> bool:
     """May `node` join `chosen` without any of its address groups going over its limit?"""
-    caps = (limits.per_endpoint, limits.per_ip, limits.per_subnet)
-    mine = groups_of(node)
-    counts = [0, 0, 0]
+    caps = _caps(limits)
+    counts: dict = {}
     for other in chosen:
-        if other.id == node.id:
-            continue
-        for i, (a, b) in enumerate(zip(mine, groups_of(other))):
-            if a is not None and a == b:
-                counts[i] += 1
-    return all(count < cap for count, cap in zip(counts, caps))
+        if other.id != node.id:
+            for key in groups_of(other):
+                counts[key] = counts.get(key, 0) + 1
+    return all(counts.get(key, 0) < caps[key[0]] for key in groups_of(node))
 
 
 def diverse(nodes: Iterable, count: int, limits: AddressLimits) -> list:
@@ -68,14 +69,16 @@ def diverse(nodes: Iterable, count: int, limits: AddressLimits) -> list:
     limit: one socket claiming a thousand ids is one contact here."""
     chosen: list = []
     tally: dict = {}
-    caps = (limits.per_endpoint, limits.per_ip, limits.per_subnet)
+    caps = _caps(limits)
     for node in nodes:
-        if len(chosen) >= count:
-            break
-        keys = [(i, g) for i, g in enumerate(groups_of(node)) if g is not None]
-        if any(tally.get(key, 0) >= caps[key[0]] for key in keys):
-            continue
+        keys = address_groups(node.ip, node.port)
         for key in keys:
-            tally[key] = tally.get(key, 0) + 1
-        chosen.append(node)
+            if tally.get(key, 0) >= caps[key[0]]:
+                break
+        else:
+            for key in keys:
+                tally[key] = tally.get(key, 0) + 1
+            chosen.append(node)
+            if len(chosen) >= count:
+                break
     return chosen

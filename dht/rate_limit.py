@@ -11,21 +11,14 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-from dht.diversity import groups_of
+from dht.diversity import address_groups
 
 _MAX_SOURCES = 4096  # buckets kept; the least recently seen are forgotten (they start full again)
 
 
-class _Addr:
-    __slots__ = ("ip", "port")
-
-    def __init__(self, ip, port):
-        self.ip, self.port = ip, port
-
-
 def source_of(addr) -> str:
-    endpoint, ip, _ = groups_of(_Addr(addr[0], addr[1]))
-    return ip or endpoint
+    groups = address_groups(addr[0], addr[1])
+    return groups[1][1] if len(groups) > 1 else groups[0][1]
 
 
 class SourceRateLimit:

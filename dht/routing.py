@@ -20,12 +20,13 @@ class BoundedRoutingTable(RoutingTable):
 
     def endpoint_taken(self, node) -> bool:
         """Does another id already stand for node's ip:port in this table?"""
-        endpoint = groups_of(node)[0]
-        if endpoint is None:
+        groups = groups_of(node)
+        if not groups:
             return False
+        endpoint = groups[0]
         for bucket in self.buckets:
             for other in (*bucket.nodes.values(), *bucket.replacement_nodes.values()):
-                if other.id != node.id and groups_of(other)[0] == endpoint:
+                if other.id != node.id and groups_of(other)[:1] == (endpoint,):
                     return True
         return False
 
