@@ -143,12 +143,17 @@ class SwarmProtocol(DatagramRPC):
 
     # -- joining nodes ----------------------------------------------------------------------
     def heard_from(self, node: Node) -> None:
-        """A request came from `node`: a known contact is refreshed; a new one is pinged back and
+        """A request came from `node`: a known contact is refreshed (from its own address only); a
+        new one is pinged back and
         admitted (`welcome_if_new`) only when it answers as the id it claimed. At most one check
         per address at a time, `max_verifying` in all; an address whose ip:port another id holds
         in the table is not checked at all (routing.py keeps the first)."""
-        if not self.router.is_new_node(node):
-            self.router.add_contact(node)
+        known = self.router.contact(node)
+        if known is not None:
+            # refreshed only from its own address: a request naming a known id from elsewhere
+            # must not move that contact to the sender
+            if (known.ip, known.port) == (node.ip, node.port):
+                self.router.add_contact(node)
             return
         address = (node.ip, node.port)
         if (address in self._verifying or len(self._verifying) >= self.config.max_verifying
@@ -156,6 +161,17 @@ class SwarmProtocol(DatagramRPC):
             return
         self._verifying.add(address)
         asyncio.ensure_future(self._verify(node))
+
+    def handle_call_response(self, result, node: Node):
+        """kademlia's, except that a call that failed drops the table's contact of that id only
+        when it was made to that contact's address: a reply may name a known id at a bogus one."""
+        if not result[0]:
+            known = self.router.contact(node)
+            if known is not None and (known.ip, known.port) == (node.ip, node.port):
+                self.router.remove_contact(node)
+            return result
+        self.welcome_if_new(node)
+        return result
 
     async def _verify(self, node: Node) -> None:
         address = (node.ip, node.port)

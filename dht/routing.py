@@ -18,6 +18,11 @@ class BoundedRoutingTable(RoutingTable):
         self.limits = limits
         super().__init__(protocol, ksize, node)
 
+    def contact(self, node):
+        """The table's contact with node's id (in its bucket or replacement list), or None."""
+        bucket = self.buckets[self.get_bucket_for(node)]
+        return bucket.nodes.get(node.id) or bucket.replacement_nodes.get(node.id)
+
     def endpoint_taken(self, node) -> bool:
         """Does another id already stand for node's ip:port in this table?"""
         groups = groups_of(node)

@@ -194,3 +194,19 @@ def test_source_rate_limit_refills_at_its_rate_and_counts_what_it_drops():
     now[0] = 0.1  # one token back
     assert limit.allow(("93.184.216.1", 1)) and not limit.allow(("93.184.216.1", 1))
     assert limit.dropped == 3 and source_of(("93.184.216.1", 7)) == "93.184.216.1"
+
+
+def test_a_request_naming_a_known_id_from_another_address_does_not_move_that_contact(make_swarm):
+    a, b = make_swarm(2)
+    b_id = b._server.node.id
+    contact = a._server.protocol.router.contact(Node(b_id))
+    assert contact is not None
+    real = (contact.ip, contact.port)
+    host, port = a.address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(1.0)
+        sock.sendto(_datagram(0, os.urandom(20), ["ping", [b_id]]), (host, int(port)))
+        assert sock.recv(65536)[0] == 1  # answered, as any ping
+    after = a._server.protocol.router.contact(Node(b_id))
+    assert (after.ip, after.port) == real
