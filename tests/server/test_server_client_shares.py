@@ -26,6 +26,7 @@ async def open_as(manager, peer: bytes, pages: int, address: str = "", wait: flo
 
 def test_a_client_is_its_connection_and_its_ip_unless_that_is_loopback():
     assert client_keys(b"a", "203.0.113.7") == (("identity", b"a"), ("ip", "203.0.113.7"))
+    assert client_keys(b"a", "2001:db8:1:2:3::9")[1] == ("ip", "2001:db8:1:2::/64")
     for local in ("127.0.0.1", "::1", "::ffff:127.0.0.1", ""):
         assert client_keys(b"a", local) == (("identity", b"a"),)
 

@@ -2,7 +2,7 @@
 
 A client is known by its connection identity (the ZeroMQ routing id: one per connection) and,
 when it connects from another machine, by its IP as well, so that opening many connections from
-one address buys nothing. Loopback addresses are not counted as one client: they are the
+one address buys nothing (IPv6: one /64). Loopback addresses are not counted as one client: they are the
 operator's own machine (and every client of a test swarm).
 
 Two bounds, both pure functions over the sessions a server holds:
@@ -24,20 +24,24 @@ ClientKey = tuple  # ("identity", bytes) or ("ip", str)
 
 
 def client_keys(identity: bytes, address: str) -> tuple[ClientKey, ...]:
-    """What a session is counted against: its connection, and its IP unless that is this machine's."""
+    """What a session is counted against: its connection, and its IP (an IPv6 one by its /64, what
+    one host is usually given) unless that is this machine's."""
     keys: list[ClientKey] = [("identity", bytes(identity))]
-    if address and not _is_loopback(address):
-        keys.append(("ip", address))
+    source = _source(address)
+    if source:
+        keys.append(("ip", source))
     return tuple(keys)
 
 
-def _is_loopback(address: str) -> bool:
+def _source(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
+        return address  # not an IP libzmq gave us: count it as it is
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    if ip.is_loopback:
+        return ""
+    return str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 def holdings(sessions: Iterable, keys: Sequence[ClientKey]) -> tuple[int, int]:
