@@ -100,3 +100,18 @@ def test_a_step_in_progress_is_never_preempted():
                 await open_as(manager, b"newcomer", 1, wait=0.05)
         assert manager.get(busy.session_id) is busy
     asyncio.run(main())
+
+
+def test_room_made_for_a_newcomer_goes_to_it_not_to_the_squatters_own_waiting_open():
+    async def main():
+        manager = sessions(client_cache_share=0.5)
+        await open_as(manager, b"squatter", PAGES)
+        queued = asyncio.ensure_future(open_as(manager, b"squatter", PAGES, wait=5))  # waits to take any room back
+        await asyncio.sleep(0.01)
+        assert manager.budget.waiting == 1
+        newcomer = await open_as(manager, b"newcomer", 2)
+        assert newcomer.session_id in {s.session_id for s in manager}
+        assert manager.budget.used == 2 * PAGE_TOKENS and not queued.done()
+        queued.cancel()
+        await asyncio.gather(queued, return_exceptions=True)
+    asyncio.run(main())

@@ -95,10 +95,9 @@ class ServerSessions:
         if count >= self.max_client_sessions:
             raise ClientLimitError(f"this client holds {count} open sessions here, the most one client may; "
                                    f"close one first")
-        if tokens > self.budget.free or self.budget.waiting:
-            self._make_room(client, held, tokens)
         try:
-            await self.budget.reserve(tokens, wait_timeout)
+            if not ((tokens > self.budget.free or self.budget.waiting) and self._make_room(client, held, tokens)):
+                await self.budget.reserve(tokens, wait_timeout)
         except BudgetTimeout as exc:
             _, mine = holdings(self._sessions.values(), client)
             raise CacheFullError(
@@ -124,16 +123,24 @@ class ServerSessions:
         """The cache tokens one client may hold while another waits for room."""
         return int(self.client_cache_share * self.budget.capacity)
 
-    def _make_room(self, client: tuple, held: int, tokens: int) -> None:
+    def _make_room(self, client: tuple, held: int, tokens: int) -> bool:
         """A client within its share cannot get room at once: end the newest sessions of clients
-        over their share until it fits (client_shares.share_victims)."""
+        over their share until it fits (client_shares.share_victims). The room goes to this client,
+        not to whoever queues for cache (a squatter's own waiting open would take it back).
+        True when `tokens` are now reserved for it."""
         if held + tokens > self.share_tokens:
-            return  # over its own share: it waits like anyone else
+            return False  # over its own share: it waits like anyone else
         victims = share_victims(list(self._sessions.values()), client, self.share_tokens, tokens, self.budget.free)
+        if not victims:
+            return False
+        freed = 0
         for victim in victims:
-            self.close(victim.session_id, why=f"was ended: its client held more than its share of the cache "
-                                              f"({self.share_tokens} of {self.budget.capacity} tokens) while "
-                                              f"another waited")
+            freed += victim.tokens_reserved
+            self.close(victim.session_id, release=False,
+                       why=f"was ended: its client held more than its share of the cache ({self.share_tokens} of "
+                           f"{self.budget.capacity} tokens) while another waited")
+        self.budget.hand_over(freed, tokens)
+        return True
 
     def get(self, session_id, peer: Optional[bytes] = None) -> ServerSession:
         """The open session `session_id`; with `peer`, only if that connection opened it."""
@@ -154,13 +161,15 @@ class ServerSessions:
         """Was this a session of ours that has since closed or expired?"""
         return isinstance(session_id, str) and session_id in self._ended
 
-    def close(self, session_id: str, why: str = "was closed") -> bool:
+    def close(self, session_id: str, why: str = "was closed", *, release: bool = True) -> bool:
+        """End a session; `release=False` keeps its tokens reserved for the caller to hand on."""
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
         session.closed = True
         session.cache = None  # its pages go back to the pool as soon as no step holds them
-        self.budget.release(session.tokens_reserved)
+        if release:
+            self.budget.release(session.tokens_reserved)
         self._ended[session_id] = why
         while len(self._ended) > _REMEMBER_ENDED:
             self._ended.popitem(last=False)
