@@ -4,9 +4,9 @@ One UDP socket can claim any number of node ids; Kademlia alone would then let i
 whole set of closest nodes and hide the key's real holders. So, as trusted implementations do
 (eMule's Kad, libtorrent's restrict_routing_ips), a routing-table bucket and a lookup's set of a
 key's closest nodes hold at most `per_endpoint` ids per ip:port, `per_ip` per public IP and
-`per_subnet` per public /24 (IPv6: /64), the closest ones first. Loopback and private addresses are
-only limited per endpoint (anything not globally routable): they are this machine or its LAN (test swarms, a cluster behind one
-NAT), where many nodes share one IP by design.
+`per_subnet` per public /24 (IPv6: /64), the closest ones first. Addresses that are not globally
+routable (loopback, private, link-local) are only limited per endpoint: they are this machine or
+its LAN (test swarms, a cluster behind one NAT), where many nodes share one IP by design.
 
 Pure functions over kademlia Nodes; routing.py and lookup.py apply them.
 """

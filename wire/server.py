@@ -1,9 +1,10 @@
 """RpcServer: an asyncio ZeroMQ ROUTER that dispatches requests by method to async handlers.
 
-A reader callback on the ROUTER socket validates each message's header (see envelope.py) and answers bad input with an
-error reply at once; then the server's ``admit`` hook (if given) sees the method, meta and every
-tensor's declared dtype and shape, before a byte is decompressed: what a handler would refuse
-anyway (a million-token "prefill" that lz4 packs into 1 MiB) costs it no memory; each good request then runs in its own task, so a slow handler never delays
+A reader callback on the ROUTER socket validates each message's header (see envelope.py) and
+answers bad input with an error reply at once; then the server's ``admit`` hook (if given) sees
+the method, meta and every tensor's declared dtype and shape, before a byte is decompressed: what
+a handler would refuse anyway (a million-token "prefill" that lz4 packs into 1 MiB) costs it no
+memory. Each good request then runs in its own task, so a slow handler never delays
 a ping. Tasks are started in arrival order, so a handler that takes a per-session asyncio.Lock
 before its first other ``await`` serves one connection's pipelined steps in the order sent --
 except requests whose lz4 payloads are large enough to be decompressed off the loop. Replies

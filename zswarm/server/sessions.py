@@ -110,7 +110,8 @@ class ServerSessions:
             raise ShuttingDownError(self.refusal)
         session = ServerSession(
             session_id=secrets.token_hex(16), start=start, end=end, max_length=max_length,
-            batch_size=batch_size, span=span, peer=peer, client=client, adapter=adapter, left_pad=left_pad, last_used=self.clock(),
+            batch_size=batch_size, span=span, peer=peer, client=client, adapter=adapter, left_pad=left_pad,
+            last_used=self.clock(),
         )
         self._sessions[session.session_id] = session
         logger.info("session %s opened: blocks %d:%d, batch %d, max_length %d%s (%d cache tokens left)",
