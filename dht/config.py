@@ -38,3 +38,14 @@ class DHTConfig:
     min_straggler_s: float = 0.05
     give_up_factor: float = 16.0
     min_give_up_s: float = 0.3
+    # Address diversity (diversity.py): ids one ip:port, one public IP and one public /24 (v6: /64)
+    # may hold in a routing-table bucket and in a lookup's closest set of a key.
+    max_ids_per_endpoint: int = 1
+    max_ids_per_ip: int = 2
+    max_ids_per_subnet: int = 4
+    # Requests answered per source (a public IP, or a loopback/private ip:port) per second, and
+    # the burst: well above one peer's lookups (a few datagrams per lookup per node), far below a flood.
+    requests_per_source_s: float = 200.0
+    request_burst: float = 400.0
+    # New contacts being checked at once (a ping back before they enter the table; protocol.py).
+    max_verifying: int = 256

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from kademlia.node import Node
 
+from dht.diversity import AddressLimits, diverse
 from dht.errors import BadRequest
 from dht.messages import MAX_FIND_ITEMS, known_per_item, parse_find_reply
 from dht.protocol import SwarmProtocol
@@ -38,14 +39,17 @@ class KeyLookup:
     blobs: list[tuple[Node, bytes]] = field(default_factory=list)
     known: list[bytes] = field(default_factory=list)  # entry hashes the caller holds
     held: set[bytes] = field(default_factory=set)  # those of `known` some replica still holds
+    # a key's closest set holds few ids per address (diversity.py): one socket claiming ids near
+    # the key takes one place of `replicas`, not all of them
+    limits: AddressLimits = field(default_factory=AddressLimits)
 
     def closest(self, exclude: set[bytes], count: int) -> list[Node]:
         live = [n for n in self.candidates.values() if n.id not in exclude]
         live.sort(key=self.target.distance_to)
-        return live[:count]
+        return diverse(live, count, self.limits)
 
     def closest_answered(self, count: int) -> list[Node]:
-        return sorted(self.answered.values(), key=self.target.distance_to)[:count]
+        return diverse(sorted(self.answered.values(), key=self.target.distance_to), count, self.limits)
 
 
 class MultiKeyLookup:
@@ -61,7 +65,7 @@ class MultiKeyLookup:
         self.lookups: dict[bytes, KeyLookup] = {}
         seeds = max(protocol.config.ksize, self.replicas)
         for dkey in dkeys:
-            kl = KeyLookup(dkey, Node(dkey))
+            kl = KeyLookup(dkey, Node(dkey), limits=protocol.limits)
             if want_entries and known and known.get(dkey):
                 kl.known = list(known[dkey])[: known_per_item(MAX_FIND_ITEMS)]
             for n in protocol.router.find_neighbors(kl.target, k=seeds):

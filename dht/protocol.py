@@ -13,6 +13,11 @@ Added RPCs (the `rpc_` prefix is the dispatch table, as in kademlia):
   store_entries(nodeid, items=[[dkey, blob], ...]) -> [accepted: bool, ...]
 kademlia's plain `store` is refused and `find_value` answers with contacts only: values enter and
 leave a node only as verified entries.
+
+A request from a node never seen before does not put it in the routing table, nor draw entries
+pushed to it (Kademlia section 2.5's replication): that would let a datagram with a forged source
+address reflect many times its size onto a victim (issue 14). The node is pinged back first
+(`heard_from`); only a reply to that ping, which a forged address cannot give, admits it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 
 from kademlia.node import Node
 
+from dht.diversity import diverse
 from dht.errors import BadRequest, InvalidEntry
 from dht.log_once import LogOnce
 from dht.messages import (
@@ -36,6 +42,10 @@ __all__ = [  # the names this module had before messages.py and rpc.py were spli
 
 
 class SwarmProtocol(DatagramRPC):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._verifying: set[tuple] = set()  # addresses pinged back, not answered yet
+
     async def call_find_entries(self, node: Node, items, want_entries: bool):
         result = await self._call((node.ip, node.port), "find_entries", self.source_node.id, items, want_entries)
         return self.handle_call_response(result, node)
@@ -46,12 +56,13 @@ class SwarmProtocol(DatagramRPC):
 
     # -- handlers -------------------------------------------------------------------------
     def rpc_ping(self, sender, nodeid):
-        return super().rpc_ping(sender, check_node_id(nodeid))
+        self.heard_from(Node(check_node_id(nodeid), sender[0], sender[1]))
+        return self.source_node.id
 
     def rpc_find_node(self, sender, nodeid, key):
         source = Node(check_node_id(nodeid), sender[0], sender[1])
         target = Node(check_node_id(key))
-        self.welcome_if_new(source)
+        self.heard_from(source)
         return [tuple(n) for n in self.live_neighbors(target, self.config.ksize, exclude=source)]
 
     def rpc_find_value(self, sender, nodeid, key):
@@ -65,7 +76,7 @@ class SwarmProtocol(DatagramRPC):
         check_node_id(nodeid)
         if not isinstance(items, list) or len(items) > MAX_STORE_ITEMS:
             raise BadRequest("store_entries takes a list of at most 64 [dkey, blob] pairs")
-        self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        self.heard_from(Node(nodeid, sender[0], sender[1]))
         accepted = []
         for item in items:
             try:
@@ -83,7 +94,7 @@ class SwarmProtocol(DatagramRPC):
             raise BadRequest(f"find_entries takes at most {MAX_FIND_ITEMS} items and a bool")
         source = Node(nodeid, sender[0], sender[1])
         reply = self.answer_find(items, want_entries, exclude=source)
-        self.welcome_if_new(source)  # only once the request proved well-formed
+        self.heard_from(source)  # only once the request proved well-formed
         return reply
 
     def answer_find(self, items, want_entries: bool, exclude: Node | None = None):
@@ -128,13 +139,54 @@ class SwarmProtocol(DatagramRPC):
         node lingers in routing tables until someone asks it something, and every asker it is
         handed to would wait for it."""
         near = self.router.find_neighbors(target, k=2 * k, exclude=exclude)
-        return [n for n in near if not self.is_dead(n)][:k]
+        return diverse((n for n in near if not self.is_dead(n)), k, self.limits)
 
     # -- joining nodes ----------------------------------------------------------------------
+    def heard_from(self, node: Node) -> None:
+        """A request came from `node`: a known contact is refreshed (from its own address only); a
+        new one is pinged back and
+        admitted (`welcome_if_new`) only when it answers as the id it claimed. At most one check
+        per address at a time, `max_verifying` in all; an address whose ip:port another id holds
+        in the table is not checked at all (routing.py keeps the first)."""
+        known = self.router.contact(node)
+        if known is not None:
+            # refreshed only from its own address: a request naming a known id from elsewhere
+            # must not move that contact to the sender
+            if (known.ip, known.port) == (node.ip, node.port):
+                self.router.add_contact(node)
+            return
+        address = (node.ip, node.port)
+        if (address in self._verifying or len(self._verifying) >= self.config.max_verifying
+                or not self.router.admits(node)):
+            return
+        self._verifying.add(address)
+        asyncio.ensure_future(self._verify(node))
+
+    def handle_call_response(self, result, node: Node):
+        """kademlia's, except that a call that failed drops the table's contact of that id only
+        when it was made to that contact's address: a reply may name a known id at a bogus one."""
+        if not result[0]:
+            known = self.router.contact(node)
+            if known is not None and (known.ip, known.port) == (node.ip, node.port):
+                self.router.remove_contact(node)
+            return result
+        self.welcome_if_new(node)
+        return result
+
+    async def _verify(self, node: Node) -> None:
+        address = (node.ip, node.port)
+        try:
+            ok, reply = await self.ping(address, self.source_node.id)
+        finally:
+            self._verifying.discard(address)
+        if ok and reply == node.id:
+            self.welcome_if_new(node)
+
     def welcome_if_new(self, node: Node) -> None:
         """Add a new contact, first handing it the entries it is now one of the closest
-        holders of, when this node is the closest known holder (Kademlia section 2.5)."""
-        if not self.router.is_new_node(node):
+        holders of, when this node is the closest known holder (Kademlia section 2.5). Callers
+        have heard `node` answer a request of ours; one the table would not admit gets nothing."""
+        if not self.router.is_new_node(node) or not self.router.admits(node):
             return
         self.dead.pop((node.ip, node.port), None)
         batch = []

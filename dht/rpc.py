@@ -5,7 +5,8 @@ own ping/find_node still work, but are decoded here with size limits and every f
 contained: junk is dropped and logged once per peer, never raised into the event loop. Requests
 are dispatched to ``rpc_<name>`` methods (the prefix is the dispatch table, as in kademlia); calls
 wait `config.rpc_timeout`, and an address that let one time out is remembered as dead for
-`config.dead_contact_ttl` (see `is_dead`) until it is heard from again.
+`config.dead_contact_ttl` (see `is_dead`) until it is heard from again. Requests beyond a rate per
+source are dropped (rate_limit.py); the routing table bounds the ids per address (routing.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from dht.config import DHTConfig
+from dht.diversity import AddressLimits
 from dht.errors import BadRequest
 from dht.log_once import LogOnce
 from dht.messages import HEADER_BYTES, MAX_DATAGRAM, MAX_PAYLOAD
+from dht.rate_limit import SourceRateLimit
+from dht.routing import BoundedRoutingTable
 from dht.storage import SignedEntryStorage
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,9 @@ class DatagramRPC(KademliaProtocol):
     def __init__(self, source_node: Node, storage: SignedEntryStorage, config: DHTConfig):
         super().__init__(source_node, storage, config.ksize)
         self.config = config
+        self.limits = AddressLimits(config.max_ids_per_endpoint, config.max_ids_per_ip, config.max_ids_per_subnet)
+        self.router = BoundedRoutingTable(self, config.ksize, source_node, self.limits)
+        self.rate = SourceRateLimit(config.requests_per_source_s, config.request_burst)
         self._wait_timeout = config.rpc_timeout
         self.log_once = LogOnce(log)
         self.dead: dict[tuple, float] = {}  # address -> monotonic time its last RPC timed out
@@ -65,7 +72,10 @@ class DatagramRPC(KademliaProtocol):
             self.log_once(addr, "datagram", f"malformed msgpack ({type(exc).__name__})")
             return
         if kind == _REQUEST:
-            self._answer(msg_id, payload, addr)
+            if self.rate.allow(addr):
+                self._answer(msg_id, payload, addr)
+            else:
+                self.log_once(addr, "rate", f"over {self.config.requests_per_source_s:g} requests/s; dropped")
         elif kind == _RESPONSE:
             self._accept_response(msg_id, payload, addr)
         else:

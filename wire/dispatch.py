@@ -30,6 +30,7 @@ class Request:
     tensors: list
     peer: bytes          # the DEALER's routing identity: one per client connection
     request_id: int = 0
+    peer_address: str = ""  # the sender's IP ("" when the transport cannot tell)
 
 
 HandlerResult = Union[Reply, tuple, None]

@@ -6,7 +6,9 @@ frame each, so large payloads are never copied into msgpack. An error reply is k
 with ``meta = {"code": str, "message": str}``.
 
 Receiving validates in order of cost -- frame count, total bytes, header size, header fields,
-every descriptor and the sum of decoded sizes -- before anything large is allocated.
+every descriptor, the sum of decoded sizes and each lz4 payload's ratio -- before anything large
+is allocated. What a receiver then decompresses is bounded by the declared sizes (codec.py); a
+server also checks those against its handler's own limits first (server.py, ``admit``).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 import zmq
 
 from .codec import check_descriptor, decode_checked, encode_tensor
-from .errors import BadHeader, BadVersion, MessageTooLarge, ProtocolError
+from .errors import BadHeader, BadVersion, CorruptPayload, MessageTooLarge, ProtocolError
 from .limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
 PROTOCOL_VERSION = 1
 KINDS = ("request", "reply", "error")
 _MAX_REQUEST_ID = (1 << 64) - 1
+# lz4's block format spends at least one byte per 255 bytes of a match: no payload decodes to more
+MAX_LZ4_RATIO = 256
 
 
 @dataclass
@@ -131,6 +135,11 @@ def decode_header(frames: Sequence, limits: Limits = DEFAULT_LIMITS) -> tuple[Me
             compressed += length
     if decoded_total > limits.max_message_bytes:
         raise with_request_id(MessageTooLarge(f"tensors decode to {decoded_total} bytes, limit {limits.max_message_bytes}"), rid)
+    for c, length in zip(checked, lengths[1:]):
+        if c.codec != "none" and c.nbytes > MAX_LZ4_RATIO * length + 64:
+            raise with_request_id(CorruptPayload(
+                f"lz4 payload of {length} bytes cannot decode to {c.nbytes} bytes (lz4 packs at most "
+                f"{MAX_LZ4_RATIO}:1)"), rid)
     msg = Message(method, meta, [], rid, kind)
     return msg, PendingTensors(checked, [_buffer(f) for f in frames[1:]], compressed)
 

@@ -1,7 +1,10 @@
 """RpcServer: an asyncio ZeroMQ ROUTER that dispatches requests by method to async handlers.
 
-A reader callback on the ROUTER socket validates each message's header (see envelope.py) and answers bad input with an
-error reply at once; each good request then runs in its own task, so a slow handler never delays
+A reader callback on the ROUTER socket validates each message's header (see envelope.py) and
+answers bad input with an error reply at once; then the server's ``admit`` hook (if given) sees
+the method, meta and every tensor's declared dtype and shape, before a byte is decompressed: what
+a handler would refuse anyway (a million-token "prefill" that lz4 packs into 1 MiB) costs it no
+memory. Each good request then runs in its own task, so a slow handler never delays
 a ping. Tasks are started in arrival order, so a handler that takes a per-session asyncio.Lock
 before its first other ``await`` serves one connection's pipelined steps in the order sent --
 except requests whose lz4 payloads are large enough to be decompressed off the loop. Replies
@@ -14,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import zmq
 
-from .codec import plan_compression, wire_tensor
+from .codec import Checked, plan_compression, wire_tensor
 from .dispatch import Handler, Request, exception_reply, run_handler
 from .envelope import (Message, decode_header, decode_tensors, encode_message, error_message,
                        with_request_id)
@@ -34,12 +37,17 @@ logger = logging.getLogger(__name__)
 # with more than this to compress are compressed there
 OFFLOAD_DECODE_BYTES = OFFLOAD_ENCODE_BYTES = 1 << 20
 
+# admit(method, meta, declared tensors): raise (an exception with a ``code``) to refuse a request
+# from what it declares, before its payloads are decoded
+Admit = Callable[[str, dict, Sequence[Checked]], None]
+
 
 class RpcServer:
     def __init__(self, handlers: Mapping[str, Handler], host: str = "127.0.0.1", port: int = 0,
                  limits: Limits = DEFAULT_LIMITS, *, compression: str = "auto",
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, admit: Admit | None = None):
         self.handlers = dict(handlers)
+        self.admit = admit
         self.host, self.port = host, port
         self.limits = limits
         self.compression = compression
@@ -100,24 +108,32 @@ class RpcServer:
             logger.info("bad request from %s: %s", peer.hex(), exc)
             self._send(peer, error_message(getattr(exc, "request_id", 0), exc.code, str(exc)))
             return
+        request = Request(msg.method, msg.meta, [], peer, msg.request_id, peer_address(frames[0]))
+        if self.admit is not None:
+            try:
+                self.admit(msg.method, msg.meta, pending.checked)
+            except Exception as exc:  # refused on what it declares: nothing was decoded
+                logger.info("refused %s from %s before decoding: %s", msg.method, peer.hex(), exc)
+                self._send(peer, exception_reply(request, exc))
+                return
         # the task removes itself from _tasks when done: a done-callback would cost one more
         # event-loop pass per request
-        self._tasks.add(self._loop.create_task(self._serve(peer, msg, pending, handler)))
+        self._tasks.add(self._loop.create_task(self._serve(request, pending, handler)))
 
-    async def _serve(self, peer: bytes, msg: Message, pending, handler: Handler) -> None:
+    async def _serve(self, request: Request, pending, handler: Handler) -> None:
         try:
-            await self._serve_request(peer, msg, pending, handler)
+            await self._serve_request(request, pending, handler)
         finally:
             self._tasks.discard(asyncio.current_task())
 
-    async def _serve_request(self, peer: bytes, msg: Message, pending, handler: Handler) -> None:
-        request = Request(msg.method, msg.meta, [], peer, msg.request_id)
+    async def _serve_request(self, request: Request, pending, handler: Handler) -> None:
+        peer = request.peer
         try:
             if pending.compressed_bytes > OFFLOAD_DECODE_BYTES:
                 request.tensors = await asyncio.get_running_loop().run_in_executor(
-                    None, decode_tensors, pending, self.limits, msg.request_id)
+                    None, decode_tensors, pending, self.limits, request.request_id)
             else:
-                request.tensors = decode_tensors(pending, self.limits, msg.request_id)
+                request.tensors = decode_tensors(pending, self.limits, request.request_id)
         except ProtocolError as exc:
             logger.info("bad tensors from %s: %s", peer.hex(), exc)
             self._send(peer, exception_reply(request, exc))
@@ -155,3 +171,11 @@ class RpcServer:
             # ROUTER sends never block: a full or vanished peer drops the reply (it times out)
             self._sock.send([peer, *frames])
 
+
+
+def peer_address(frame) -> str:
+    """The sender's IP as libzmq saw it (frame metadata "Peer-Address"); "" when unknown."""
+    try:
+        return frame.get("Peer-Address") or ""
+    except (AttributeError, zmq.ZMQError):  # bytes (tests), or a transport without the property
+        return ""

@@ -23,3 +23,9 @@ UNKNOWN_REGION_RTT_S = 0.06
 # `next_pings` it announces, and while deciding whether to move.
 NEXT_PING_TIMEOUT_S = 2.0
 REBALANCE_PING_TIMEOUT_S = 1.0  # a server that does not answer this fast is left out of the RTTs
+
+# Per-client bounds of a server (zswarm.server.client_shares, ServerConfig): one client (a
+# connection, and its IP when remote) may hold at most this many open sessions, and -- while
+# another client waits for room -- at most this share of the cache budget.
+CLIENT_MAX_SESSIONS = 64
+CLIENT_CACHE_SHARE = 0.5

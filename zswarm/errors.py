@@ -14,6 +14,8 @@ dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
     ├── ServerError (also wire.RemoteError)  an error reply of the RPC protocol, by its code
     │   ├── CacheFullError          cache_full         no cache room freed up within the wait
     │   ├── UnknownSessionError     unknown_session    never opened here, closed, or expired
+    │   ├── ForeignSessionError     foreign_session    a step or close of a session another connection opened
+    │   ├── ClientLimitError        client_limit       this client already holds as many sessions as one may
     │   ├── BadPositionError        bad_position       a step that would skip positions
     │   ├── BadInputError           bad_input          wrong shape, dtype, NaN/inf, bad meta
     │   ├── BlocksNotServedError    blocks_not_served  blocks outside what the server holds now
@@ -103,6 +105,16 @@ class UnknownSessionError(ServerError):
     code = "unknown_session"
 
 
+class ForeignSessionError(ServerError):
+    """The session exists but was opened by another connection: session ids are not bearer tokens."""
+
+    code = "foreign_session"
+
+
+class ClientLimitError(ServerError):
+    code = "client_limit"
+
+
 class BadPositionError(ServerError):
     code = "bad_position"
 
@@ -127,8 +139,8 @@ class ShuttingDownError(ServerError):
     code = "shutting_down"
 
 
-for _cls in (CacheFullError, UnknownSessionError, BadPositionError, BadInputError, BlocksNotServedError,
-             TooManyTokensError, UnknownAdapterError, ShuttingDownError):
+for _cls in (CacheFullError, UnknownSessionError, ForeignSessionError, ClientLimitError, BadPositionError,
+             BadInputError, BlocksNotServedError, TooManyTokensError, UnknownAdapterError, ShuttingDownError):
     register_remote_error(_cls.code, _cls)
 del _cls
 

@@ -67,6 +67,20 @@ def test_only_server_of_some_blocks_vanishing_raises_no_route_error_naming_them(
                        stopping_criteria=StoppingCriteriaList([AtStep(2, lambda: swarm.kill(lonely))]))
 
 
+def test_a_full_server_surfaces_as_cache_full_naming_the_blocks_not_as_served_by_no_one(swarm, connect):
+    import asyncio
+
+    from zswarm.errors import CacheFullError
+    from inprocess_swarm import CACHE_TOKENS
+
+    server = swarm.add(0, 6)
+    hog = asyncio.run(swarm.transport.call(server.address, "open_session", {"max_length": CACHE_TOKENS}, timeout=10))
+    assert hog.meta["session_id"] and server.sessions.budget.free == 0
+    model = connect(max_retries=2, cache_wait_timeout=0.05)
+    with pytest.raises(CacheFullError, match=r"blocks 0:6 of tiny-llama\w* are served, but .*cache full: 1 sessions"):
+        model.generate(PROMPT, max_new_tokens=2)
+
+
 def test_session_refuses_steps_past_max_length_and_after_close(swarm, connect):
     swarm.add(0, 6)
     model = connect()

@@ -67,10 +67,14 @@ def test_hostile_datagrams_neither_crash_nor_store_and_are_logged_once(make_swar
                 replies.append(sock.recv(65536))
         except socket.timeout:
             pass
-    # Only the well-formed store_entries request is answered, with every item refused.
+    # Only the well-formed store_entries request is answered, with every item refused; the
+    # never-seen sender is pinged back once (before it could enter the routing table), no more.
+    pings = [r for r in replies if r[0] == 0]
+    replies = [r for r in replies if r[0] != 0]
     for reply in replies:
         assert msgpack.unpackb(reply[21:]) == [False, False, False]
     assert len(replies) <= 2
+    assert len(pings) <= 1 and all(msgpack.unpackb(p[21:])[0] == "ping" for p in pings)
     assert target._server.storage.keys() == []
 
     # Still a working node: it stores and serves.

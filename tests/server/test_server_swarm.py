@@ -131,7 +131,8 @@ def test_full_cache_waits_then_fails_clearly_and_succeeds_after_a_close(swarm):
             call = transport.call
             hogs = [(await call(server.address, "open_session", {**meta, "max_length": 256}, timeout=10)).meta["session_id"]
                     for _ in range(2)]
-            with pytest.raises(CacheFullError, match=r"cache full: 16 tokens asked, 0 of 512 free after waiting 0\.[3-9]"):
+            with pytest.raises(CacheFullError, match=r"cache full: 2 sessions hold 512 of 512 tokens \(512 of them yours\); "
+                                                     r"16 asked, 0 free after waiting 0\.[3-9]"):
                 await call(server.address, "open_session", {**meta, "max_length": 8, "wait_timeout": 0.3}, timeout=10)
             waiting = asyncio.ensure_future(
                 call(server.address, "open_session", {**meta, "max_length": 8, "wait_timeout": 20}, timeout=30))

@@ -9,7 +9,8 @@ import contextlib
 from dht.errors import DHTError
 from wire.errors import RemoteError, WireError
 from zswarm.client.config import ClientConfig
-from zswarm.errors import (NoRouteError, ServerError, ServerUnavailable, SpanFailed,  # noqa: F401 (re-exported)
+from zswarm.blocks import format_blocks
+from zswarm.errors import (CacheFullError, NoRouteError, ServerError, ServerUnavailable, SpanFailed,  # noqa: F401 (re-exported)
                            SwarmUnreachable, TransportError, ZswarmError, describe_error)
 
 describe = describe_error
@@ -26,8 +27,13 @@ def is_server_fault(exc: BaseException) -> bool:
 
 
 def retries_exhausted(model_id: str, start: int, end: int, attempts: int,
-                      cause: BaseException | None) -> NoRouteError:
-    """The error raised when the retry budget is spent on blocks [start, end)."""
+                      cause: BaseException | None) -> ZswarmError:
+    """The error raised when the retry budget is spent on blocks [start, end): NoRouteError, or
+    CacheFullError when the last server answered that it is full (it is served, just busy)."""
+    if isinstance(cause, CacheFullError):
+        return CacheFullError(f"blocks {format_blocks(start, end)} of {model_id} are served, but the servers "
+                              f"there have no cache room for this session (gave up after {attempts} attempts); "
+                              f"the last said: {cause.message}")
     if isinstance(cause, NoRouteError):  # the DHT lists no one for some blocks: name just those
         adapter = cause.adapter
         detail = f"still, after {attempts} attempts" + (f"; {adapter_detail(adapter)}" if adapter else "")
@@ -59,12 +65,18 @@ class RetryBudget:
         self.config, self.model_id = config, model_id
         self.attempt = 0
         self._refreshed = False
+        self._cache_full: CacheFullError | None = None
 
     def fail(self, cause: BaseException, start: int, end: int) -> None:
         """Count a failed attempt on blocks [start, end); raises once the budget is spent."""
         self.attempt += 1
+        if isinstance(cause, CacheFullError):
+            self._cache_full = cause
         if self.attempt > self.config.max_retries:
-            raise retries_exhausted(self.model_id, start, end, self.attempt, cause) from cause
+            # a full server is banned for a while, so the attempts after it find "no route": the
+            # caller should hear that the blocks are served but full, not that no one serves them
+            said = self._cache_full if isinstance(cause, (NoRouteError, CacheFullError)) and self._cache_full else cause
+            raise retries_exhausted(self.model_id, start, end, self.attempt, said) from cause
 
     async def backoff(self) -> None:
         await asyncio.sleep(backoff_delay(self.config, self.attempt))

@@ -70,6 +70,14 @@ class CacheBudget:
             self.used = 0
         self._grant()
 
+    def hand_over(self, freed: int, tokens: int) -> None:
+        """`freed` reserved tokens change hands: `tokens` of them (no more than `freed` plus what
+        is free) go to one taker at once, ahead of the queue; the rest are released."""
+        if tokens > freed + self.free:
+            raise ValueError(f"cannot hand over {tokens} tokens from {freed} freed and {self.free} free")
+        self.used += tokens - freed
+        self._grant()
+
     def _grant(self) -> None:
         while self._waiters and self._waiters[0][0] <= self.free:
             tokens, future = self._waiters.popleft()

@@ -14,6 +14,7 @@ from typing import Optional
 
 from zswarm.blocks import format_blocks
 from zswarm.defaults import DEFAULT_MODEL_ID as DEFAULT_MODEL
+from zswarm.defaults import CLIENT_CACHE_SHARE, CLIENT_MAX_SESSIONS
 from zswarm.defaults import STRATEGIES as PLACEMENTS
 from zswarm.errors import ConfigError  # noqa: F401  (raised here, imported from here by many)
 
@@ -67,6 +68,8 @@ class ServerConfig:
     prefill_chunk_tokens: int = 1024  # long prefills run in chunks of this many tokens per row
     session_idle_timeout: float = 300.0  # seconds an idle session keeps its cache before it expires
     max_wait_timeout: float = 60.0  # longest wait for cache room a client may ask for
+    max_client_sessions: int = CLIENT_MAX_SESSIONS  # open sessions one client (connection; IP when remote) may hold
+    client_cache_share: float = CLIENT_CACHE_SHARE  # share of the cache one client keeps while others wait (0-1]; beyond it its newest sessions are ended for them
 
     # --- announcing and lifecycle --------------------------------------------------------
     update_period: float = 60.0  # seconds between announcements in the DHT
@@ -116,7 +119,10 @@ class ServerConfig:
             raise ConfigError(f"throughput must be a positive number, got {self.throughput}")
         if self.attn_cache_tokens is not None:
             _positive_int("attn_cache_tokens", self.attn_cache_tokens)
-        for name in ("max_session_length", "max_batch_size", "max_request_tokens", "prefill_chunk_tokens"):
+        if not (isinstance(self.client_cache_share, (int, float)) and 0 < self.client_cache_share <= 1):
+            raise ConfigError(f"client_cache_share must be in (0, 1], got {self.client_cache_share!r}")
+        for name in ("max_session_length", "max_batch_size", "max_request_tokens", "prefill_chunk_tokens",
+                     "max_client_sessions"):
             _positive_int(name, getattr(self, name))
         for name in ("rebalance_period", "update_period", "expiration_periods", "session_idle_timeout"):
             _positive_number(name, getattr(self, name))

@@ -21,11 +21,12 @@ from zswarm.errors import BadInputError, BadPositionError, BlocksNotServedError,
 from zswarm.models.lora import using_adapter
 from zswarm.models.span import prompts_apply
 from zswarm.server import compute as priorities
+from zswarm.server.admission import TENSOR_NAMES, admit
 from zswarm.server.batching import DecodeBatcher, DecodeStep, prepare_session
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ServerConfig
 from zswarm.server.sessions import ServerSession, ServerSessions
-from zswarm.server.validation import block_range, check_hidden, check_hypo_ids, check_prompts, \
+from zswarm.server.validation import block_range, check_batch, check_hidden, check_hypo_ids, check_prompts, \
     check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_str, named_tensors
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ class ServerRPC:
 
     def handlers(self) -> dict:
         return {name[len("rpc_"):]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")}
+
+    def admit(self, method: str, meta: dict, declared) -> None:
+        """wire's admission hook: refuse a request on its declared tensors, before they are decoded."""
+        admit(self.state, method, meta, declared)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _span_for(self, start: int, end: int):
@@ -129,31 +134,32 @@ class ServerRPC:
         span = self._span_for(start, end)
         left_pad = meta_left_pad(meta, batch_size, max_length, span.family)
         session = await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
-                                           wait_timeout=wait, span=span, peer=request.peer, adapter=adapter,
+                                           wait_timeout=wait, span=span, peer=request.peer,
+                                           peer_address=request.peer_address, adapter=adapter,
                                            left_pad=left_pad)
         return {"session_id": session.session_id}, []
 
     async def rpc_close_session(self, request):
         session_id = request.meta.get("session_id")
-        closed = isinstance(session_id, str) and self.sessions.close(session_id, why="was closed by its client")
-        if closed:
-            self.batcher.forget(session_id)  # ticks no longer wait for its next step
-        if not closed and not self.sessions.ended(session_id):  # closing twice is fine; a made-up id is not
-            self.sessions.get(session_id)  # raises unknown_session
+        if self.sessions.ended(session_id):  # closing twice is fine; a made-up id is not
+            return {}, []
+        self.sessions.get(session_id, request.peer)  # unknown, or another connection's: refused
+        self.sessions.close(session_id, why="was closed by its client")
+        self.batcher.forget(session_id)  # ticks no longer wait for its next step
         return {}, []
 
     async def rpc_inference_step(self, request):
         meta = request.meta
         # Take the session's lock before any other await: steps pipelined on one connection are
         # then served in the order they were sent (see wire/server.py).
-        session = self.sessions.get(meta.get("session_id"))
+        session = self.sessions.get(meta.get("session_id"), request.peer)
         async with session.lock:
             session = self.sessions.get(session.session_id)  # closed or expired while we queued?
             return await self._inference_step(session, meta, request.tensors)
 
     async def _inference_step(self, session: ServerSession, meta: dict, tensors):
         s = self.state
-        found = named_tensors(meta, tensors, ["hidden"], ["prompts", "hypo_ids"])
+        found = named_tensors(meta, tensors, *TENSOR_NAMES["inference_step"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
         batch, seq, _ = hidden.shape
         if batch != session.batch_size:
@@ -212,10 +218,10 @@ class ServerRPC:
         s, meta = self.state, request.meta
         start, end = block_range(meta, s.start, s.end)
         adapter = self._check_adapter(meta)
-        found = named_tensors(meta, request.tensors, ["hidden"], ["prompts"])
+        found = named_tensors(meta, request.tensors, *TENSOR_NAMES["forward"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
         check_tokens(hidden.shape[0], hidden.shape[1], s.max_request_tokens, "forward")
-        check_batch(hidden, s.max_batch_size)
+        check_batch(hidden.shape[0], s.max_batch_size)
         prompts = found.get("prompts")
         if prompts is not None:
             check_prompts(prompts, end - start, hidden, hidden.shape[1])
@@ -234,12 +240,12 @@ class ServerRPC:
         s, meta = self.state, request.meta
         start, end = block_range(meta, s.start, s.end)
         adapter = self._check_adapter(meta)
-        found = named_tensors(meta, request.tensors, ["hidden", "grad_out"], ["prompts"])
+        found = named_tensors(meta, request.tensors, *TENSOR_NAMES["backward"])
         hidden = check_hidden(found["hidden"], s.hidden_size)
         grad_out = found["grad_out"]
         check_same(grad_out, hidden, "grad_out")
         check_tokens(hidden.shape[0], hidden.shape[1], s.max_request_tokens, "backward")
-        check_batch(hidden, s.max_batch_size)
+        check_batch(hidden.shape[0], s.max_batch_size)
         prompts = found.get("prompts")
         if prompts is not None:
             check_prompts(prompts, end - start, hidden, hidden.shape[1])
@@ -259,11 +265,6 @@ class ServerRPC:
         grads = await self._run(backward, priorities.BACKWARD)
         s.stats["backward"] += 1
         return {}, grads
-
-
-def check_batch(hidden: torch.Tensor, max_batch: int) -> None:
-    if hidden.shape[0] > max_batch:
-        raise TooManyTokensError(f"batch {hidden.shape[0]} exceeds this server's limit of {max_batch}")
 
 
 def _to_span(t: Optional[torch.Tensor], span) -> Optional[torch.Tensor]:

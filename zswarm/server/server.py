@@ -151,7 +151,9 @@ class Server:
                                                      self.rates.inference_rps)
 
         self.compute = ComputeQueue()
-        self.sessions = ServerSessions(CacheBudget(cache_tokens), cfg.session_idle_timeout)
+        self.sessions = ServerSessions(CacheBudget(cache_tokens), cfg.session_idle_timeout,
+                                       client_cache_share=cfg.client_cache_share,
+                                       max_client_sessions=cfg.max_client_sessions)
         self.state = ServingState(
             model_id=source.model_id, num_blocks=source.num_blocks, hidden_size=int(source.config.hidden_size),
             dtype=dtype_name, quant=cfg.quant, peer_id=self.node.peer_id, version=zswarm.__version__,
@@ -160,7 +162,7 @@ class Server:
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
         rpc = ServerRPC(self.state, self.sessions, self.compute)
-        self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port)
+        self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port, admit=rpc.admit)
         try:
             await self.rpc_server.start()
         except zmq.ZMQError as exc:

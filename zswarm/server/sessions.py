@@ -4,6 +4,10 @@ A session is opened for blocks [start, end) (any sub-range of what the server ho
 maximum length and a batch size; it reserves `batch_size * max_length` tokens of the cache
 budget until it closes or expires. Steps of one session are serialized by its `lock`; the
 manager never expires a session while a step holds that lock.
+
+A session belongs to the connection that opened it: a step or close from another is refused
+(`get(session_id, peer)`), so knowing a session id is not enough to use or end it. What one client
+may hold (sessions, and its share of the cache while others wait) is in client_shares.py.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from zswarm.errors import CacheFullError, ShuttingDownError, TooManyTokensError, UnknownSessionError
+from zswarm.defaults import CLIENT_CACHE_SHARE, CLIENT_MAX_SESSIONS
+from zswarm.errors import (CacheFullError, ClientLimitError, ForeignSessionError, ShuttingDownError,
+                           TooManyTokensError, UnknownSessionError)
 from zswarm.models.kv_pool import reserved_tokens
 from zswarm.server.cache_budget import BudgetTimeout, CacheBudget
+from zswarm.server.client_shares import client_keys, holdings, share_victims
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +40,8 @@ class ServerSession:
     max_length: int
     batch_size: int
     span: Any  # BlockSpan view over [start, end)
-    peer: bytes = b""
+    peer: bytes = b""  # the connection that opened it: the only one that may step or close it
+    client: tuple = ()  # what it counts against (client_shares.client_keys)
     adapter: Optional[str] = None  # the LoRA adapter every step of this session runs with
     left_pad: Optional[list[int]] = None  # leading pads per row of a left-padded batch (validated)
     cache: Any = None  # SpanCache, created on the first step (on the compute thread)
@@ -53,10 +61,13 @@ class ServerSession:
 
 
 class ServerSessions:
-    def __init__(self, budget: CacheBudget, idle_timeout: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, budget: CacheBudget, idle_timeout: float, clock: Callable[[], float] = time.monotonic, *,
+                 client_cache_share: float = CLIENT_CACHE_SHARE, max_client_sessions: int = CLIENT_MAX_SESSIONS):
         self.budget = budget
         self.idle_timeout = idle_timeout
         self.clock = clock
+        self.client_cache_share = client_cache_share
+        self.max_client_sessions = max_client_sessions
         self.accepting = True
         self.refusal = "the server is shutting down"
         self._sessions: dict[str, ServerSession] = {}
@@ -69,7 +80,7 @@ class ServerSessions:
         return iter(list(self._sessions.values()))
 
     async def open(self, *, start: int, end: int, max_length: int, batch_size: int, wait_timeout: float,
-                   span: Any, peer: bytes = b"", adapter: Optional[str] = None,
+                   span: Any, peer: bytes = b"", peer_address: str = "", adapter: Optional[str] = None,
                    left_pad: Optional[list[int]] = None) -> ServerSession:
         if not self.accepting:
             raise ShuttingDownError(self.refusal)
@@ -79,19 +90,28 @@ class ServerSessions:
                 f"batch_size {batch_size} x max_length {max_length} (in whole pages: {tokens} tokens) exceeds this server's "
                 f"whole cache budget of {self.budget.capacity} tokens"
             )
+        client = client_keys(peer, peer_address)
+        count, held = holdings(self._sessions.values(), client)
+        if count >= self.max_client_sessions:
+            raise ClientLimitError(f"this client holds {count} open sessions here, the most one client may; "
+                                   f"close one first")
         try:
-            await self.budget.reserve(tokens, wait_timeout)
+            if not ((tokens > self.budget.free or self.budget.waiting) and self._make_room(client, held, tokens)):
+                await self.budget.reserve(tokens, wait_timeout)
         except BudgetTimeout as exc:
+            _, mine = holdings(self._sessions.values(), client)
             raise CacheFullError(
-                f"cache full: {exc.asked} tokens asked, {exc.free} of {exc.capacity} free after waiting "
-                f"{exc.waited:.1f}s; try later or another server"
+                f"cache full: {len(self._sessions)} sessions hold {self.budget.used} of {exc.capacity} tokens "
+                f"({mine} of them yours); {exc.asked} asked, {exc.free} free after waiting {exc.waited:.1f}s; "
+                f"try later or another server"
             ) from None
         if not self.accepting:  # began shutting down while we waited
             self.budget.release(tokens)
             raise ShuttingDownError(self.refusal)
         session = ServerSession(
             session_id=secrets.token_hex(16), start=start, end=end, max_length=max_length,
-            batch_size=batch_size, span=span, peer=peer, adapter=adapter, left_pad=left_pad, last_used=self.clock(),
+            batch_size=batch_size, span=span, peer=peer, client=client, adapter=adapter, left_pad=left_pad,
+            last_used=self.clock(),
         )
         self._sessions[session.session_id] = session
         logger.info("session %s opened: blocks %d:%d, batch %d, max_length %d%s (%d cache tokens left)",
@@ -99,7 +119,32 @@ class ServerSessions:
                     f", adapter {adapter}" if adapter else "", self.budget.free)
         return session
 
-    def get(self, session_id) -> ServerSession:
+    @property
+    def share_tokens(self) -> int:
+        """The cache tokens one client may hold while another waits for room."""
+        return int(self.client_cache_share * self.budget.capacity)
+
+    def _make_room(self, client: tuple, held: int, tokens: int) -> bool:
+        """A client within its share cannot get room at once: end the newest sessions of clients
+        over their share until it fits (client_shares.share_victims). The room goes to this client,
+        not to whoever queues for cache (a squatter's own waiting open would take it back).
+        True when `tokens` are now reserved for it."""
+        if held + tokens > self.share_tokens:
+            return False  # over its own share: it waits like anyone else
+        victims = share_victims(list(self._sessions.values()), client, self.share_tokens, tokens, self.budget.free)
+        if not victims:
+            return False
+        freed = 0
+        for victim in victims:
+            freed += victim.tokens_reserved
+            self.close(victim.session_id, release=False,
+                       why=f"was ended: its client held more than its share of the cache ({self.share_tokens} of "
+                           f"{self.budget.capacity} tokens) while another waited")
+        self.budget.hand_over(freed, tokens)
+        return True
+
+    def get(self, session_id, peer: Optional[bytes] = None) -> ServerSession:
+        """The open session `session_id`; with `peer`, only if that connection opened it."""
         session = self._sessions.get(session_id) if isinstance(session_id, str) else None
         if session is None:
             why = self._ended.get(session_id) if isinstance(session_id, str) else None
@@ -107,6 +152,9 @@ class ServerSessions:
             if why:
                 raise UnknownSessionError(f"session {shown} {why}; open a new one")
             raise UnknownSessionError(f"session {shown} is unknown to this server; open a new one")
+        if peer is not None and peer != session.peer:
+            raise ForeignSessionError(f"session {session_id[:8]}... was opened by another connection; "
+                                      f"only that one may step or close it")
         session.last_used = self.clock()
         return session
 
@@ -114,13 +162,15 @@ class ServerSessions:
         """Was this a session of ours that has since closed or expired?"""
         return isinstance(session_id, str) and session_id in self._ended
 
-    def close(self, session_id: str, why: str = "was closed") -> bool:
+    def close(self, session_id: str, why: str = "was closed", *, release: bool = True) -> bool:
+        """End a session; `release=False` keeps its tokens reserved for the caller to hand on."""
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
         session.closed = True
         session.cache = None  # its pages go back to the pool as soon as no step holds them
-        self.budget.release(session.tokens_reserved)
+        if release:
+            self.budget.release(session.tokens_reserved)
         self._ended[session_id] = why
         while len(self._ended) > _REMEMBER_ENDED:
             self._ended.popitem(last=False)

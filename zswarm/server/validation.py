@@ -105,16 +105,21 @@ def named_tensors(meta: dict, tensors: Sequence[torch.Tensor], required: Sequenc
 
 
 def check_hidden(t: torch.Tensor, hidden_size: int, name: str = "hidden") -> torch.Tensor:
-    if t.dtype not in HIDDEN_DTYPES:
-        raise BadInputError(f"{name} must be float16, bfloat16 or float32, got {str(t.dtype).replace('torch.', '')}")
-    if t.dim() != 3:
-        raise BadInputError(f"{name} must be [batch, seq, hidden], got shape {list(t.shape)}")
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise BadInputError(f"{name} is empty (shape {list(t.shape)})")
-    if t.shape[2] != hidden_size:
-        raise BadInputError(f"{name} has hidden size {t.shape[2]}, this model's is {hidden_size}")
+    check_hidden_shape(t.dtype, t.shape, hidden_size, name)
     check_finite(t, name)
     return t
+
+
+def check_hidden_shape(dtype: torch.dtype, shape: Sequence[int], hidden_size: int, name: str = "hidden") -> None:
+    """Hidden states' dtype and shape, from a tensor or from what a request declares (admission.py)."""
+    if dtype not in HIDDEN_DTYPES:
+        raise BadInputError(f"{name} must be float16, bfloat16 or float32, got {str(dtype).replace('torch.', '')}")
+    if len(shape) != 3:
+        raise BadInputError(f"{name} must be [batch, seq, hidden], got shape {list(shape)}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise BadInputError(f"{name} is empty (shape {list(shape)})")
+    if shape[2] != hidden_size:
+        raise BadInputError(f"{name} has hidden size {shape[2]}, this model's is {hidden_size}")
 
 
 # 16-bit floats are NaN or inf exactly when all their exponent bits are set
@@ -139,12 +144,17 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def check_same(t: torch.Tensor, like: torch.Tensor, name: str, like_name: str = "hidden") -> None:
-    if t.dtype != like.dtype or t.shape != like.shape:
+    check_same_shape(t, like, name, like_name)
+    check_finite(t, name)
+
+
+def check_same_shape(t, like, name: str, like_name: str = "hidden") -> None:
+    """`t` and `like`: tensors, or declared tensors (anything with .dtype and .shape)."""
+    if t.dtype != like.dtype or list(t.shape) != list(like.shape):
         raise BadInputError(
             f"{name} must match {like_name} ({str(like.dtype).replace('torch.', '')} {list(like.shape)}), "
             f"got {str(t.dtype).replace('torch.', '')} {list(t.shape)}"
         )
-    check_finite(t, name)
 
 
 def check_tokens(batch: int, seq: int, cap: int, what: str) -> None:
@@ -154,23 +164,37 @@ def check_tokens(batch: int, seq: int, cap: int, what: str) -> None:
 
 def check_prompts(prompts: torch.Tensor, num_blocks: int, hidden: torch.Tensor, max_len: int) -> None:
     """Deep prompts: [num_blocks, batch, pre_seq_len, hidden_size], in the hidden states' dtype."""
-    expected = f"[{num_blocks}, {hidden.shape[0]}, pre_seq_len, {hidden.shape[2]}]"
-    if prompts.dim() != 4:
-        raise BadInputError(f"prompts must be {expected}, got shape {list(prompts.shape)}")
-    blocks, batch, pre_seq_len, size = prompts.shape
-    if blocks != num_blocks or batch != hidden.shape[0] or size != hidden.shape[2] or pre_seq_len == 0:
-        raise BadInputError(f"prompts must be {expected}, got shape {list(prompts.shape)}")
-    if pre_seq_len > max_len:
-        raise TooManyTokensError(f"prompts pre_seq_len {pre_seq_len} exceeds the limit of {max_len}")
-    if prompts.dtype != hidden.dtype:
-        raise BadInputError(f"prompts must have the hidden states' dtype {hidden.dtype}, got {prompts.dtype}")
+    check_prompts_shape(prompts.dtype, prompts.shape, num_blocks, hidden.dtype, hidden.shape, max_len)
     check_finite(prompts, "prompts")
 
 
+def check_prompts_shape(dtype: torch.dtype, shape: Sequence[int], num_blocks: int, hidden_dtype: torch.dtype,
+                        hidden_shape: Sequence[int], max_len: int) -> None:
+    expected = f"[{num_blocks}, {hidden_shape[0]}, pre_seq_len, {hidden_shape[2]}]"
+    if len(shape) != 4:
+        raise BadInputError(f"prompts must be {expected}, got shape {list(shape)}")
+    blocks, batch, pre_seq_len, size = shape
+    if blocks != num_blocks or batch != hidden_shape[0] or size != hidden_shape[2] or pre_seq_len == 0:
+        raise BadInputError(f"prompts must be {expected}, got shape {list(shape)}")
+    if pre_seq_len > max_len:
+        raise TooManyTokensError(f"prompts pre_seq_len {pre_seq_len} exceeds the limit of {max_len}")
+    if dtype != hidden_dtype:
+        raise BadInputError(f"prompts must have the hidden states' dtype {hidden_dtype}, got {dtype}")
+
+
 def check_hypo_ids(hypo_ids: torch.Tensor, batch: int) -> torch.Tensor:
-    if hypo_ids.dtype not in (torch.int64, torch.int32) or hypo_ids.dim() != 1 or hypo_ids.shape[0] != batch:
-        raise BadInputError(f"hypo_ids must be an int64 vector of length {batch} (the batch), "
-                            f"got {str(hypo_ids.dtype).replace('torch.', '')} {list(hypo_ids.shape)}")
+    check_hypo_ids_shape(hypo_ids.dtype, hypo_ids.shape, batch)
     if batch and (int(hypo_ids.min()) < 0 or int(hypo_ids.max()) >= batch):
         raise BadInputError(f"hypo_ids must lie in [0, {batch})")
     return hypo_ids.long()
+
+
+def check_hypo_ids_shape(dtype: torch.dtype, shape: Sequence[int], batch: int) -> None:
+    if dtype not in (torch.int64, torch.int32) or len(shape) != 1 or shape[0] != batch:
+        raise BadInputError(f"hypo_ids must be an int64 vector of length {batch} (the batch), "
+                            f"got {str(dtype).replace('torch.', '')} {list(shape)}")
+
+
+def check_batch(batch: int, max_batch: int) -> None:
+    if batch > max_batch:
+        raise TooManyTokensError(f"batch {batch} exceeds this server's limit of {max_batch}")
