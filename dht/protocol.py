@@ -133,8 +133,9 @@ class SwarmProtocol(DatagramRPC):
     # -- joining nodes ----------------------------------------------------------------------
     def welcome_if_new(self, node: Node) -> None:
         """Add a new contact, first handing it the entries it is now one of the closest
-        holders of, when this node is the closest known holder (Kademlia section 2.5)."""
-        if not self.router.is_new_node(node):
+        holders of, when this node is the closest known holder (Kademlia section 2.5). A
+        client-only sender is never a contact (rpc.py)."""
+        if self.answering_client or not self.router.is_new_node(node):
             return
         self.dead.pop((node.ip, node.port), None)
         batch = []

@@ -6,6 +6,12 @@ contained: junk is dropped and logged once per peer, never raised into the event
 are dispatched to ``rpc_<name>`` methods (the prefix is the dispatch table, as in kademlia); calls
 wait `config.rpc_timeout`, and an address that let one time out is remembered as dead for
 `config.dead_contact_ttl` (see `is_dead`) until it is heard from again.
+
+Client-only nodes (`DHTConfig.client_only`: clients, zswarm-inspect) read and store through the
+DHT without becoming contacts of anyone: their requests carry the type byte CLIENT_REQUEST, which
+a receiver answers like any request but without adding the sender to its routing table (a client
+that left would otherwise be handed to every later joiner, who would wait for it to time out);
+and they answer no requests themselves.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST = 0
 _RESPONSE = 1
+_CLIENT_REQUEST = 2  # a request from a client-only node: answer it, do not add the sender as a contact
 
 
 class DatagramRPC(KademliaProtocol):
@@ -40,6 +47,9 @@ class DatagramRPC(KademliaProtocol):
         self.log_once = LogOnce(log)
         self.dead: dict[tuple, float] = {}  # address -> monotonic time its last RPC timed out
         self.timeouts = 0  # RPCs that got no reply in time, since start
+        self.sent = 0  # RPCs sent, since start
+        self.client_only = config.client_only
+        self.answering_client = False  # True while a handler answers a client-only node (see welcome_if_new)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -64,8 +74,11 @@ class DatagramRPC(KademliaProtocol):
         except Exception as exc:  # msgpack raises several unrelated types on junk
             self.log_once(addr, "datagram", f"malformed msgpack ({type(exc).__name__})")
             return
-        if kind == _REQUEST:
-            self._answer(msg_id, payload, addr)
+        if kind in (_REQUEST, _CLIENT_REQUEST):
+            if self.client_only:  # no one should ask us: we are in no routing table
+                log.debug("request from %s to a client-only node; ignored", addr)
+                return
+            self._answer(msg_id, payload, addr, from_client=kind == _CLIENT_REQUEST)
         elif kind == _RESPONSE:
             self._accept_response(msg_id, payload, addr)
         else:
@@ -74,7 +87,7 @@ class DatagramRPC(KademliaProtocol):
     def error_received(self, exc) -> None:
         log.debug("socket error: %s", exc)
 
-    def _answer(self, msg_id: bytes, payload, addr) -> None:
+    def _answer(self, msg_id: bytes, payload, addr, *, from_client: bool = False) -> None:
         if not (isinstance(payload, list) and len(payload) == 2
                 and isinstance(payload[0], str) and isinstance(payload[1], list)):
             self.log_once(addr, "request", "not [name, args]")
@@ -84,6 +97,7 @@ class DatagramRPC(KademliaProtocol):
         if handler is None:
             self.log_once(addr, "request", f"unknown method {name[:40]!r}")
             return
+        self.answering_client = from_client
         try:
             reply = handler(addr, *args)
             body = msgpack.packb(reply, use_bin_type=True)
@@ -91,6 +105,8 @@ class DatagramRPC(KademliaProtocol):
             self.log_once(addr, f"{name} request", f"{type(exc).__name__}: {exc}")
             log.debug("rejected %s request from %s", name, addr, exc_info=True)
             return
+        finally:
+            self.answering_client = False
         if len(body) > MAX_PAYLOAD:
             log.error("reply to %s from %s is %d bytes, over the datagram limit; not sent", name, addr, len(body))
             return
@@ -124,7 +140,9 @@ class DatagramRPC(KademliaProtocol):
         address = (address[0], address[1])
         timer = loop.call_later(self.config.rpc_timeout, self._timeout, msg_id)
         self._outstanding[msg_id] = (future, timer, address)
-        self.transport.sendto(bytes([_REQUEST]) + msg_id + body, address)
+        self.sent += 1
+        kind = _CLIENT_REQUEST if self.client_only else _REQUEST
+        self.transport.sendto(bytes([kind]) + msg_id + body, address)
         return future
 
     def _timeout(self, msg_id: bytes) -> None:

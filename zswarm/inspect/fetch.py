@@ -26,8 +26,9 @@ from zswarm.probe import measure_rtt, measure_rtts
 logger = logging.getLogger(__name__)
 
 # Seconds our DHT node waits for one DHT reply. Shorter than a server's (2 s): joining the swarm
-# asks contacts that may have left (other short-lived clients) and waits this long for each round
-# of them; 1 s still covers the slowest intercontinental round trip several times over.
+# may ask servers that have left and wait this long for them (clients and other inspect runs
+# are client-only nodes, never contacts); 1 s still covers the slowest intercontinental round
+# trip several times over.
 DHT_RPC_TIMEOUT = 1.0
 PROBE_CHUNK = 64  # blocks fetched per round when a model's block count was never announced
 
@@ -57,7 +58,7 @@ class Inspector:
         self.ping_timeout = ping_timeout
         self.info_timeout = info_timeout
         self.ping_servers = ping_servers
-        self.dht_config = DHTConfig(rpc_timeout=dht_rpc_timeout)
+        self.dht_config = DHTConfig(rpc_timeout=dht_rpc_timeout, client_only=True)
         self.loop = BackgroundLoop("zswarm-inspect")
         self.transport = self.loop.run(_make_transport(), timeout=10)
         self.node: DHTNode | None = None
