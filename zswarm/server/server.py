@@ -70,6 +70,7 @@ class Server:
         self.adapters: list = []  # LoraAdapter, checked at start; put on every span loaded
         self.address = ""
         self.dht_address = ""  # HOST:PORT others give as --initial-peers to join through this server
+        self.started_at = time.time()  # announced, for the uptime zswarm-inspect shows
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._moving = asyncio.Lock()
@@ -255,7 +256,8 @@ class Server:
         what only the server knows (its address, free cache, public name)."""
         return ServerRecord(**{name: getattr(self.state, name) for name in _FROM_SERVING_STATE},
                             adapters=tuple(self.state.adapters), address=self.address, state=state,
-                            cache_tokens_left=self.sessions.budget.free, public_name=self.config.public_name)
+                            cache_tokens_left=self.sessions.budget.free, public_name=self.config.public_name,
+                            started_at=self.started_at)
 
     def _plan_blocks(self, shape: BlockShape, dtype: str, cache_tokens: int, device: str, total: int) -> int:
         cfg = self.config
