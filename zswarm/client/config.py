@@ -25,8 +25,10 @@ class ClientConfig:
     # model's own `model_id` (a local directory's name, or the hub id).
     model_id: str | None = None
 
-    # Hidden states on the wire. "auto": float16 for float16/float32 models, bfloat16 for
-    # bfloat16 ones (fp16 would overflow their activations). Exactness tests ask for float32.
+    # Hidden states on the wire. "auto": the model's own dtype (float32 when its config names
+    # none), so the swarm's greedy output is local HF's; "float16" halves the bytes of a float32
+    # model at the cost of rounding between servers. The model's `wire_dtype` attribute (and an
+    # INFO log line when it loads) says which one a session uses.
     wire_dtype: str = "auto"
 
     # Seconds to wait for one inference step of one span. Past it the server counts as failed:
