@@ -20,6 +20,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from zswarm.cli_logging import setup_logging
 from zswarm.errors import InspectError, SwarmUnreachable
 from zswarm.inspect.render import render_raw, render_route, render_server, render_swarm
 from zswarm.inspect.views import to_jsonable
@@ -150,8 +151,8 @@ def run(args: argparse.Namespace, inspector: "Inspector") -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     level = getattr(args, "log_level", None) or "WARNING"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if level != "DEBUG":  # kademlia warns about every contact that left; that is routine here
+    setup_logging(level)
+    if level != "DEBUG":  # kademlia warns about every server that left; that is routine here
         logging.getLogger("kademlia").setLevel(logging.ERROR)
     if (args.view or "swarm") != "server" and not args.initial_peers:
         print("zswarm-inspect: this view reads the DHT: give --initial-peers HOST:PORT of a bootstrap node or server",

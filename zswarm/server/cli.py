@@ -1,5 +1,10 @@
 """`zswarm-server`: parse the command line into a `ServerConfig` and run the server.
 
+Exit status, the convention of every zswarm command (0 done; 1 what was asked failed; 2 cannot
+start): 0 after a clean stop (SIGTERM, Ctrl-C); 2 when it cannot start (a bad argument or
+setting, a port in use, a model that cannot be found or loaded), with one line saying why. Arguments and settings are all checked
+before the slow work (preparing the model, joining the DHT).
+
 Every flag maps to one `ServerConfig` field of the same name. Flags default to "not given"
 (`argparse.SUPPRESS`), so the only defaults are the dataclass's; help texts are the comments
 written beside the fields in config.py.
@@ -23,6 +28,7 @@ from zswarm.server.config import (
     ConfigError,
     ServerConfig,
 )
+from zswarm.cli_logging import setup_logging
 from zswarm.field_help import field_help as comments_beside_fields
 
 _CHOICES = {"device": DEVICES, "dtype": DTYPES, "quant": QUANTS, "placement": PLACEMENTS}
@@ -107,11 +113,7 @@ def main(argv: Optional[Sequence[str]] = None, *, hard_exit: bool = True) -> int
     # and on a busy CPU they starve the event-loop thread that answers the network (measured on
     # 2 cores: a 1-token step through a server took 104 ms median with spinning, 4 ms without).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(config.log_level)
     from zswarm.server.server import run_server  # heavy imports (torch) only after parsing
 
     code = run_server(config)
