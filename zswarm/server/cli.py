@@ -35,7 +35,7 @@ _CHOICES = {"device": DEVICES, "dtype": DTYPES, "quant": QUANTS, "placement": PL
 _FLOATS = {"balance_quality", "rebalance_period", "min_move_interval", "throughput", "session_idle_timeout",
            "max_wait_timeout", "update_period", "expiration_periods", "drain_timeout"}
 _INTS = {"num_blocks", "port", "dht_port", "attn_cache_tokens", "max_session_length", "max_batch_size",
-         "max_request_tokens", "prefill_chunk_tokens"}
+         "max_request_tokens", "prefill_chunk_tokens", "metrics_port"}
 _STRINGS = {"host", "public_host", "identity", "public_name", "throughput_cache", "ready_file"}
 
 

@@ -72,6 +72,8 @@ class Server:
         self.address = ""
         self.dht_address = ""  # HOST:PORT others give as --initial-peers to join through this server
         self.started_at = time.time()  # announced, for the uptime zswarm-inspect shows
+        self.metrics = None  # ServerMetrics with --metrics-port
+        self.metrics_address = ""
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._moving = asyncio.Lock()
@@ -110,7 +112,7 @@ class Server:
             raise ConfigError("give --initial-peers HOST:PORT to join a swarm, or --new-swarm to start one")
         # Every setting is checked here, before the slow work (preparing the model, joining the DHT).
         public_host = announced_host(cfg.host, cfg.public_host, cfg.initial_peers)
-        check_ports_free(cfg.host, cfg.port, cfg.dht_port)
+        check_ports_free(cfg.host, cfg.port, cfg.dht_port, cfg.metrics_port)
         loop = asyncio.get_running_loop()
 
         device = resolve_device(cfg.device)
@@ -171,7 +173,19 @@ class Server:
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
         rpc = ServerRPC(self.state, self.sessions, self.compute)
-        self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port)
+        handlers = rpc.handlers()
+        if cfg.metrics_port is not None:
+            from zswarm.server.metrics import ServerMetrics  # prometheus_client: only when asked for
+
+            self.metrics = ServerMetrics(rpc)
+            handlers = self.metrics.instrument(handlers)
+            try:
+                port = self.metrics.serve(cfg.host, cfg.metrics_port)
+            except OSError as exc:
+                raise bind_error(exc, "metrics port (TCP)", cfg.host, cfg.metrics_port, "--metrics-port") from None
+            self.metrics_address = f"http://{public_host}:{port}/metrics"
+            logger.info("Prometheus metrics at %s", self.metrics_address)
+        self.rpc_server = RpcServer(handlers, host=cfg.host, port=cfg.port)
         try:
             await self.rpc_server.start()
         except zmq.ZMQError as exc:
@@ -225,6 +239,8 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(None, self.compute.close)
         if self.node is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.node.shutdown)
+        if self.metrics is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.metrics.close)
         logger.info("server stopped")
 
     # ---- moving blocks ---------------------------------------------------------------------
@@ -256,6 +272,8 @@ class Server:
             return
         ready = {"address": self.address, "dht_address": self.dht_address, "peer_id": self.node.peer_id,
                  "model_id": self.state.model_id, "start": self.state.start, "end": self.state.end}
+        if self.metrics_address:
+            ready["metrics_address"] = self.metrics_address
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as out:
             json.dump(ready, out)
