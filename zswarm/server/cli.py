@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cuda_graphs": dict(action=argparse.BooleanOptionalAction),
         "log_level": dict(type=str.upper, choices=LOG_LEVELS),
     }
+    parser.add_argument("--config", metavar="FILE",
+                        help="a TOML file of these settings by name (num_blocks = 4, initial_peers = [...]); "
+                             "flags given as well override it")
     for f in dataclasses.fields(ServerConfig):  # in the dataclass's order, so --help reads like config.py
         name = f.name
         if name in special:
@@ -90,16 +93,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_config_file(path: str) -> dict:
+    """A TOML file of ServerConfig fields (`num_blocks = 4` or `num-blocks = 4`, as the flags are
+    named) -> {field: value}; ConfigError naming the file for anything else."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # the same parser, before it joined the standard library
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
+    names = {f.name for f in dataclasses.fields(ServerConfig)}
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise ConfigError(f"--config {path}: unknown setting {key!r} (settings are the flags' names, "
+                              f"e.g. num_blocks or initial_peers)")
+        if name == "block_indices" and isinstance(value, str):
+            try:
+                value = _block_range(value)
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"--config {path}: block_indices: {exc}") from None
+        if name in ("initial_peers", "adapters") and isinstance(value, str):
+            value = (value,)
+        values[name] = value
+    return values
+
+
 def parse_config(argv: Optional[Sequence[str]] = None) -> ServerConfig:
-    """Command line -> ServerConfig; exits with a usage error for anything the config refuses."""
+    """Command line (and --config FILE, which flags override) -> ServerConfig; exits with a usage
+    error for anything the config refuses."""
     parser = build_parser()
     given = vars(parser.parse_args(argv))
-    for name in ("initial_peers", "adapters"):
-        if name in given:
-            given[name] = tuple(given[name])
+    config_file = given.pop("config", None)
     try:
+        if config_file:
+            given = {**read_config_file(config_file), **given}
+        for name in ("initial_peers", "adapters", "block_indices"):
+            if isinstance(given.get(name), list):
+                given[name] = tuple(given[name])
         return ServerConfig(**given)
-    except ConfigError as exc:
+    except (ConfigError, TypeError) as exc:  # TypeError: a value of the wrong kind in the file
         parser.error(str(exc))
         raise  # unreachable: parser.error exits
 
