@@ -7,7 +7,7 @@ See docs/architecture.md (section dht/) for the contract.
 from dht.config import DHTConfig
 from dht.entry import Entry
 from dht.errors import (
-    BadRequest, BootstrapError, DHTError, ExpiredEntry, IdentityError, InvalidEntry,
+    AddressError, BadRequest, BootstrapError, DHTError, ExpiredEntry, IdentityError, InvalidEntry,
 )
 from dht.identity import Identity
 from dht.node import DHTNode
@@ -15,4 +15,5 @@ from dht.node import DHTNode
 __all__ = [
     "DHTNode", "DHTConfig", "Identity", "Entry",
     "DHTError", "IdentityError", "InvalidEntry", "ExpiredEntry", "BadRequest", "BootstrapError",
+    "AddressError",
 ]

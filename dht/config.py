@@ -5,6 +5,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DHTConfig:
+    # A client-only node (clients, zswarm-inspect) reads and stores through the DHT but enters no
+    # routing table and holds no one's entries: it leaves no dead contact behind when it exits.
+    client_only: bool = False
     # How many of the closest nodes hold each key. Reads ask all of them and union the answers;
     # 8 keeps a key alive with a quarter of the nodes dead (0.25**8 ~ 2e-5) while keeping an
     # 80-block lookup to a few hundred small datagrams.

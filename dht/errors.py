@@ -5,7 +5,8 @@
     ├── InvalidEntry        a signed entry that fails decoding, size, expiry or signature checks
     │   └── ExpiredEntry    an entry whose expiration time has passed (routine, not an attack)
     ├── BadRequest          a DHT datagram or RPC argument that is malformed
-    └── BootstrapError      none of the initial peers answered
+    ├── BootstrapError      none of the initial peers answered
+    └── AddressError (ValueError)  a peer address that is not "host:port"
 """
 
 
@@ -31,3 +32,7 @@ class BadRequest(DHTError):
 
 class BootstrapError(DHTError):
     pass
+
+
+class AddressError(DHTError, ValueError):
+    """A peer address that is not "host:port" (or "[v6]:port") with a port in 1..65535."""

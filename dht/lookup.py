@@ -71,7 +71,8 @@ class MultiKeyLookup:
             for n in protocol.router.find_neighbors(kl.target, k=seeds):
                 if not protocol.is_dead(n):
                     kl.candidates[n.id] = n
-            kl.candidates[self.me.id] = self.me  # this node may be one of the closest itself
+            if not protocol.client_only:  # a client-only node holds nothing for anyone
+                kl.candidates[self.me.id] = self.me  # this node may be one of the closest itself
             self.lookups[dkey] = kl
 
     async def run(self) -> dict[bytes, KeyLookup]:

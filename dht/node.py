@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 
 from dht.config import DHTConfig
 from dht.entry import Entry, entry_hash, sign_entry
-from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry
+from dht.errors import AddressError, BootstrapError, DHTError, ExpiredEntry, InvalidEntry
 from dht.identity import Identity
 from dht.server import SwarmServer, key_digest
 
@@ -28,13 +28,13 @@ _HELD_KEYS = 4096
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """ "host:port" (or "[v6]:port") -> (host, port); raises ValueError with the bad address."""
+    """ "host:port" (or "[v6]:port") -> (host, port); raises AddressError with the bad address."""
     if not isinstance(address, str):
-        raise ValueError(f"peer address must be 'host:port', got {address!r}")
+        raise AddressError(f"peer address must be 'host:port', got {address!r}")
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"peer address must be 'host:port', got {address!r}")
+        raise AddressError(f"peer address must be 'host:port', got {address!r}")
     return host, int(port)
 
 
@@ -68,6 +68,8 @@ class DHTNode:
         given). Raises BootstrapError when peers were given but none answered."""
         if self._thread is not None:
             raise RuntimeError("DHTNode already started")
+        if self.config.client_only and not self.initial_peers:
+            raise BootstrapError("a client-only DHT node needs initial peers: it cannot start a swarm")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="dht-node", daemon=True)
         self._thread.start()
@@ -101,7 +103,9 @@ class DHTNode:
         if not addrs or not found:
             names = ", ".join(f"{h}:{p}" for h, p in self.initial_peers)
             raise BootstrapError(f"none of the initial DHT peers answered: {names}")
-        log.info("DHT node %s at %s joined through %d peers, knows %d", self.peer_id, self.address, len(addrs), len(found))
+        role = "client-only DHT node" if self.config.client_only else "DHT node"
+        log.info("%s %s at %s joined through %d peers, knows %d", role, self.peer_id, self.address, len(addrs),
+                 len(found))
 
     def shutdown(self) -> None:
         """Stop listening and end the loop thread. Safe to call twice, and after a failed start."""

@@ -147,7 +147,10 @@ class SwarmProtocol(DatagramRPC):
         new one is pinged back and
         admitted (`welcome_if_new`) only when it answers as the id it claimed. At most one check
         per address at a time, `max_verifying` in all; an address whose ip:port another id holds
-        in the table is not checked at all (routing.py keeps the first)."""
+        in the table is not checked at all (routing.py keeps the first). A client-only sender is
+        neither (rpc.py)."""
+        if self.answering_client:
+            return
         known = self.router.contact(node)
         if known is not None:
             # refreshed only from its own address: a request naming a known id from elsewhere
@@ -185,8 +188,9 @@ class SwarmProtocol(DatagramRPC):
     def welcome_if_new(self, node: Node) -> None:
         """Add a new contact, first handing it the entries it is now one of the closest
         holders of, when this node is the closest known holder (Kademlia section 2.5). Callers
-        have heard `node` answer a request of ours; one the table would not admit gets nothing."""
-        if not self.router.is_new_node(node) or not self.router.admits(node):
+        have heard `node` answer a request of ours; one the table would not admit gets nothing. A
+        client-only sender is never a contact (rpc.py)."""
+        if self.answering_client or not self.router.is_new_node(node) or not self.router.admits(node):
             return
         self.dead.pop((node.ip, node.port), None)
         batch = []

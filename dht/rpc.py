@@ -7,6 +7,12 @@ are dispatched to ``rpc_<name>`` methods (the prefix is the dispatch table, as i
 wait `config.rpc_timeout`, and an address that let one time out is remembered as dead for
 `config.dead_contact_ttl` (see `is_dead`) until it is heard from again. Requests beyond a rate per
 source are dropped (rate_limit.py); the routing table bounds the ids per address (routing.py).
+
+Client-only nodes (`DHTConfig.client_only`: clients, zswarm-inspect) read and store through the
+DHT without becoming contacts of anyone: their requests carry the type byte CLIENT_REQUEST, which
+a receiver answers like any request but without adding the sender to its routing table (a client
+that left would otherwise be handed to every later joiner, who would wait for it to time out);
+and they answer no requests themselves.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST = 0
 _RESPONSE = 1
+_CLIENT_REQUEST = 2  # a request from a client-only node: answer it, do not add the sender as a contact
 
 
 class DatagramRPC(KademliaProtocol):
@@ -47,6 +54,9 @@ class DatagramRPC(KademliaProtocol):
         self.log_once = LogOnce(log)
         self.dead: dict[tuple, float] = {}  # address -> monotonic time its last RPC timed out
         self.timeouts = 0  # RPCs that got no reply in time, since start
+        self.sent = 0  # RPCs sent, since start
+        self.client_only = config.client_only
+        self.answering_client = False  # True while a handler answers a client-only node (see welcome_if_new)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -71,9 +81,12 @@ class DatagramRPC(KademliaProtocol):
         except Exception as exc:  # msgpack raises several unrelated types on junk
             self.log_once(addr, "datagram", f"malformed msgpack ({type(exc).__name__})")
             return
-        if kind == _REQUEST:
+        if kind in (_REQUEST, _CLIENT_REQUEST):
+            if self.client_only:  # no one should ask us: we are in no routing table
+                log.debug("request from %s to a client-only node; ignored", addr)
+                return
             if self.rate.allow(addr):
-                self._answer(msg_id, payload, addr)
+                self._answer(msg_id, payload, addr, from_client=kind == _CLIENT_REQUEST)
             else:
                 self.log_once(addr, "rate", f"over {self.config.requests_per_source_s:g} requests/s; dropped")
         elif kind == _RESPONSE:
@@ -84,7 +97,7 @@ class DatagramRPC(KademliaProtocol):
     def error_received(self, exc) -> None:
         log.debug("socket error: %s", exc)
 
-    def _answer(self, msg_id: bytes, payload, addr) -> None:
+    def _answer(self, msg_id: bytes, payload, addr, *, from_client: bool = False) -> None:
         if not (isinstance(payload, list) and len(payload) == 2
                 and isinstance(payload[0], str) and isinstance(payload[1], list)):
             self.log_once(addr, "request", "not [name, args]")
@@ -94,6 +107,7 @@ class DatagramRPC(KademliaProtocol):
         if handler is None:
             self.log_once(addr, "request", f"unknown method {name[:40]!r}")
             return
+        self.answering_client = from_client
         try:
             reply = handler(addr, *args)
             body = msgpack.packb(reply, use_bin_type=True)
@@ -101,6 +115,8 @@ class DatagramRPC(KademliaProtocol):
             self.log_once(addr, f"{name} request", f"{type(exc).__name__}: {exc}")
             log.debug("rejected %s request from %s", name, addr, exc_info=True)
             return
+        finally:
+            self.answering_client = False
         if len(body) > MAX_PAYLOAD:
             log.error("reply to %s from %s is %d bytes, over the datagram limit; not sent", name, addr, len(body))
             return
@@ -134,7 +150,9 @@ class DatagramRPC(KademliaProtocol):
         address = (address[0], address[1])
         timer = loop.call_later(self.config.rpc_timeout, self._timeout, msg_id)
         self._outstanding[msg_id] = (future, timer, address)
-        self.transport.sendto(bytes([_REQUEST]) + msg_id + body, address)
+        self.sent += 1
+        kind = _CLIENT_REQUEST if self.client_only else _REQUEST
+        self.transport.sendto(bytes([kind]) + msg_id + body, address)
         return future
 
     def _timeout(self, msg_id: bytes) -> None:

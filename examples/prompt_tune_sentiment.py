@@ -68,8 +68,8 @@ def accuracy(model, rows, answer_ids, pad_id) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct",
-                        help="checkpoint dir or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default="zswarm/SmolLM2-135M-Instruct-Q4_1",
+                        help="checkpoint dir or hub id (default: the embedded SmolLM2-135M-Instruct, from its Q4_1 GGUF)")
     parser.add_argument("--mode", choices=("ptune", "deep_ptune"), default="ptune")
     parser.add_argument("--pre-seq-len", type=int, default=8)
     parser.add_argument("--steps", type=int, default=24)

@@ -165,3 +165,13 @@ def test_ctrl_c_while_servers_start_stops_everything_and_exits_0(tiny_llama_dir)
     assert demo.returncode == 0, err[-3000:]
     assert "interrupted; shutting down" in err and "stopped" in err
     assert _marked_processes(mark) == []
+
+
+@pytest.mark.parametrize("model, blocks", [(None, 30), ("tiny", 6)])
+def test_more_servers_than_blocks_is_refused_at_once_with_what_to_pass(tiny_llama_dir, capsys, model, blocks):
+    from zswarm.demo.cli import main
+
+    argv = ["--servers", str(blocks + 1), "hi"] + (["--model", str(tiny_llama_dir)] if model else [])
+    assert main(argv) == 2  # returns before any slow work (the full run ends in os._exit)
+    err = capsys.readouterr().err
+    assert f"has {blocks} blocks: give --servers {blocks} or fewer" in err and "preparing" not in err

@@ -81,3 +81,14 @@ def test_zswarm_errors_pass_the_mapping_untouched():
             raise error
     assert caught.value is error
     assert issubclass(ServerError, WireError)  # a registered error reply is both: wire re-raises it as such
+
+
+def test_a_peer_address_without_a_port_is_a_config_error_for_client_and_server():
+    from zswarm.client.config import ClientConfig
+    from zswarm.errors import ConfigError
+    from zswarm.server.config import ServerConfig
+
+    for make in (lambda: ClientConfig(initial_peers=["10.0.0.1"]), lambda: ServerConfig(initial_peers=("10.0.0.1",))):
+        with pytest.raises(ConfigError, match="10.0.0.1"):
+            make()
+    assert issubclass(ConfigError, ValueError) and issubclass(ConfigError, ZswarmError)

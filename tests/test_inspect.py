@@ -202,7 +202,7 @@ class TinySwarm:
         argv = [sys.executable, "-m", "zswarm.server.cli", str(self.model_dir), "--block-indices", f"{start}:{end}",
                 "--initial-peers", self.bootstrap.address, "--identity", str(key), "--throughput", "100",
                 "--device", "cpu", "--dtype", "float32", "--attn-cache-tokens", "1024", "--update-period", "1",
-                "--expiration-periods", "4", "--drain-timeout", "0"]
+                "--expiration-periods", "4", "--drain-timeout", "0", "--public-name", f"node-{name}"]
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
         with open(log, "wb") as out:
             popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -278,8 +278,13 @@ def test_healthy_swarm_table_and_json_agree(swarm, inspector, capsys):
     assert sorted((s["peer_id"], s["start"]) for s in model["servers"]) == expected
     table_rows = [line.split() for line in text.splitlines() if line.strip().startswith(tuple(
         s["peer_id"][:12] for s in model["servers"]))]
-    assert sorted((row[0], row[2], row[3]) for row in table_rows) == sorted(
-        (s["peer_id"][:12], f"{s['start']}:{s['end']}", s["state"]) for s in model["servers"])
+    # peer id, name, address, blocks, state, tokens/s, cache left, precision, adapters, version, uptime, rtt
+    assert sorted((row[0], row[1], row[3], row[4], row[7], row[8]) for row in table_rows) == sorted(
+        (s["peer_id"][:12], s["public_name"], f"{s['start']}:{s['end']}", s["state"], "float32", "-")
+        for s in model["servers"])
+    assert {s["public_name"] for s in model["servers"]} == {"node-a", "node-b", "node-c"}
+    assert all(time.time() - 600 < s["started_at"] <= time.time() for s in model["servers"])
+    assert all(row[10].endswith("s") for row in table_rows)  # uptime, in seconds or minutes and seconds
     assert all(s["rtt"] is not None and s["reachable"] for s in model["servers"])
     # --watch with --count: one JSON document per refresh, then exit
     code, out, _ = inspect(capsys, inspector, "--json", "--watch", "0.1", "--count", "2")
@@ -300,6 +305,18 @@ def test_server_route_and_raw_views_of_a_live_swarm(swarm, inspector, capsys):
     assert code == 0 and f"{peer_b}  valid  server record" in out and "expires in" in out
     code, _, err = inspect(capsys, inspector, "server", "127.0.0.1:9")  # nothing listens on the discard port
     assert code == 1 and "did not answer info" in err
+
+
+def test_what_is_not_there_is_said_and_exits_1(swarm, inspector, capsys):
+    code, out, err = inspect(capsys, inspector, "swarm", "--model", "foo/bar")
+    assert code == 1 and out == "" and f"no server announces 'foo/bar' (models in this swarm: {swarm.model_id})" in err
+    code, out, _ = inspect(capsys, inspector, "raw", "nosuch")
+    assert code == 1 and "nosuch" in out and "no entries" in out
+    for argv in (["--no-ping"], ["--no-ping", "swarm"], ["swarm", "--no-ping"]):  # accepted anywhere
+        code, out, _ = inspect(capsys, inspector, "--json", *argv)
+        assert code == 0 and all(s["rtt"] is None for s in json.loads(out)["models"][0]["servers"])
+    assert cli.main(["route", "m"]) == 2  # a DHT view without --initial-peers: cannot ask
+    assert "give --initial-peers" in capsys.readouterr().err
 
 
 def test_killed_server_shows_as_a_gap_naming_its_blocks_until_a_replacement_joins(swarm, inspector, capsys):

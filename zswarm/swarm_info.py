@@ -72,6 +72,7 @@ class ServerRecord:
     version: str = ""
     public_name: str = ""
     next_pings: dict[str, float] = field(default_factory=dict)  # peer_id -> RTT s to servers of block `end`
+    started_at: float = 0.0  # unix time the server process started (uptime = now - this); 0: not announced
     extra: dict = field(default_factory=dict)  # fields this version does not know, kept verbatim
 
     def to_bytes(self) -> bytes:
@@ -164,7 +165,7 @@ _WIRE = [
     ("throughput", "tp", _float), ("inference_rps", "ir", _float), ("forward_rps", "fr", _float),
     ("dtype", "dt", check_str), ("quant", "q", check_str), ("cache_tokens_left", "ct", check_int),
     ("adapters", "ad", _adapters), ("version", "ver", check_str), ("public_name", "n", check_str),
-    ("next_pings", "np", _pings),
+    ("next_pings", "np", _pings), ("started_at", "t0", _float),
 ]
 _REQUIRED = {"peer_id", "address", "model_id", "start", "end"}
 assert [n for n, _, _ in _WIRE] == [f.name for f in fields(ServerRecord)][:-1]

@@ -23,12 +23,13 @@ def test_client_config_rejects_an_unknown_wire_dtype():
         zswarm.ClientConfig(wire_dtype="int8")
 
 
-def test_auto_wire_dtype_is_bfloat16_for_bfloat16_models_and_float16_otherwise():
+def test_auto_wire_dtype_follows_the_models_dtype_so_float32_models_stay_exact():
     import torch
 
     from zswarm.client.model import choose_wire_dtype
 
     assert choose_wire_dtype("auto", torch.bfloat16) is torch.bfloat16
-    assert choose_wire_dtype("auto", torch.float32) is torch.float16
+    assert choose_wire_dtype("auto", torch.float32) is torch.float32
+    assert choose_wire_dtype("auto", None) is torch.float32  # transformers loads such a checkpoint as float32
     assert choose_wire_dtype("auto", torch.float16) is torch.float16
     assert choose_wire_dtype("float32", torch.bfloat16) is torch.float32

@@ -13,7 +13,8 @@ from conftest import AtStep, local_swarm
 from zswarm import AutoDistributedModelForCausalLM, NoRouteError
 
 PROMPT = torch.tensor([[1, 5, 9, 33, 7, 2]])
-FAST_FAILOVER = dict(wire_dtype="float32", ping_timeout=1.0, liveness_interval_s=0.5, step_timeout=20.0,
+# No wire_dtype: "auto" must keep a float32 model's greedy output exactly local HF's.
+FAST_FAILOVER = dict(ping_timeout=1.0, liveness_interval_s=0.5, step_timeout=20.0,
                      max_retries=3, retry_backoff_s=0.1)
 
 
@@ -37,6 +38,7 @@ def _peer(swarm, name):
 
 
 def test_greedy_through_three_servers_equals_local_generate(model, swarm, llama_reference):
+    assert model.wire_dtype is torch.float32  # the tiny checkpoint is float32: "auto" follows it
     with model.inference_session(max_length=32) as session:
         out = model.generate(PROMPT, max_new_tokens=16, session=session)
         route = [(s.start, s.end) for s in session.spans]

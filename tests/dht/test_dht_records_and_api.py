@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 import dht
-from dht import BootstrapError, DHTConfig, DHTNode
+from dht import AddressError, BootstrapError, DHTConfig, DHTNode
 from zswarm.errors import RecordError
 from zswarm.records import announce_blocks, block_key, fetch_block_servers
 from zswarm.swarm_info import ServerRecord, ServerState
@@ -20,7 +20,7 @@ def test_public_api_is_pinned():
     assert sorted(dht.__all__) == sorted([
         "DHTNode", "DHTConfig", "Identity", "Entry",
         "DHTError", "IdentityError", "InvalidEntry", "ExpiredEntry", "BadRequest",
-        "BootstrapError",
+        "BootstrapError", "AddressError",
     ])
     assert all(hasattr(dht, name) for name in dht.__all__)
 
@@ -94,7 +94,7 @@ def test_unreachable_initial_peers_raise_bootstrap_error():
         node = DHTNode(initial_peers=[f"127.0.0.1:{dead_port}"], config=DHTConfig(rpc_timeout=0.2))
         with pytest.raises(BootstrapError, match=str(dead_port)):
             node.start()
-    with pytest.raises(ValueError):
+    with pytest.raises(AddressError, match="no-port"):  # a ValueError too
         DHTNode(initial_peers=["no-port"])
 
 

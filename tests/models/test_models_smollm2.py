@@ -22,8 +22,14 @@ def test_smollm2_prepared_checkpoint_is_plain_sharded_safetensors_with_tokenizer
     path = default_model_dir()
     assert smollm2.path == path and smollm2.model_id == DEFAULT_MODEL_ID
     assert (path / "model.safetensors.index.json").is_file() and (path / "tokenizer.json").is_file()
-    assert not list(path.glob("*.gguf")) and not list(path.parent.glob(".SmolLM2-135M-Instruct.tmp-*"))
+    assert not list(path.glob("*.gguf")) and not list(path.parent.glob(".SmolLM2-135M-Instruct-Q4_1.tmp-*"))
     assert smollm2.num_blocks == 30 and smollm2.config.num_key_value_heads == 3 and smollm2.config.tie_word_embeddings
+    from transformers import AutoTokenizer
+
+    from zswarm.models import prepare_default_model
+
+    # the tokenizer, the Hugging Face way, from the helper README shows (no hub access)
+    assert AutoTokenizer.from_pretrained(prepare_default_model()).decode([]) == ""
 
 
 def test_smollm2_split_into_3_spans_says_paris_is_the_capital_of_france(smollm2):

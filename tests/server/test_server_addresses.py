@@ -74,3 +74,47 @@ def test_a_port_in_use_stops_the_server_with_one_line(tiny_model_dir, caplog, fl
     assert error.getMessage() == (f"cannot start: {what} 127.0.0.1:{port} is already in use (Address already in use); "
                                   f"stop what holds it or choose another --{flag.replace('_', '-')}")
     assert error.exc_info is None
+    assert not _started_slow_work(caplog)  # found before the model was read or the DHT joined
+
+
+def _started_slow_work(caplog) -> list[str]:
+    """Log lines that mean the server went past its checks: joined the DHT, prepared the model."""
+    return [r.getMessage() for r in caplog.records if "DHT node" in r.getMessage() or r.name.startswith("zswarm.models")]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(block_indices=(2, 40)), "--block-indices 2:40, but {model} has 6 blocks (0:6)"),
+    (dict(block_indices=None), "on a CPU, give --num-blocks N or --block-indices A:B"),
+])
+def test_settings_the_model_or_device_refuse_stop_the_start_before_the_dht_is_joined(
+        tiny_model_dir, tiny_model_id, caplog, settings, message):
+    config = ServerConfig(model=tiny_model_dir, new_swarm=True, **dict(IN_PROCESS, **settings))
+    assert run_server(config) == 2
+    (error,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert message.format(model=tiny_model_id) in error.getMessage()
+    assert not _started_slow_work(caplog)
+
+
+def test_too_many_blocks_is_clamped_with_a_warning_before_joining(tiny_model_dir, tiny_model_id, caplog):
+    async def main():
+        config = ServerConfig(model=tiny_model_dir, new_swarm=True,
+                              **dict(IN_PROCESS, block_indices=None, num_blocks=40, rebalance=False))
+        server = Server(config)
+        running = asyncio.get_running_loop().create_task(server.run())
+        try:
+            for _ in range(600):
+                if server.state is not None and server.state.span is not None:
+                    break
+                assert not running.done(), running
+                await asyncio.sleep(0.05)
+            assert (server.state.start, server.state.end) == (0, 6)
+        finally:
+            server.request_stop()
+            assert await asyncio.wait_for(running, 30) == 0
+
+    with caplog.at_level("INFO"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records]
+    warned = lines.index(f"--num-blocks 40, but {tiny_model_id} has 6 blocks: hosting all 6")
+    joined = next(i for i, line in enumerate(lines) if "DHT node" in line)
+    assert warned < joined

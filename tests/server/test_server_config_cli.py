@@ -75,3 +75,36 @@ def test_cuda_graphs_default_on_and_can_be_turned_off(tiny_llama_dir):
     source = resolve_model(tiny_llama_dir)
     span = load_blocks(source, 0, 2, dtype=torch.float32, device="cpu", cuda_graphs=False)
     assert not span.graphs.enabled and not span.sub(1, 2).graphs.enabled
+
+
+def test_a_config_file_sets_fields_by_their_flag_names_and_flags_override_it(tmp_path):
+    path = tmp_path / "server.toml"
+    path.write_text('model = "some/model"\nnum-blocks = 4\ninitial_peers = ["10.0.0.1:31337"]\n'
+                    'public_name = "alice"\nmetrics_port = 9100\n')
+    config = parse_config(["--config", str(path), "--num-blocks", "2"])
+    assert (config.model, config.num_blocks, config.initial_peers) == ("some/model", 2, ("10.0.0.1:31337",))
+    assert (config.public_name, config.metrics_port) == ("alice", 9100)
+    path.write_text('block_indices = "3:5"\nnew_swarm = true\n')
+    assert parse_config(["--config", str(path)]).block_indices == (3, 5)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("num_blokcs = 4\n", "unknown setting 'num_blokcs'"),
+    ("num_blocks = \n", "not valid TOML"),
+    ("num_blocks = -1\n", "num_blocks must be a positive integer"),
+    ("block_indices = \"3\"\n", "expected A:B"),
+])
+def test_a_bad_config_file_is_a_usage_error_naming_the_setting(tmp_path, capsys, text, fragment):
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(["--config", str(path)])
+    assert exit_.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_the_example_config_in_docs_parses(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "packaging" / "server.toml"
+    config = parse_config(["--config", str(example)])
+    assert config.initial_peers and config.host == "0.0.0.0" and config.metrics_port

@@ -5,6 +5,7 @@ the walk embed -> [prompts] -> remote blocks that the task heads (causal LM, cla
 from __future__ import annotations
 
 import copy
+import logging
 import os
 
 import torch
@@ -15,16 +16,21 @@ from zswarm.client.inference_session import InferenceSession
 from zswarm.client.ptune import PromptTuning
 from zswarm.client.remote_sequential import RemoteSequential
 from zswarm.client.swarm import SwarmConnection
-from zswarm.dtypes import as_torch_dtype
+from zswarm.dtypes import as_torch_dtype, dtype_name
+
+logger = logging.getLogger(__name__)
 
 WIRE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def choose_wire_dtype(setting: str, model_dtype: torch.dtype | None) -> torch.dtype:
-    """"auto": bfloat16 for bfloat16 models (fp16 would overflow their activations), float16 else."""
+    """"auto": the model's own dtype (a checkpoint that names none is float32, as transformers loads
+    it). Rounding a float32 model's hidden states to float16 between servers changes greedy output
+    within a few tokens, which a user never asked for; half the bytes is an explicit choice
+    (wire_dtype="float16"). bfloat16 models keep bfloat16: float16 would overflow their activations."""
     if setting != "auto":
         return WIRE_DTYPES[setting]
-    return torch.bfloat16 if model_dtype == torch.bfloat16 else torch.float16
+    return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.float32
 
 
 class DistributedModelBase(PreTrainedModel):
@@ -75,8 +81,11 @@ class DistributedModelBase(PreTrainedModel):
     def from_parts(cls, source, parts, swarm: SwarmConnection, config: ClientConfig, **model_kwargs):
         """Build the model from already loaded local parts and a swarm connection (tests do)."""
         model_dtype = _as_dtype(getattr(source.config, "dtype", None) or getattr(source.config, "torch_dtype", None))
+        wire_dtype = choose_wire_dtype(config.wire_dtype, model_dtype)
         model = cls(cls.prepare_config(copy.deepcopy(source.config), **model_kwargs), parts=parts, swarm=swarm,
-                    client_config=config, wire_dtype=choose_wire_dtype(config.wire_dtype, model_dtype))
+                    client_config=config, wire_dtype=wire_dtype)
+        logger.info("%s: hidden states travel as %s (wire_dtype=%r; the model's dtype is %s)", swarm.model_id,
+                    dtype_name(wire_dtype), config.wire_dtype, dtype_name(model_dtype) if model_dtype else "not given")
         path = getattr(source, "path", None)
         if path and os.path.exists(os.path.join(path, "generation_config.json")):
             model.generation_config = GenerationConfig.from_pretrained(path)

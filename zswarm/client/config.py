@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from dht.errors import AddressError
+from dht.node import parse_address
 from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, UNKNOWN_RTT_S
+from zswarm.errors import ConfigError
 
 WIRE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 TUNING_MODES = (None, "ptune", "deep_ptune")
@@ -22,8 +25,10 @@ class ClientConfig:
     # model's own `model_id` (a local directory's name, or the hub id).
     model_id: str | None = None
 
-    # Hidden states on the wire. "auto": float16 for float16/float32 models, bfloat16 for
-    # bfloat16 ones (fp16 would overflow their activations). Exactness tests ask for float32.
+    # Hidden states on the wire. "auto": the model's own dtype (float32 when its config names
+    # none), so the swarm's greedy output is local HF's; "float16" halves the bytes of a float32
+    # model at the cost of rounding between servers. The model's `wire_dtype` attribute (and an
+    # INFO log line when it loads) says which one a session uses.
     wire_dtype: str = "auto"
 
     # Seconds to wait for one inference step of one span. Past it the server counts as failed:
@@ -80,25 +85,32 @@ class ClientConfig:
     active_adapter: str | None = None
 
     def __post_init__(self):
+        if isinstance(self.initial_peers, str):  # one address, not its characters
+            self.initial_peers = (self.initial_peers,)
         self.initial_peers = tuple(self.initial_peers)
+        for peer in self.initial_peers:
+            try:
+                parse_address(peer)
+            except AddressError as exc:
+                raise ConfigError(f"initial_peers: {exc}") from None
         self.blocked_servers = tuple(self.blocked_servers)
         if self.allowed_servers is not None:
             self.allowed_servers = tuple(self.allowed_servers)
         if self.wire_dtype not in WIRE_DTYPES:
-            raise ValueError(f"wire_dtype must be one of {WIRE_DTYPES}, not {self.wire_dtype!r}")
+            raise ConfigError(f"wire_dtype must be one of {WIRE_DTYPES}, not {self.wire_dtype!r}")
         if self.active_adapter is not None and (not isinstance(self.active_adapter, str) or not self.active_adapter):
-            raise ValueError(f"active_adapter must be a non-empty adapter name or None, not {self.active_adapter!r}")
+            raise ConfigError(f"active_adapter must be a non-empty adapter name or None, not {self.active_adapter!r}")
         if self.tuning_mode not in TUNING_MODES:
-            raise ValueError(f"tuning_mode must be one of {TUNING_MODES}, not {self.tuning_mode!r}")
+            raise ConfigError(f"tuning_mode must be one of {TUNING_MODES}, not {self.tuning_mode!r}")
         if isinstance(self.pre_seq_len, bool) or not isinstance(self.pre_seq_len, int) or self.pre_seq_len < 1:
-            raise ValueError(f"pre_seq_len must be a positive int (prompt tokens), not {self.pre_seq_len!r}")
+            raise ConfigError(f"pre_seq_len must be a positive int (prompt tokens), not {self.pre_seq_len!r}")
         if self.max_request_tokens < 1:
-            raise ValueError("max_request_tokens must be at least 1")
+            raise ConfigError("max_request_tokens must be at least 1")
         if self.max_retries < 0:
-            raise ValueError("max_retries must be >= 0")
+            raise ConfigError("max_retries must be >= 0")
         for name in ("step_timeout", "request_timeout", "ping_timeout", "liveness_interval_s", "refresh_period_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
+                raise ConfigError(f"{name} must be positive")
 
     @classmethod
     def from_kwargs(cls, kwargs: dict) -> tuple["ClientConfig", dict]:

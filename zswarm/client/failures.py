@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from dht.errors import DHTError
+from dht.errors import AddressError, DHTError
 from wire.errors import RemoteError, WireError
 from zswarm.client.config import ClientConfig
 from zswarm.blocks import format_blocks
-from zswarm.errors import (CacheFullError, NoRouteError, ServerError, ServerUnavailable, SpanFailed,  # noqa: F401 (re-exported)
-                           SwarmUnreachable, TransportError, ZswarmError, describe_error)
+from zswarm.errors import (CacheFullError, ConfigError, NoRouteError, ServerError, ServerUnavailable,  # noqa: F401
+                           SpanFailed, SwarmUnreachable, TransportError, ZswarmError, describe_error)
 
 describe = describe_error
 
@@ -107,6 +107,8 @@ def public_error(exc: BaseException) -> BaseException:
         return ServerError(exc.code, exc.message)
     if isinstance(exc, WireError):
         return TransportError(describe_error(exc))
+    if isinstance(exc, AddressError):
+        return ConfigError(str(exc))
     return SwarmUnreachable(f"the swarm's DHT: {describe_error(exc)}")
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 from typing import Coroutine, TypeVar
 
-from dht import DHTNode
+from dht import DHTConfig, DHTNode
 from zswarm.records import afetch_block_servers
 from dht.node import listen_host_for
 from wire import BackgroundLoop, Transport, ZmqTransport
 from zswarm.client.config import ClientConfig
+from zswarm.errors import ConfigError
 from zswarm.client.failures import public_errors
 from zswarm.client.sequence_manager import RecordsFetcher, SequenceManager
 
@@ -38,8 +39,9 @@ class SwarmConnection:
         with public_errors():
             if fetch_records is None:
                 if not config.initial_peers:
-                    raise ValueError("initial_peers is empty: give the DHT address of a swarm (host:port)")
-                self.dht = DHTNode(host=listen_host_for(config.initial_peers), initial_peers=config.initial_peers).start()
+                    raise ConfigError("initial_peers is empty: give the DHT address of a swarm (host:port)")
+                self.dht = DHTNode(host=listen_host_for(config.initial_peers), initial_peers=config.initial_peers,
+                                   config=DHTConfig(client_only=True)).start()
                 dht = self.dht
 
                 async def fetch_records():

@@ -4,7 +4,7 @@
     zswarm-demo --interactive                         # a conversation; an empty line ends it
 
 It starts a bootstrap DHT node (in this process) and N `zswarm-server` processes on loopback,
-each hosting a contiguous share of the model's blocks (SmolLM2-135M's 30 blocks over 3 servers:
+each hosting a contiguous share of the model's blocks (the default SmolLM2-135M's 30 blocks over 3 servers:
 0:10, 10:20, 20:30), waits until each announces itself ONLINE, then runs the client: the prompt
 goes through the chat template, the reply streams token by token through all servers, and the
 time to first token and the decoding speed are printed. Everything it started is stopped on the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -97,6 +98,24 @@ def wait_online(swarm: LocalSwarm, config: DemoConfig) -> None:
         raise DemoError(f"servers not online after {config.startup_timeout:.0f} s:\n{tails}") from None
 
 
+def check_servers_fit(config: DemoConfig) -> None:
+    """--servers beyond the model's blocks, found before the model is prepared where the block
+    count can be known without it (the default model, a local checkpoint directory)."""
+    from zswarm.defaults import DEFAULT_MODEL_ID, DEFAULT_MODEL_NUM_BLOCKS
+
+    blocks = DEFAULT_MODEL_NUM_BLOCKS if config.model == DEFAULT_MODEL_ID else None
+    config_file = Path(config.model).expanduser() / "config.json"
+    if blocks is None and config_file.is_file():
+        try:
+            raw = json.loads(config_file.read_text())
+            blocks = raw.get("num_hidden_layers") or raw.get("n_layer")
+        except (OSError, ValueError):
+            blocks = None  # resolve_model will say what is wrong with it
+    if isinstance(blocks, int) and config.servers > blocks:
+        raise DemoError(f"--servers {config.servers}, but {config.model} has {blocks} blocks: "
+                        f"give --servers {blocks} or fewer (each server hosts at least one block)")
+
+
 def run(config: DemoConfig) -> int:
     workdir = Path(config.workdir) if config.workdir else Path(tempfile.mkdtemp(prefix="zswarm-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     try:
         config = DemoConfig(**args)
-    except ValueError as exc:
+        check_servers_fit(config)
+    except (ValueError, DemoError) as exc:  # a bad argument: exit 2 before any slow work
         print(f"zswarm-demo: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO if config.verbose else logging.WARNING, stream=sys.stderr,

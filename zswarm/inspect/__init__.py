@@ -13,8 +13,16 @@ From Python::
             print(model.model_id, model.status, model.gaps)
 """
 
-from zswarm.inspect.fetch import Inspector, InspectError, SwarmUnreachable
+from zswarm.errors import InspectError, SwarmUnreachable
 from zswarm.inspect.views import ModelHealth, RawView, RouteView, ServerRow, SwarmReport, assess_model, plan_route
 
 __all__ = ["Inspector", "InspectError", "SwarmUnreachable", "ModelHealth", "RawView", "RouteView", "ServerRow",
            "SwarmReport", "assess_model", "plan_route"]
+
+
+def __getattr__(name):  # Inspector's transport imports torch: only on use, not for `zswarm-inspect --help`
+    if name == "Inspector":
+        from zswarm.inspect.fetch import Inspector
+
+        return Inspector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,9 @@
     zswarm-inspect --initial-peers HOST:PORT raw KEY         # a DHT key's entries, decoded and checked
 
 Add --json for one JSON document per refresh, --watch SECONDS [--count N] to refresh.
-Exit status: 0 shown; 1 the server did not answer / no route; 2 swarm unreachable or bad arguments.
+Exit status (one convention for every zswarm command): 0 shown; 1 what was asked for is not
+there (a server that does not answer, no route, a model no server announces, a key with no
+entries); 2 cannot ask (bad arguments, swarm unreachable).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import json
 import logging
 import sys
 import time
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from zswarm.inspect.fetch import Inspector, InspectError, SwarmUnreachable, expand_key
+from zswarm.cli_logging import setup_logging
+from zswarm.errors import InspectError, SwarmUnreachable
 from zswarm.inspect.render import render_raw, render_route, render_server, render_swarm
 from zswarm.inspect.views import to_jsonable
+
+if TYPE_CHECKING:  # fetch.py imports torch (through wire's transport): only once arguments are parsed
+    from zswarm.inspect.fetch import Inspector
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -52,6 +58,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=_positive(float), metavar="S", help="seconds to wait for a server's info (5)")
     parser.add_argument("--host", help="interface our DHT node binds (default: loopback for loopback peers, else all)")
     parser.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--no-ping", action="store_true",
+                        help="swarm view: trust the records, do not ping servers (no RTT; unreachable servers still count)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     swarm = add("swarm", "every model: health, per-block coverage and the servers (the default view)")
     swarm.add_argument("--model", help="only this model")
-    swarm.add_argument("--no-ping", action="store_true",
-                       help="trust the records, do not ping servers (no RTT; unreachable servers still count)")
     server = add("server", "info and ping of one server, by its RPC address (no DHT needed)")
     server.add_argument("address", help="host:port or tcp://host:port (the address in the server table)")
     route = add("route", "the inference route a client here would take now, and its cost per token")
@@ -81,19 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_view(args, inspector: Inspector) -> tuple[Callable[[], object], Callable[[object], str], Callable[[object], int]]:
+def make_view(args, inspector: "Inspector") -> tuple[Callable[[], object], Callable[[object], str], Callable[[object], int]]:
     """(fetch, render, exit status) for the chosen view."""
     view = args.view or "swarm"
     if view == "swarm":
-        return (lambda: inspector.swarm(getattr(args, "model", None)), render_swarm, lambda v: EXIT_OK)
+        ping = not getattr(args, "no_ping", False)
+        return (lambda: inspector.swarm(getattr(args, "model", None), ping=ping), render_swarm, lambda v: EXIT_OK)
     if view == "server":
         return (lambda: inspector.server(args.address), render_server, lambda v: EXIT_OK)
     if view == "route":
         max_length = getattr(args, "max_length", None) or 0
         return (lambda: inspector.route(args.model, max_length=max_length), render_route,
                 lambda v: EXIT_OK if v.seconds_per_token is not None else EXIT_FAILED)
+    from zswarm.inspect.fetch import expand_key
+
     key = expand_key(args.key)
-    return (lambda: inspector.raw(key), lambda v: render_raw(v, time.time()), lambda v: EXIT_OK)
+    return (lambda: inspector.raw(key), lambda v: render_raw(v, time.time()),
+            lambda v: EXIT_OK if v.entries else EXIT_FAILED)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -104,7 +114,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace, inspector: Inspector) -> int:
+def run(args: argparse.Namespace, inspector: "Inspector") -> int:
     """Show the chosen view (refreshing with --watch) through `inspector`; returns the exit status."""
     try:
         fetch, render, judge = make_view(args, inspector)
@@ -131,7 +141,7 @@ def run(args: argparse.Namespace, inspector: Inspector) -> int:
         return EXIT_UNREACHABLE
     except InspectError as exc:
         print(f"zswarm-inspect: {exc}", file=sys.stderr)
-        return EXIT_FAILED if args.view in ("server", "route") else EXIT_UNREACHABLE
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:  # `zswarm-inspect ... | head`
@@ -141,9 +151,15 @@ def run(args: argparse.Namespace, inspector: Inspector) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     level = getattr(args, "log_level", None) or "WARNING"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if level != "DEBUG":  # kademlia warns about every contact that left; that is routine here
+    setup_logging(level)
+    if level != "DEBUG":  # kademlia warns about every server that left; that is routine here
         logging.getLogger("kademlia").setLevel(logging.ERROR)
+    if (args.view or "swarm") != "server" and not args.initial_peers:
+        print("zswarm-inspect: this view reads the DHT: give --initial-peers HOST:PORT of a bootstrap node or server",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    from zswarm.inspect.fetch import Inspector
+
     try:
         inspector = Inspector(args.initial_peers or (), host=args.host, ping_timeout=args.ping_timeout or 2.0,
                               info_timeout=args.timeout or 5.0, ping_servers=not getattr(args, "no_ping", False))

@@ -26,8 +26,9 @@ from zswarm.probe import measure_rtt, measure_rtts
 logger = logging.getLogger(__name__)
 
 # Seconds our DHT node waits for one DHT reply. Shorter than a server's (2 s): joining the swarm
-# asks contacts that may have left (other short-lived clients) and waits this long for each round
-# of them; 1 s still covers the slowest intercontinental round trip several times over.
+# may ask servers that have left and wait this long for them (clients and other inspect runs
+# are client-only nodes, never contacts); 1 s still covers the slowest intercontinental round
+# trip several times over.
 DHT_RPC_TIMEOUT = 1.0
 PROBE_CHUNK = 64  # blocks fetched per round when a model's block count was never announced
 
@@ -57,7 +58,7 @@ class Inspector:
         self.ping_timeout = ping_timeout
         self.info_timeout = info_timeout
         self.ping_servers = ping_servers
-        self.dht_config = DHTConfig(rpc_timeout=dht_rpc_timeout)
+        self.dht_config = DHTConfig(rpc_timeout=dht_rpc_timeout, client_only=True)
         self.loop = BackgroundLoop("zswarm-inspect")
         self.transport = self.loop.run(_make_transport(), timeout=10)
         self.node: DHTNode | None = None
@@ -98,19 +99,22 @@ class Inspector:
         return self.loop.run(coro, timeout=timeout)
 
     # ---- views ----------------------------------------------------------------------------------
-    def swarm(self, only_model: str | None = None) -> SwarmReport:
+    def swarm(self, only_model: str | None = None, *, ping: bool | None = None) -> SwarmReport:
+        """Every model (or only `only_model`); `ping`: ping the servers (default: `ping_servers`)."""
         node = self.dht()
-        return self._run(self._aswarm(node, only_model))
+        return self._run(self._aswarm(node, only_model, self.ping_servers if ping is None else ping))
 
-    async def _aswarm(self, node: DHTNode, only_model: str | None) -> SwarmReport:
+    async def _aswarm(self, node: DHTNode, only_model: str | None, ping: bool) -> SwarmReport:
         models = await alist_models(node)
         if only_model is not None:
-            models = {only_model: models.get(only_model)}
+            if only_model not in models:
+                raise InspectError(_not_announced(only_model, models))
+            models = {only_model: models[only_model]}
         fetched = {}
         for model_id, num_blocks in sorted(models.items()):
             fetched[model_id] = await self._blocks(node, model_id, num_blocks)
         peers = {r.peer_id: r.address for blocks in fetched.values() for b in blocks for r in b.values()}
-        pings = await self._ping_all(peers) if self.ping_servers else {}
+        pings = await self._ping_all(peers) if ping else {}
         view = SwarmReport(list(self.initial_peers), time.time())
         for model_id, blocks in fetched.items():
             view.models.append(assess_model(model_id, len(blocks), blocks, pings))
@@ -160,8 +164,7 @@ class Inspector:
     async def _aroute(self, node: DHTNode, model_id: str, max_length: int) -> RouteView:
         models = await alist_models(node)
         if model_id not in models:
-            known = ", ".join(sorted(models)) or "none"
-            raise InspectError(f"no server announces {model_id!r} (models in this swarm: {known})")
+            raise InspectError(_not_announced(model_id, models))
         blocks = await self._blocks(node, model_id, models[model_id])
         peers = {r.peer_id: r.address for b in blocks for r in b.values()}
         pings = await self._ping_all(peers)
@@ -196,6 +199,10 @@ class Inspector:
             seen[h] = check_blob(verifier, dkey, blob, now)
         entries = sorted(seen.values(), key=lambda e: (e.peer_id or "", -(e.signed_at or 0)))
         return RawView(key, dkey.hex(), entries, checked=True)
+
+
+def _not_announced(model_id: str, models) -> str:
+    return f"no server announces {model_id!r} (models in this swarm: {', '.join(sorted(models)) or 'none'})"
 
 
 async def _make_transport() -> ZmqTransport:

@@ -79,13 +79,17 @@ def render_model(model: ModelHealth) -> list[str]:
         lines += table(["blocks", "servers", "tokens/s", ""], rows, right=[False, True, True, False])
     if model.servers:
         rows = []
+        now = time.time()
         for s in model.servers:
             state = s.state if s.reachable is not False else f"{s.state}, no answer"
-            rows.append([short_id(s.peer_id), s.address, format_blocks(s.start, s.end), state, fmt_rate(s.throughput),
-                         str(s.cache_tokens_left), s.version or "-", fmt_ms(s.rtt)])
+            precision = s.dtype + (f" {s.quant}" if s.quant not in ("", "none") else "")
+            rows.append([short_id(s.peer_id), s.public_name or "-", s.address, format_blocks(s.start, s.end), state,
+                         fmt_rate(s.throughput), str(s.cache_tokens_left), precision, ", ".join(s.adapters) or "-",
+                         s.version or "-", fmt_uptime(now - s.started_at) if s.started_at else "-", fmt_ms(s.rtt)])
         lines.append("")
-        lines += table(["peer id", "address", "blocks", "state", "tokens/s", "cache left", "version", "rtt"], rows,
-                       right=[False, False, False, False, True, True, False, True])
+        lines += table(["peer id", "name", "address", "blocks", "state", "tokens/s", "cache left", "precision",
+                        "adapters", "version", "uptime", "rtt"], rows,
+                       right=[False, False, False, False, False, True, True, False, False, False, True, True])
     return lines
 
 
@@ -141,7 +145,23 @@ def render_route(view: RouteView) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fmt_uptime(seconds: float) -> str:
+    """A duration as its two largest units: 45s, 12m30s, 3h05m, 2d04h."""
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def render_raw(view: RawView, now: float) -> str:
+    if not view.entries:
+        return (f"key {printable(view.key)}  (kademlia id {view.digest}): no entries. Keys look like \"models\" or "
+                f"\"MODEL/block/N\" (see zswarm-inspect raw --help)\n")
     lines = [f"key {printable(view.key)}  (kademlia id {view.digest}): {len(view.entries)} entr{'y' if len(view.entries) == 1 else 'ies'}"]
     if not view.checked:
         lines.append("  (only entries the DHT node verified are shown)")

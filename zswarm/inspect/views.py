@@ -40,6 +40,8 @@ class ServerRow:
     dtype: str
     quant: str
     public_name: str
+    adapters: tuple[str, ...] = ()
+    started_at: float = 0.0  # unix time the server started; 0: its record does not say
     rtt: float | None = None  # seconds, from here; None when not pinged or no answer
     reachable: bool | None = None  # None: not pinged
 

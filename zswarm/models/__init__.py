@@ -1,6 +1,6 @@
 """zswarm.models: run any span of a Hugging Face model's blocks exactly, loading only its weights.
 
-    source = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")   # or a directory, or a hub id
+    source = resolve_model("zswarm/SmolLM2-135M-Instruct-Q4_1")   # or a directory, or a hub id
     span = load_span(source, 0, 10, dtype=torch.float16, device="cuda")
     cache = span.new_cache(batch_size=1)
     hidden = span.inference_step(hidden, cache)                      # prefill, then one token a step

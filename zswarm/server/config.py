@@ -75,6 +75,7 @@ class ServerConfig:
     update_period: float = 60.0  # seconds between announcements in the DHT
     expiration_periods: float = 3.0  # records expire after this many update periods
     drain_timeout: float = 10.0  # seconds to let open sessions finish on shutdown or a move
+    metrics_port: Optional[int] = None  # serve Prometheus metrics at http://HOST:PORT/metrics (on --host; 0 picks a port); off when not given
     ready_file: Optional[str] = None  # once serving, write {address, dht_address, peer_id, start, end} here as JSON (rewritten after a move)
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR
 
@@ -111,8 +112,10 @@ class ServerConfig:
             raise ConfigError(f"an adapter is given twice: {', '.join(self.adapters)}")
         if not 0 < self.balance_quality <= 1:
             raise ConfigError(f"balance_quality must be in (0, 1], got {self.balance_quality}")
-        for name in ("port", "dht_port"):
+        for name in ("port", "dht_port", "metrics_port"):
             value = getattr(self, name)
+            if value is None and name == "metrics_port":
+                continue
             if not _is_int(value) or not 0 <= value <= 65535:
                 raise ConfigError(f"{name} must be a port number 0..65535, got {value!r}")
         if self.throughput is not None and not (math.isfinite(self.throughput) and self.throughput > 0):

@@ -31,7 +31,7 @@ from zswarm.blocks import format_blocks
 from zswarm.errors import ZswarmError
 from zswarm.models import resolve_model
 from zswarm.models.decode_graph import capture_buckets
-from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error
+from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error, check_ports_free
 from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
 from zswarm.server.cache_budget import CacheBudget
@@ -49,6 +49,7 @@ from zswarm.swarm_info import ServerRecord, ServerState
 logger = logging.getLogger(__name__)
 
 GIL_SWITCH_INTERVAL_S = 0.0002  # see run_server
+LOAD_PROGRESS_EVERY_S = 10.0  # a load that takes longer says how far it got, at most this often
 
 # The fields a ServerRecord takes from ServingState as they are (both name them the same).
 _FROM_SERVING_STATE = ("peer_id", "model_id", "start", "end", "throughput", "inference_rps", "forward_rps",
@@ -70,6 +71,9 @@ class Server:
         self.adapters: list = []  # LoraAdapter, checked at start; put on every span loaded
         self.address = ""
         self.dht_address = ""  # HOST:PORT others give as --initial-peers to join through this server
+        self.started_at = time.time()  # announced, for the uptime zswarm-inspect shows
+        self.metrics = None  # ServerMetrics with --metrics-port
+        self.metrics_address = ""
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
         self._moving = asyncio.Lock()
@@ -106,13 +110,25 @@ class Server:
         cfg = self.config
         if not cfg.new_swarm and not cfg.initial_peers:
             raise ConfigError("give --initial-peers HOST:PORT to join a swarm, or --new-swarm to start one")
+        # Every setting is checked here, before the slow work (preparing the model, joining the DHT).
         public_host = announced_host(cfg.host, cfg.public_host, cfg.initial_peers)
+        check_ports_free(cfg.host, cfg.port, cfg.dht_port, cfg.metrics_port)
         loop = asyncio.get_running_loop()
 
         device = resolve_device(cfg.device)
         check_quant_available(cfg.quant, device)
+        if not device.startswith("cuda") and cfg.num_blocks is None and cfg.block_indices is None:
+            raise ConfigError("on a CPU, give --num-blocks N or --block-indices A:B (free memory is not a limit there, "
+                              "so the server cannot work out how many blocks to host)")
         source = await loop.run_in_executor(None, resolve_model, cfg.model)
         self.source = source
+        if cfg.block_indices is not None and cfg.block_indices[1] > source.num_blocks:
+            start, end = cfg.block_indices
+            raise ConfigError(f"--block-indices {format_blocks(start, end)}, but {source.model_id} has "
+                              f"{source.num_blocks} blocks (0:{source.num_blocks})")
+        if cfg.num_blocks is not None and cfg.num_blocks > source.num_blocks:
+            logger.warning("--num-blocks %d, but %s has %d blocks: hosting all %d", cfg.num_blocks, source.model_id,
+                           source.num_blocks, source.num_blocks)
         self.adapters = await loop.run_in_executor(None, open_adapters, cfg.adapters, source)
         dtype = resolve_dtype(cfg.dtype, source.config, device)
         dtype_name = dtypes.dtype_name(dtype)
@@ -142,9 +158,6 @@ class Server:
 
         if cfg.block_indices is not None:
             start, end = cfg.block_indices
-            if end > source.num_blocks:
-                raise ConfigError(f"--block-indices {format_blocks(start, end)}, but {source.model_id} has "
-                                  f"{source.num_blocks} blocks")
         else:
             start, end = await choose_initial_blocks(self.node, self.transport, source.model_id, source.num_blocks,
                                                      blocks_to_host, cfg.placement, self.node.peer_id, throughput,
@@ -162,7 +175,19 @@ class Server:
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
         rpc = ServerRPC(self.state, self.sessions, self.compute)
-        self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port, admit=rpc.admit)
+        handlers = rpc.handlers()
+        if cfg.metrics_port is not None:
+            from zswarm.server.metrics import ServerMetrics  # prometheus_client: only when asked for
+
+            self.metrics = ServerMetrics(rpc)
+            handlers = self.metrics.instrument(handlers)
+            try:
+                port = self.metrics.serve(cfg.host, cfg.metrics_port)
+            except OSError as exc:
+                raise bind_error(exc, "metrics port (TCP)", cfg.host, cfg.metrics_port, "--metrics-port") from None
+            self.metrics_address = f"http://{public_host}:{port}/metrics"
+            logger.info("Prometheus metrics at %s", self.metrics_address)
+        self.rpc_server = RpcServer(handlers, host=cfg.host, port=cfg.port, admit=rpc.admit)
         try:
             await self.rpc_server.start()
         except zmq.ZMQError as exc:
@@ -216,6 +241,8 @@ class Server:
             await asyncio.get_running_loop().run_in_executor(None, self.compute.close)
         if self.node is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.node.shutdown)
+        if self.metrics is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.metrics.close)
         logger.info("server stopped")
 
     # ---- moving blocks ---------------------------------------------------------------------
@@ -247,6 +274,8 @@ class Server:
             return
         ready = {"address": self.address, "dht_address": self.dht_address, "peer_id": self.node.peer_id,
                  "model_id": self.state.model_id, "start": self.state.start, "end": self.state.end}
+        if self.metrics_address:
+            ready["metrics_address"] = self.metrics_address
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as out:
             json.dump(ready, out)
@@ -257,18 +286,15 @@ class Server:
         what only the server knows (its address, free cache, public name)."""
         return ServerRecord(**{name: getattr(self.state, name) for name in _FROM_SERVING_STATE},
                             adapters=tuple(self.state.adapters), address=self.address, state=state,
-                            cache_tokens_left=self.sessions.budget.free, public_name=self.config.public_name)
+                            cache_tokens_left=self.sessions.budget.free, public_name=self.config.public_name,
+                            started_at=self.started_at)
 
     def _plan_blocks(self, shape: BlockShape, dtype: str, cache_tokens: int, device: str, total: int) -> int:
         cfg = self.config
         if cfg.block_indices is not None:
             return cfg.block_indices[1] - cfg.block_indices[0]
         if cfg.num_blocks is not None:
-            if cfg.num_blocks > total:
-                logger.warning("--num-blocks %d > the model's %d blocks; hosting all of them", cfg.num_blocks, total)
-            return min(cfg.num_blocks, total)
-        if not device.startswith("cuda"):
-            raise ConfigError("on a CPU, give --num-blocks N or --block-indices A:B (free memory is not a limit there)")
+            return min(cfg.num_blocks, total)  # clamping was warned about at start
         free = free_device_bytes(device)
         count = plan_num_blocks(free, shape, dtype, cfg.quant, cache_tokens, total)
         logger.info("%.1f GiB free on %s: hosting %d blocks (%d cache tokens)", free / 2**30, device, count,
@@ -292,11 +318,21 @@ class Server:
     async def _load(self, start: int, end: int):
 
         began = time.monotonic()
-        logger.info("loading weights of blocks %s (%s, %s, quant=%s) ...", format_blocks(start, end), self.device,
-                    dtypes.dtype_name(self.dtype), self.config.quant)
+        what = f"blocks {format_blocks(start, end)} ({self.device}, {dtypes.dtype_name(self.dtype)}, " \
+               f"quant={self.config.quant})"
+        last_line = [began]
+
+        def progress(line: str) -> None:  # per block at DEBUG; at INFO only on a load long enough to wonder
+            now = time.monotonic()
+            if now - last_line[0] >= LOAD_PROGRESS_EVERY_S:
+                last_line[0] = now
+                logger.info("%s", line)
+            else:
+                logger.debug("%s", line)
+
         def load():
             span = load_blocks(self.source, start, end, dtype=self.dtype, device=self.device,
-                               quant=self.config.quant, cuda_graphs=self.config.cuda_graphs)
+                               quant=self.config.quant, cuda_graphs=self.config.cuda_graphs, progress=progress)
             attach_adapters(span, self.adapters)
             # one KV pool for every session, of the cache budget's size: sessions take and return its
             # pages, and decode graphs captured over it stay valid until the blocks change
@@ -305,7 +341,7 @@ class Server:
             return span
 
         span = await asyncio.get_running_loop().run_in_executor(None, load)
-        logger.info("loaded blocks %s in %.1fs", format_blocks(start, end), time.monotonic() - began)
+        logger.info("loaded %s in %.1fs", what, time.monotonic() - began)
         return span
 
     async def _drain(self, timeout: float, *, sessions_too: bool) -> None:
