@@ -23,3 +23,8 @@ UNKNOWN_REGION_RTT_S = 0.06
 # `next_pings` it announces, and while deciding whether to move.
 NEXT_PING_TIMEOUT_S = 2.0
 REBALANCE_PING_TIMEOUT_S = 1.0  # a server that does not answer this fast is left out of the RTTs
+
+# Verification of results (zswarm.client.verification, ClientConfig, tools/bench_client.py).
+# One step in SPOT_CHECK_RATE of each route span is recomputed on a replica and compared: a
+# liar that lies on every step is caught within 1 / SPOT_CHECK_RATE steps of its span.
+SPOT_CHECK_RATE = 0.02

@@ -1,0 +1,148 @@
+"""Verification of results: what the client checks of the hidden states servers send back, and
+how it reports a server that lied. Pure functions and plain records (no I/O but the report file).
+
+Every reply (`check_reply`): one tensor of the shape and dtype that was sent, finite, and of a
+plausible scale: each position's RMS within `RMS_RATIO` of its input's. A transformer block adds
+to its input (the residual stream), so no honest span returns zeros or a thousandth of what it
+got; the bounds are wide on purpose: they catch junk (zeros, NaN, a scaled tensor), not subtle
+lies. Those are for spot checks (zswarm.client.spot_checks), which compare replicas with
+`relative_errors` against `tolerance`.
+
+A liar found is distrusted for the rest of the client's connection (SequenceManager.distrust),
+logged in one line and reported (`LieReport`): kept in memory and, with ClientConfig.report_path,
+appended to a JSON-lines file that `zswarm-inspect reports PATH` shows. Reports stay on the
+client: a record anyone may publish in the DHT is an accusation anyone may forge, so they are
+evidence for this client's operator, not a swarm-wide verdict.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from zswarm.errors import ImplausibleReplyError
+
+logger = logging.getLogger(__name__)
+
+# A reply position's RMS over its input's RMS: outside these bounds no span of real blocks computes.
+RMS_RATIO = (1e-3, 1e4)
+
+# The relative error (per position: ||a - b|| / ||b|| over the hidden size, the worst row) two honest
+# replicas may show, by the least precise dtype involved (the wire's, each server's). Measured on
+# real server processes over 1000 decode steps (decode steps on one side, chunked replays on the
+# other; docs/security.md, "Verification"): fp32 pairs showed <= 2e-6 and fp16 ones <= 2e-3
+# (wire fp16 or servers computing in fp16); the bounds keep a wide margin over that.
+TOLERANCE = {"float32": 1e-3, "float16": 3e-2, "bfloat16": 6e-2}
+# Servers of different quantisation compute different functions; unmeasured, so loose.
+QUANTIZED_TOLERANCE = 0.25
+
+REPORT_VERSION = 1
+
+
+def check_reply(inputs: torch.Tensor, out: torch.Tensor, *, peer_id: str, start: int, end: int) -> None:
+    """Raise ImplausibleReplyError unless `out` could be blocks [start, end)'s answer to `inputs`."""
+    def bad(why: str) -> ImplausibleReplyError:
+        return ImplausibleReplyError(peer_id, why, blocks=(start, end))
+
+    if tuple(out.shape) != tuple(inputs.shape):
+        raise bad(f"answered shape {tuple(out.shape)}, expected {tuple(inputs.shape)}")
+    if out.dtype != inputs.dtype:
+        raise bad(f"answered {out.dtype}, sent {inputs.dtype}")
+    if not bool(torch.isfinite(out).all()):
+        raise bad(f"answered {int((~torch.isfinite(out)).sum())} NaN/inf values")
+    rms_in = inputs.float().pow(2).mean(dim=-1).sqrt()
+    rms_out = out.float().pow(2).mean(dim=-1).sqrt()
+    known = rms_in > 0
+    ratio = rms_out[known] / rms_in[known]
+    low, high = RMS_RATIO
+    if ratio.numel() and not bool(((ratio >= low) & (ratio <= high)).all()):
+        raise bad(f"answered hidden states of RMS {float(ratio.min()):.3g}..{float(ratio.max()):.3g} times "
+                  f"their inputs', outside [{low:g}, {high:g}]")
+
+
+def check_gradient(grad: torch.Tensor, expected: torch.Size, *, peer_id: str, start: int, end: int) -> None:
+    """A backward reply: the shape asked for and finite (a gradient's scale says nothing)."""
+    if tuple(grad.shape) != tuple(expected) or not bool(torch.isfinite(grad).all()):
+        raise ImplausibleReplyError(peer_id, f"answered a gradient of shape {tuple(grad.shape)} (expected "
+                                    f"{tuple(expected)}) or with NaN/inf", blocks=(start, end))
+
+
+def relative_errors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per position of `[batch, positions, hidden]` tensors: max over rows of ||a - b|| / ||b||."""
+    a, b = a.float(), b.float()
+    return ((a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-12)).amax(dim=0)
+
+
+def tolerance(dtypes, quants=()) -> float:
+    """The largest relative error honest replicas may show, given every dtype and quantisation involved."""
+    if any(q not in ("none", "") for q in quants):
+        return QUANTIZED_TOLERANCE
+    return max(TOLERANCE.get(str(d).replace("torch.", ""), TOLERANCE["bfloat16"]) for d in dtypes)
+
+
+@dataclass
+class LieReport:
+    """One server found wrong by this client: on which blocks and positions, by how much, and who
+    said otherwise. `verdict`: "outvoted" (a third server sided with the others), "no_majority"
+    (no third server, or it agreed with neither: both sides are distrusted), or "implausible"
+    (a reply failed `check_reply`)."""
+
+    peer_id: str
+    model_id: str
+    start: int
+    end: int
+    verdict: str
+    detail: str
+    position: int = -1  # the first position found wrong (-1: not a spot check)
+    relative_error: float = 0.0
+    tolerance: float = 0.0
+    witnesses: list[str] = field(default_factory=list)  # servers whose outputs disagreed with it
+    time: float = field(default_factory=time.time)
+    version: int = REPORT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> "LieReport":
+        """Parse one line of a report file; ValueError on anything else."""
+        data = json.loads(line)
+        if not isinstance(data, dict) or data.get("version") != REPORT_VERSION:
+            raise ValueError("not a version-1 report")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class ReportLog:
+    """The reports of one client connection: in memory (`reports`), and appended to `path` if given."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path
+        self.reports: list[LieReport] = []
+
+    def add(self, report: LieReport) -> None:
+        self.reports.append(report)
+        if self.path is None:
+            return
+        try:
+            with open(self.path, "a") as out:
+                out.write(report.to_json() + "\n")
+        except OSError as exc:  # a report that cannot be written must not fail the user's step
+            logger.warning("cannot append a report to %s: %s", self.path, exc)
+
+
+def read_reports(path: str) -> tuple[list[LieReport], int]:
+    """The reports in a report file, and how many of its lines were not reports (skipped)."""
+    reports, skipped = [], 0
+    with open(path) as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                reports.append(LieReport.from_json(line))
+            except (ValueError, TypeError):
+                skipped += 1
+    return reports, skipped
