@@ -32,9 +32,10 @@ RMS_RATIO = (1e-3, 1e4)
 
 # The relative error (per position: ||a - b|| / ||b|| over the hidden size, the worst row) two honest
 # replicas may show, by the least precise dtype involved (the wire's, each server's). Measured on
-# real server processes over 1000 decode steps (decode steps on one side, chunked replays on the
-# other; docs/security.md, "Verification"): fp32 pairs showed <= 2e-6 and fp16 ones <= 2e-3
-# (wire fp16 or servers computing in fp16); the bounds keep a wide margin over that.
+# honest replicas of the tiny llama over 1000 decode steps each (decode steps on one side, chunked
+# replays on the other; tests/client/test_verification.py prints it): fp32 servers and wire 2.9e-6,
+# fp16 servers and wire 2.7e-3. The bounds keep a wide margin (340x, 11x) over that, since real
+# models' deeper spans and other kernels (GPU, other batch sizes) differ more.
 TOLERANCE = {"float32": 1e-3, "float16": 3e-2, "bfloat16": 6e-2}
 # Servers of different quantisation compute different functions; unmeasured, so loose.
 QUANTIZED_TOLERANCE = 0.25
