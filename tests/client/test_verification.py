@@ -4,7 +4,8 @@ without a false alarm. Liars on real processes: test_verification_swarm.py."""
 import pytest
 import torch
 
-from zswarm.client.verification import LieReport, ReportLog, check_reply, read_reports, relative_errors, tolerance
+from zswarm.client.verification import check_reply, relative_errors, tolerance
+from zswarm.reports import LieReport, ReportLog, read_reports
 from zswarm.defaults import SPOT_CHECK_RATE
 from zswarm.errors import ImplausibleReplyError, ServerUnavailable
 from zswarm.routing import candidates, find_inference_route

@@ -6,13 +6,17 @@ Liars: `nan` and `zero` on blocks 0:3 (caught by the reply check at their first 
 on 3:6 (plausible in scale: only spot checks catch it). Honest: a 0:3, b and c 3:6. (No false
 alarm from honest replicas over 1000 steps: test_verification.py.)
 """
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from conftest import local_swarm
 from zswarm import AutoDistributedModelForCausalLM
-from zswarm.client.verification import read_reports
+from zswarm.reports import read_reports
 from zswarm.defaults import SPOT_CHECK_RATE
+from zswarm.testing.launch import server_env
 
 PROMPT = torch.tensor([[1, 5, 9, 33, 7]])
 LIAR = "zswarm.testing.liar"
@@ -52,6 +56,10 @@ def test_liars_are_caught_banned_reported_and_tokens_equal_local_hf(lying_swarm,
         assert found[peer["nan"]].verdict == found[peer["zero"]].verdict == "implausible"
         assert found[peer["perturb"]].verdict == "outvoted" and found[peer["perturb"]].position < window
         assert {r.peer_id for r in manager.reports.reports} == set(found) and len(manager.reports.reports) == 3
+        shown = subprocess.run([sys.executable, "-m", "zswarm.inspect.cli", "reports", str(reports)],
+                               capture_output=True, text=True, timeout=60, env=server_env())
+        assert shown.returncode == 0 and shown.stdout.count("\n") == 4 and "outvoted" in shown.stdout
+        assert peer["perturb"][:20] in shown.stdout and "implausible" in shown.stdout
         # a second session routes around them from its first step
         with model.inference_session(max_length=32) as session:
             again = model.generate(PROMPT, max_new_tokens=8, session=session)

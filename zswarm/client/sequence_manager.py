@@ -23,7 +23,7 @@ from wire.transport import Reply, Transport
 from zswarm.client.bans import BanList
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import ServerUnavailable, adapter_detail, describe
-from zswarm.client.verification import LieReport, ReportLog
+from zswarm.reports import LieReport, ReportLog
 from zswarm.blocks import format_blocks
 from zswarm.errors import ImplausibleReplyError, NoRouteError, ServerMisbehaved
 from zswarm.probe import ping_rtt
