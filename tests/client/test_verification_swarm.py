@@ -2,7 +2,8 @@
 the tiny llama, and test-only lying servers (zswarm.testing.liar) that announce an inflated
 record, so every client routes through them until it knows better.
 
-Liars: `nan` and `zero` on blocks 0:3 (caught by the reply check at their first step), `perturb`
+Liars: `nan` on blocks 0:3 (caught by the reply check at its first step; zeros and other junk:
+test_verification.py), `perturb`
 on 3:6 (plausible in scale: only spot checks catch it). Honest: a 0:3, b and c 3:6. (No false
 alarm from honest replicas over 1000 steps: test_verification.py.)
 """
@@ -30,8 +31,7 @@ def _liar(lie):
 @pytest.fixture(scope="module")
 def lying_swarm(tiny_llama_dir, tmp_path_factory):
     with local_swarm(tiny_llama_dir, tmp_path_factory.mktemp("lying-swarm"), ("a", 0, 3), ("b", 3, 6), ("c", 3, 6),
-                     ("nan", 0, 3, _liar("nan")), ("zero", 0, 3, _liar("zero")),
-                     ("perturb", 3, 6, _liar("perturb"))) as swarm:
+                     ("nan", 0, 3, _liar("nan")), ("perturb", 3, 6, _liar("perturb"))) as swarm:
         yield swarm
 
 
@@ -50,15 +50,15 @@ def test_liars_are_caught_banned_reported_and_tokens_equal_local_hf(lying_swarm,
             out = model.generate(PROMPT, max_new_tokens=new_tokens, session=session)
             assert session.checks.checks >= 1
         assert torch.equal(out, llama_reference.generate(PROMPT, max_new_tokens=new_tokens))
-        assert set(manager.distrusted) == {peer["nan"], peer["zero"], peer["perturb"]}
+        assert set(manager.distrusted) == {peer["nan"], peer["perturb"]}
         # each found in the first window of its span: the perturbing liar by a spot check
         found = {r.peer_id: r for r in read_reports(str(reports))[0]}
-        assert found[peer["nan"]].verdict == found[peer["zero"]].verdict == "implausible"
+        assert found[peer["nan"]].verdict == "implausible"
         assert found[peer["perturb"]].verdict == "outvoted" and found[peer["perturb"]].position < window
-        assert {r.peer_id for r in manager.reports.reports} == set(found) and len(manager.reports.reports) == 3
+        assert {r.peer_id for r in manager.reports.reports} == set(found) and len(manager.reports.reports) == 2
         shown = subprocess.run([sys.executable, "-m", "zswarm.inspect.cli", "reports", str(reports)],
                                capture_output=True, text=True, timeout=60, env=server_env())
-        assert shown.returncode == 0 and shown.stdout.count("\n") == 4 and "outvoted" in shown.stdout
+        assert shown.returncode == 0 and shown.stdout.count("\n") == 3 and "outvoted" in shown.stdout
         assert peer["perturb"][:20] in shown.stdout and "implausible" in shown.stdout
         # a second session routes around them from its first step
         with model.inference_session(max_length=32) as session:
