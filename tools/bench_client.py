@@ -229,7 +229,8 @@ def run_spot_checks(args) -> dict:
             for _ in range(args.repeats):  # interleaved: the box's noise falls on both alike
                 for rate, model in models.items():
                     with model.inference_session(max_length=args.prompt_len + args.new_tokens) as session:
-                        runs[rate].append(timed_generate(model, prompt, args.new_tokens, session=session).per_token_ms())
+                        clock = timed_generate(model, prompt, args.new_tokens, session=session)
+                        runs[rate].append(clock.per_token_ms())
                         checks += session.checks.checks if rate else 0
             distrusted = sum(len(m.swarm.manager.distrusted) for m in models.values())
         finally:

@@ -2,9 +2,9 @@
 
     python -m zswarm.testing.liar ZSWARM-SERVER-ARGS... --lie LIE [--lie-after N]
 
-(`--lie` and `--lie-after` may stand anywhere.) LIE is how its hidden states are wrong: `perturb` (noise of a fifth of their RMS: plausible in
-scale, wrong in value, so only spot checks catch it), `zero`, `nan`, or `honest` (right answers:
-only the record lies). Every liar announces an inflated record (throughput 1e12 tokens/s, so
+(`--lie` and `--lie-after` may stand anywhere.) LIE is how its hidden states are wrong:
+`perturb` (noise of a fifth of their RMS: plausible in scale, wrong in value, so only spot
+checks catch it), `zero`, `nan`, or `honest` (right answers: only the record lies). Every liar announces an inflated record (throughput 1e12 tokens/s, so
 every client prefers it until it has measured it) and answers the protocol correctly. With
 `--lie-after N` its first N inference steps (all sessions together) are honest.
 """
