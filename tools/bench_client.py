@@ -13,6 +13,12 @@ It starts a real swarm on loopback (a DHT node here, zswarm-server processes) an
   - recovery after a kill -9 mid-generation while a replica holds the same blocks: how long the
     client took to notice, and from noticing to the next token.
 Each server and the local model use --threads torch threads; numbers are medians of --repeats.
+
+    python tools/bench_client.py --mode spot-checks --model tiny   # the cost of verification
+
+--mode spot-checks: two hops, each span held by two replicas; greedy generate with spot checks at
+the default rate (zswarm.defaults.SPOT_CHECK_RATE) against the same with none, runs interleaved,
+--repeats of each: the per-token cost of spot checks in percent of the unchecked decode time.
 """
 from __future__ import annotations
 
@@ -195,6 +201,62 @@ def measure_recovery(swarm, source, model_ref, prompt, args, client_args) -> dic
         model.close()
 
 
+def run_spot_checks(args) -> dict:
+    from zswarm import AutoDistributedModelForCausalLM
+    from zswarm.defaults import SPOT_CHECK_RATE
+    from zswarm.models import resolve_model
+    from zswarm.testing.launch import LocalSwarm
+
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-spot-checks-"))
+    model_ref = prepare_model(args.model, workdir)
+    source = resolve_model(model_ref)
+    prompt = torch.randint(0, int(source.config.vocab_size), (1, args.prompt_len),
+                           generator=torch.Generator().manual_seed(0))
+    swarm = LocalSwarm(model_ref, source.model_id, source.num_blocks, workdir / "swarm")
+    runs: dict[float, list] = {0.0: [], SPOT_CHECK_RATE: []}
+    checks = 0
+    try:
+        for i, (a, b) in enumerate(even_spans(source.num_blocks, 2)):
+            swarm.start(f"s{i}", a, b, threads=args.threads), swarm.start(f"r{i}", a, b, threads=args.threads)
+        swarm.wait_online()
+        models = {rate: AutoDistributedModelForCausalLM.from_pretrained(
+            model_ref, initial_peers=swarm.initial_peers, wire_dtype=args.wire_dtype, show_route=False,
+            spot_check_rate=rate) for rate in runs}
+        try:
+            for model in models.values():
+                timed_generate(model, prompt, 2)  # warm up
+            for _ in range(args.repeats):  # interleaved: the box's noise falls on both alike
+                for rate, model in models.items():
+                    with model.inference_session(max_length=args.prompt_len + args.new_tokens) as session:
+                        clock = timed_generate(model, prompt, args.new_tokens, session=session)
+                        runs[rate].append(clock.per_token_ms())
+                        checks += session.checks.checks if rate else 0
+            distrusted = sum(len(m.swarm.manager.distrusted) for m in models.values())
+        finally:
+            for model in models.values():
+                model.close()
+    finally:
+        swarm.close()
+    plain, checked = statistics.median(runs[0.0]), statistics.median(runs[SPOT_CHECK_RATE])
+    return {"mode": "spot-checks", "model": source.model_id, "num_blocks": source.num_blocks, "hops": 2,
+            "replicas": 2, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": args.threads,
+            "wire_dtype": args.wire_dtype, "repeats": args.repeats, "rate": SPOT_CHECK_RATE,
+            "per_token_ms": {"unchecked": plain, "checked": checked}, "runs_ms": {str(k): v for k, v in runs.items()},
+            "cost_percent": 100 * (checked / plain - 1), "spot_checks": checks, "false_alarms": distrusted}
+
+
+def print_spot_checks(result: dict) -> None:
+    print(f"model {result['model']} ({result['num_blocks']} blocks), 2 hops x 2 replicas, prompt "
+          f"{result['prompt_len']}, {result['new_tokens']} new tokens, {result['threads']} thread(s), wire "
+          f"{result['wire_dtype']}, median of {result['repeats']} interleaved runs")
+    print(f"{'spot checks':<22} {'ms/token':>9}")
+    print(f"{'none':<22} {result['per_token_ms']['unchecked']:>9.2f}")
+    print(f"{'rate ' + format(result['rate'], 'g'):<22} {result['per_token_ms']['checked']:>9.2f}")
+    print(f"cost of spot checks: {result['cost_percent']:+.1f}% per token ({result['spot_checks']} checks, "
+          f"{result['false_alarms']} servers distrusted)")
+
+
 def print_table(result: dict) -> None:
     print(f"model {result['model']} ({result['num_blocks']} blocks), prompt {result['prompt_len']} tokens, "
           f"{result['new_tokens']} new tokens, {result['threads']} thread(s), wire {result['wire_dtype']}")
@@ -228,11 +290,17 @@ def main(argv=None) -> int:
     parser.add_argument("--wire-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
     parser.add_argument("--kill-at", type=int, default=8, help="token at which the recovery run kills a server")
     parser.add_argument("--json", help="write the results as JSON to this path")
+    parser.add_argument("--mode", default="hops", choices=("hops", "spot-checks"),
+                        help="hops: the runs above; spot-checks: the cost of verification (see above)")
     args = parser.parse_args(argv)
     if args.new_tokens < 2 or args.kill_at >= args.new_tokens:
         parser.error("need --new-tokens >= 2 and --kill-at < --new-tokens")
-    result = run(args)
-    print_table(result)
+    if args.mode == "spot-checks":
+        result = run_spot_checks(args)
+        print_spot_checks(result)
+    else:
+        result = run(args)
+        print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

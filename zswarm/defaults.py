@@ -33,3 +33,8 @@ REBALANCE_PING_TIMEOUT_S = 1.0  # a server that does not answer this fast is lef
 # another client waits for room -- at most this share of the cache budget.
 CLIENT_MAX_SESSIONS = 64
 CLIENT_CACHE_SHARE = 0.5
+
+# Verification of results (zswarm.client.verification, ClientConfig, tools/bench_client.py).
+# One step in SPOT_CHECK_RATE of each route span is recomputed on a replica and compared: a
+# liar that lies on every step is caught within 1 / SPOT_CHECK_RATE steps of its span.
+SPOT_CHECK_RATE = 0.02

@@ -25,6 +25,10 @@ dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
     ├── TransportError                       a call to a server failed below the protocol (wire's error chained)
     ├── SwarmUnreachable                     the swarm's DHT cannot be joined or read (dht's error chained)
     ├── ServerUnavailable                    (client-internal) a server failed a probe or answered nonsense
+    │   └── ServerMisbehaved                 its answer was wrong, not late: distrusted for the whole connection
+    │       ├── ImplausibleReplyError        a reply of the wrong shape or dtype, NaN/inf, or of absurd scale
+    │       └── WrongResultsError            a spot check: its outputs differ from its replicas' (zswarm.client.verification)
+    ├── RetractedResultsError                outputs a session gave out from some position on were found wrong
     ├── SpanFailed                           (client-internal) a call to one server failed; retried elsewhere
     ├── NoRouteError                         some blocks of the model are served by no (usable) server
     ├── SessionClosedError                   an inference session used after close()
@@ -177,6 +181,37 @@ class ServerUnavailable(ZswarmError):
     """A server cannot be used right now: it failed a probe or answered nonsense. Retried."""
 
     code = "server_unavailable"
+
+
+class ServerMisbehaved(ServerUnavailable):
+    """A server's answer was wrong, not late: the client distrusts it for the rest of its connection
+    (every session of it), never only for a backoff period."""
+
+    def __init__(self, peer_id: str, message: str, *, blocks: tuple[int, int] | None = None):
+        where = f" on blocks {format_blocks(*blocks)}" if blocks else ""
+        super().__init__(f"server {peer_id}{where}: {message}")
+        self.peer_id, self.blocks, self.reason = peer_id, blocks, message
+
+
+class ImplausibleReplyError(ServerMisbehaved):
+    """A reply of the wrong shape or dtype, with NaN/inf, or of a scale no block computes
+    (zswarm.client.verification.check_reply)."""
+
+
+class WrongResultsError(ServerMisbehaved):
+    """A spot check found the server's outputs differ from those of replicas holding the same
+    blocks, beyond what honest replicas ever differ by."""
+
+
+class RetractedResultsError(ZswarmError):
+    """Outputs this session returned from `position` on were computed by a server found lying; the
+    session is rolled back to `position` and routed around it, so stepping again from there gives
+    right results. `generate` does that itself when the position is inside its own call."""
+
+    def __init__(self, position: int, liars: list[str], detail: str = ""):
+        self.position, self.liars = position, list(liars)
+        super().__init__(f"outputs from position {position} on came from server(s) {', '.join(liars)} found lying"
+                         + (f" ({detail})" if detail else "") + f"; the session is rolled back to {position}")
 
 
 class SpanFailed(ZswarmError):

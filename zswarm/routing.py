@@ -80,11 +80,13 @@ class RouteCandidate:
     throughput: float = 0.0  # tokens/s of the whole server (Petals' sense), for forward routes
 
     @classmethod
-    def from_record(cls, record, start: int, end: int, *, rtt: float | None,
-                    tokens_needed: int = 0) -> "RouteCandidate":
-        """A server's record (zswarm.swarm_info.ServerRecord) as a candidate for blocks [start, end)."""
+    def from_record(cls, record, start: int, end: int, *, rtt: float | None, tokens_needed: int = 0,
+                    measured_rps: float | None = None) -> "RouteCandidate":
+        """A server's record (zswarm.swarm_info.ServerRecord) as a candidate for blocks [start, end);
+        `measured_rps`, once the client has measured the server, stands for the announced rate."""
+        rps = record.inference_rps if measured_rps is None else measured_rps
         return cls(peer_id=record.peer_id, start=max(start, record.start), end=min(end, record.end),
-                   inference_rps=record.inference_rps, rtt_from_client=rtt, next_pings=dict(record.next_pings),
+                   inference_rps=rps, rtt_from_client=rtt, next_pings=dict(record.next_pings),
                    cache_room=record.cache_tokens_left >= tokens_needed, throughput=record.throughput)
 
 
@@ -107,14 +109,16 @@ ROUTING_DEFAULTS = dict(hop_overhead=HOP_OVERHEAD_S, no_cache_penalty=NO_CACHE_P
 
 def candidates(blocks: Sequence[Mapping[str, object]], start: int, end: int, *,
                rtts: Mapping[str, float | None], banned: Collection[str] = (),
-               tokens_needed: int = 0) -> list[RouteCandidate]:
+               tokens_needed: int = 0, measured_rps: Mapping[str, float] | None = None) -> list[RouteCandidate]:
     """The servers for blocks [start, end) as route candidates, spans cut to that range: the one
     place a server's record becomes what routing reads. The client's SequenceManager and
     zswarm-inspect both build theirs here.
 
     `blocks[b]`: peer_id -> the `zswarm.swarm_info.ServerRecord` of each usable server of block b.
     `banned` servers are left out, except where a block would be left with no server at all;
-    a server whose RTT is None (it did not answer a ping) is left out.
+    a server whose RTT is None (it did not answer a ping) is left out. `measured_rps`: per-block
+    decode rates the caller measured, used instead of what those servers announced (an inflated
+    record then buys nothing once measured).
     """
     chosen: set[str] = set()
     records: dict = {}
@@ -128,7 +132,8 @@ def candidates(blocks: Sequence[Mapping[str, object]], start: int, end: int, *,
         if peer in rtts and rtts[peer] is None:
             continue
         out.append(RouteCandidate.from_record(records[peer], start, end, rtt=rtts.get(peer),
-                                              tokens_needed=tokens_needed))
+                                              tokens_needed=tokens_needed,
+                                              measured_rps=(measured_rps or {}).get(peer)))
     return out
 
 

@@ -29,9 +29,10 @@ class SpanServer:
     """One server over blocks [start, end) of a real model: ServerRPC's handlers, in this process."""
 
     def __init__(self, source, start: int, end: int, *, peer_id: str | None = None, inference_rps: float = 100.0,
-                 adapters: tuple[str, ...] = ()):
-        """`adapters`: the names it serves (no LoRA weights behind them: the base model runs)."""
-        self.span = load_span(source, start, end, dtype=torch.float32)
+                 adapters: tuple[str, ...] = (), dtype: torch.dtype = torch.float32):
+        """`adapters`: the names it serves (no LoRA weights behind them: the base model runs);
+        `dtype`: what its blocks compute in."""
+        self.span = load_span(source, start, end, dtype=dtype)
         self.span.attach_pool(CACHE_TOKENS)  # as a server does: one KV pool of the budget's size
         self.start, self.end = start, end
         self.peer_id = peer_id or f"peer-{next(_ids)}-{start}-{end}"
@@ -41,7 +42,7 @@ class SpanServer:
         self.sessions = ServerSessions(CacheBudget(CACHE_TOKENS), idle_timeout=300.0)
         self.state = ServingState(
             model_id=source.model_id, num_blocks=source.num_blocks, hidden_size=int(source.config.hidden_size),
-            dtype="float32", quant="none", peer_id=self.peer_id, version=zswarm.__version__, start=start, end=end,
+            dtype=str(dtype).replace("torch.", ""), quant="none", peer_id=self.peer_id, version=zswarm.__version__, start=start, end=end,
             span=self.span, throughput=100.0, inference_rps=inference_rps, forward_rps=1000.0,
             adapters=tuple(adapters))
         self.rpc = ServerRPC(self.state, self.sessions, self.compute)

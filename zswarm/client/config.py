@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from dht.errors import AddressError
 from dht.node import parse_address
-from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, UNKNOWN_RTT_S
+from zswarm.defaults import HOP_OVERHEAD_S, NO_CACHE_PENALTY_S, SPOT_CHECK_RATE, UNKNOWN_RTT_S
 from zswarm.errors import ConfigError
 
 WIRE_DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -68,6 +68,14 @@ class ClientConfig:
     # RTT assumed for a server not pinged yet (seconds): far rather than near.
     unknown_rtt_s: float = UNKNOWN_RTT_S
 
+    # Verification of results (zswarm.client.verification): the fraction of each route span's
+    # steps recomputed on a replica holding the same blocks and compared (0: none). A server
+    # whose outputs differ is distrusted for the rest of this connection and reported.
+    spot_check_rate: float = SPOT_CHECK_RATE
+    # Where reports of lying servers are appended, one JSON object a line (`zswarm-inspect
+    # reports PATH` shows them); None: only logged and kept in memory (SequenceManager.reports).
+    report_path: str | None = None
+
     # Only these peer ids (None: any), never these.
     allowed_servers: tuple[str, ...] | None = None
     blocked_servers: tuple[str, ...] = ()
@@ -106,6 +114,8 @@ class ClientConfig:
             raise ConfigError(f"pre_seq_len must be a positive int (prompt tokens), not {self.pre_seq_len!r}")
         if self.max_request_tokens < 1:
             raise ConfigError("max_request_tokens must be at least 1")
+        if not 0.0 <= self.spot_check_rate <= 1.0:
+            raise ConfigError(f"spot_check_rate must be within [0, 1], not {self.spot_check_rate!r}")
         if self.max_retries < 0:
             raise ConfigError("max_retries must be >= 0")
         for name in ("step_timeout", "request_timeout", "ping_timeout", "liveness_interval_s", "refresh_period_s"):

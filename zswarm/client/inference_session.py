@@ -32,7 +32,10 @@ from zswarm.blocks import format_blocks
 from zswarm.client.config import ClientConfig
 from zswarm.client.failures import RetryBudget, ServerUnavailable, describe, is_server_fault
 from zswarm.client.sequence_manager import SequenceManager
-from zswarm.errors import NoRouteError, SessionClosedError, SessionLengthError
+from zswarm.client.spot_checks import SpotChecks
+from zswarm.client.verification import check_reply
+from zswarm.errors import (ImplausibleReplyError, NoRouteError, RetractedResultsError, SessionClosedError,
+                           SessionLengthError)
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +55,16 @@ class SpanSession:
 
 class BoundaryHistory:
     """The hidden states sent into one boundary block, `[batch, positions, hidden]`, in a buffer
-    grown by doubling, so that a token step writes in place instead of copying the past."""
+    grown by doubling, so that a token step writes in place instead of copying the past.
+    `producers[p]`: (peer_id, start block) of the span that computed position p (None: the
+    client's own input), so spot checks know whom a recorded output vouches for."""
 
     def __init__(self, batch: int, hidden_size: int, dtype: torch.dtype, capacity: int = 64):
         self.buffer = torch.empty(batch, capacity, hidden_size, dtype=dtype)
         self.length = 0
+        self.producers: list[tuple[str, int] | None] = []
 
-    def write(self, position: int, states: torch.Tensor) -> None:
+    def write(self, position: int, states: torch.Tensor, producer: tuple[str, int] | None = None) -> None:
         if position > self.length:
             raise RuntimeError(f"history gap: writing at {position}, holding {self.length}")  # a bug
         end = position + states.shape[1]
@@ -69,12 +75,15 @@ class BoundaryHistory:
             self.buffer = grown
         self.buffer[:, position:end] = states
         self.length = end
+        del self.producers[position:]
+        self.producers.extend([producer] * states.shape[1])
 
     def read(self, start: int, end: int) -> torch.Tensor:
         return self.buffer[:, start:end]
 
     def truncate(self, length: int) -> None:
         self.length = min(self.length, length)
+        del self.producers[self.length:]
 
     def reorder(self, hypo_ids: torch.Tensor) -> None:
         self.buffer[:, :self.length] = self.buffer[hypo_ids, :self.length]
@@ -120,6 +129,7 @@ class InferenceSession:
         # Leading pads per row of a left-padded batch (None: no padding). Every server session is
         # opened with them (replacements too, in the rows' current order): see set_left_pad.
         self.left_pad: list[int] | None = None
+        self.checks = SpotChecks(self, config.spot_check_rate)  # verification of results (spot_checks.py)
 
     # ---- synchronous twins ----------------------------------------------------------------
     def step(self, hidden: torch.Tensor, *, hypo_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -182,6 +192,7 @@ class InferenceSession:
             return
         for past in self.history.values():
             past.reorder(hypo_ids)
+        self.checks.forget()
         if self.left_pad is not None:
             self.left_pad = [self.left_pad[i] for i in hypo_ids.tolist()]
         for span in self.spans:
@@ -213,13 +224,14 @@ class InferenceSession:
             past.truncate(position)
         for span in self.spans:
             span.position = min(span.position, position)
+        self.checks.rollback(position)
 
     async def aclose(self) -> None:
         """Free the servers' caches (a client that vanishes is cleaned up by server timeouts)."""
         if self.closed:
             return
         self.closed = True
-        await self._close_servers(self.spans)
+        await self._close_servers(self.spans + self.checks.close())
         await asyncio.gather(*self._closing, return_exceptions=True)
         self.spans = []
 
@@ -232,11 +244,16 @@ class InferenceSession:
             self.spans = await self._route(self.start, self.end, budget)
             self._log_route()
         block = self.start
+        producer = None  # (peer_id, start) of the span that computed `hidden`; None: the caller
         while block < self.end:
             index = self._span_index_at(block)
             span = self.spans[index]
             try:
-                replayed_from, replayed, out = await self._step_span(span, hidden)
+                replayed_from, replayed, out = await self.checks.step(span, hidden)
+            except RetractedResultsError as exc:
+                self._drop_route()
+                self.rollback(exc.position)
+                raise
             except Exception as exc:
                 if not is_server_fault(exc):
                     raise
@@ -246,14 +263,17 @@ class InferenceSession:
                 await self._replace(index, budget, cause=exc)
                 continue
             self.manager.on_success(span.peer_id)
-            self._history_at(block, hidden).write(self.position, hidden)
-            if replayed is not None and span.end < self.end:
+            self._history_at(block, hidden).write(self.position, hidden, producer)
+            producer = (span.peer_id, span.start)
+            if replayed is not None:
                 # A fresh span's replay outputs are the history of a fresh boundary after it.
                 past = self._history_at(span.end, replayed)
                 if past.length < self.position:
-                    past.write(replayed_from, replayed)
+                    past.write(replayed_from, replayed, producer)
             hidden = out
             block = span.end
+        # The last span's outputs too, so that spot checks can audit them later.
+        self._history_at(self.end, hidden).write(self.position, hidden, producer)
         return hidden
 
     async def _step_span(self, span: SpanSession, hidden: torch.Tensor):
@@ -294,8 +314,11 @@ class InferenceSession:
             prompts = self.prompts[span.start - self.start:span.end - self.start]
             tensors.append(prompts.expand(-1, inputs.shape[0], -1, -1).contiguous())
         timeout = self.config.step_timeout if inputs.shape[1] == 1 else self.config.request_timeout
+        began = time.perf_counter()
         reply = await self.manager.call(span.address, "inference_step", meta, tensors, timeout=timeout)
-        out = _single_hidden(reply, expected=inputs.shape, peer=span.peer_id).to(self.wire_dtype)
+        if inputs.shape[1] == 1:  # a decode step: what routing prices (SequenceManager.measured_rps)
+            self.manager.on_step_time(span.peer_id, span.end - span.start, time.perf_counter() - began)
+        out = reply_hidden(reply, inputs, peer_id=span.peer_id, start=span.start, end=span.end)
         span.pending_hypo_ids = None
         span.position += inputs.shape[1]
         return out
@@ -340,9 +363,16 @@ class InferenceSession:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         # Boundaries that no longer exist would go stale: drop their history.
-        starts = {span.start for span in self.spans}
+        starts = {span.start for span in self.spans} | {self.end}
         self.history = {block: past for block, past in self.history.items() if block in starts}
         self._log_route()
+
+    def _drop_route(self) -> None:
+        """Route afresh at the next step (the old servers' caches are freed in the background)."""
+        task = asyncio.ensure_future(self._close_servers(self.spans))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        self.spans = []
 
     def _log_route(self) -> None:
         level = logging.INFO if self.config.show_route else logging.DEBUG
@@ -379,9 +409,11 @@ class InferenceSession:
         await asyncio.gather(*(close_one(s) for s in spans))
 
 
-def _single_hidden(reply, *, expected: torch.Size, peer: str) -> torch.Tensor:
-    if len(reply.tensors) != 1 or tuple(reply.tensors[0].shape) != tuple(expected):
-        shapes = [tuple(t.shape) for t in reply.tensors]
-        raise ServerUnavailable(f"{peer} answered {shapes}, expected one tensor {tuple(expected)}")
+def reply_hidden(reply, inputs: torch.Tensor, *, peer_id: str, start: int, end: int) -> torch.Tensor:
+    """The one hidden-states tensor of an inference_step reply, checked (verification.check_reply)."""
+    if len(reply.tensors) != 1:
+        raise ImplausibleReplyError(peer_id, f"answered {len(reply.tensors)} tensors, expected one",
+                                    blocks=(start, end))
+    check_reply(inputs, reply.tensors[0], peer_id=peer_id, start=start, end=end)
     return reply.tensors[0]
 

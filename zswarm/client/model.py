@@ -13,6 +13,7 @@ own `generate` runs on top unchanged: every decoding strategy only sees logits a
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 from transformers import GenerationConfig, GenerationMixin
@@ -23,6 +24,9 @@ from zswarm.client.base import DistributedModelBase, choose_wire_dtype  # noqa: 
 from zswarm.client.base import left_pad_mask
 from zswarm.client.inference_session import InferenceSession
 from zswarm.client.remote_cache import RemoteCache
+from zswarm.errors import RetractedResultsError
+
+logger = logging.getLogger(__name__)
 
 # transformers 5.2x calls the cache `cache` (it renames `past_key_values` with a warning); 4.x
 # calls it `past_key_values`. Our forward takes either.
@@ -64,7 +68,7 @@ class AutoDistributedModelForCausalLM(DistributedModelBase, GenerationMixin):
                     # the earlier calls' part: ones, less the pads of a left-padded session's first call
                     past = left_pad_mask(session.left_pad, mask.shape[0], done).to(mask.device, mask.dtype)
                     kwargs["attention_mask"] = torch.cat([past, mask], dim=1)
-            result = super().generate(inputs, generation_config, **{CACHE_KWARG: RemoteCache(session)}, **kwargs)
+            result = self._generate_verified(session, position_before, inputs, generation_config, kwargs)
             sequences = result.sequences if isinstance(result, ModelOutput) else result
             session.output_ids = sequences
             if isinstance(result, ModelOutput):
@@ -79,6 +83,20 @@ class AutoDistributedModelForCausalLM(DistributedModelBase, GenerationMixin):
         finally:
             if temporary:
                 session.close()
+
+    def _generate_verified(self, session: InferenceSession, position_before: int, inputs, generation_config,
+                           kwargs):
+        """transformers' generate on `session`; run again from the call's start whenever a spot
+        check retracts outputs of this call (a liar was found and routed around: the tokens made
+        from its outputs are dropped, so the caller gets the tokens an honest swarm makes)."""
+        for attempt in range(self.client_config.max_retries + 1):
+            try:
+                return super().generate(inputs, generation_config, **{CACHE_KWARG: RemoteCache(session)}, **kwargs)
+            except RetractedResultsError as exc:
+                if exc.position < position_before or attempt == self.client_config.max_retries:
+                    raise  # outputs of an earlier call were wrong too: only the caller can redo those
+                logger.warning("%s; generating this call's tokens again", exc)
+                session.rollback(position_before)
 
     def _session_length(self, inputs, generation_config, kwargs) -> int:
         config = generation_config or self.generation_config

@@ -27,7 +27,8 @@ from wire.codec import to_wire_dtype
 from zswarm.blocks import format_blocks
 from zswarm.client.failures import RetryBudget, ServerUnavailable, SpanFailed, is_server_fault
 from zswarm.client.swarm import SwarmConnection
-from zswarm.errors import NoRouteError
+from zswarm.client.verification import check_gradient, check_reply
+from zswarm.errors import ImplausibleReplyError, NoRouteError
 from zswarm.routing import RouteSpan
 
 logger = logging.getLogger(__name__)
@@ -144,8 +145,13 @@ class RemoteSequential(nn.Module):
                                        tensors, timeout=self.swarm.config.request_timeout)
             got = [t.shape for t in reply.tensors[:len(expected)]]
             if got != expected:
-                raise ServerUnavailable(f"{span.peer_id} answered {method} with shapes {[tuple(s) for s in got]}, "
-                                        f"expected {[tuple(s) for s in expected]}")
+                raise ImplausibleReplyError(span.peer_id, f"answered {method} with shapes {[tuple(s) for s in got]}, "
+                                            f"expected {[tuple(s) for s in expected]}", blocks=(span.start, span.end))
+            if grad is None:
+                check_reply(hidden, reply.tensors[0], peer_id=span.peer_id, start=span.start, end=span.end)
+            else:
+                for tensor, shape in zip(reply.tensors, expected):
+                    check_gradient(tensor, shape, peer_id=span.peer_id, start=span.start, end=span.end)
         except Exception as exc:
             if is_server_fault(exc) or isinstance(exc, KeyError):
                 raise SpanFailed(span.peer_id, exc) from exc

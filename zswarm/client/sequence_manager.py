@@ -22,9 +22,10 @@ from wire.errors import RequestTimeout
 from wire.transport import Reply, Transport
 from zswarm.client.bans import BanList
 from zswarm.client.config import ClientConfig
-from zswarm.client.failures import ServerUnavailable, adapter_detail
+from zswarm.client.failures import ServerUnavailable, adapter_detail, describe
+from zswarm.reports import LieReport, ReportLog
 from zswarm.blocks import format_blocks
-from zswarm.errors import NoRouteError
+from zswarm.errors import ImplausibleReplyError, NoRouteError, ServerMisbehaved
 from zswarm.probe import ping_rtt
 from zswarm.routing import (RouteCandidate, RouteSpan, candidates, find_forward_route, find_inference_route,
                             uncovered_ranges)
@@ -35,6 +36,10 @@ RecordsFetcher = Callable[[], Awaitable[Sequence[dict[str, ServerRecord]]]]
 
 # Weight of a new RTT sample in the running average.
 RTT_SMOOTHING = 0.3
+# Weight of a new decode step's time in a server's measured seconds per block (EWMA).
+STEP_TIME_SMOOTHING = 0.3
+# The least seconds per block a measurement can say (a step faster than its ping is noise).
+MIN_BLOCK_SECONDS = 1e-6
 
 
 class SequenceManager:
@@ -51,6 +56,13 @@ class SequenceManager:
         self.bans = BanList(config.ban_base_s, config.ban_max_s, clock)
         self.blocks: list[dict[str, ServerRecord]] = [{} for _ in range(num_blocks)]
         self.rtts: dict[str, float] = {}
+        # Measured seconds per block of a decode step (EWMA, RTT taken off), per server: routing
+        # prices a server by these once it has them, not by the speed it announced.
+        self.block_seconds: dict[str, float] = {}
+        # Servers whose answers were wrong (peer_id -> why), left out of every route of this
+        # connection; and the reports of them (zswarm.client.verification).
+        self.distrusted: dict[str, str] = {}
+        self.reports = ReportLog(config.report_path)
         self.updated_at: float | None = None
         self._lock: asyncio.Lock | None = None
         self._wake: asyncio.Event | None = None
@@ -105,7 +117,7 @@ class SequenceManager:
     def _usable(self, rec: ServerRecord) -> bool:
         if rec.state != ServerState.ONLINE or rec.model_id != self.model_id:
             return False
-        if rec.peer_id in self.config.blocked_servers:
+        if rec.peer_id in self.config.blocked_servers or rec.peer_id in self.distrusted:
             return False
         if self.config.active_adapter is not None and self.config.active_adapter not in rec.adapters:
             return False
@@ -158,6 +170,14 @@ class SequenceManager:
 
     # ---- failures ------------------------------------------------------------------------------
     def on_failure(self, peer_id: str, exc: BaseException | None = None) -> None:
+        if isinstance(exc, ServerMisbehaved):  # wrong, not late: no backoff brings it back
+            report = None
+            if isinstance(exc, ImplausibleReplyError):
+                start, end = exc.blocks or (-1, -1)
+                report = LieReport(peer_id=peer_id, model_id=self.model_id, start=start, end=end,
+                                   verdict="implausible", detail=exc.reason)
+            self.distrust(peer_id, exc, report)
+            return
         duration = self.bans.ban(peer_id)
         logger.info("banned server %s for %.1f s (%s)", peer_id, duration, exc)
         self._wake_event().set()
@@ -165,12 +185,37 @@ class SequenceManager:
     def on_success(self, peer_id: str) -> None:
         self.bans.clear(peer_id)
 
+    def distrust(self, peer_id: str, why: BaseException, report: LieReport | None = None) -> None:
+        """Leave `peer_id` out of every route from now on (even as a block's last server), log it
+        once, and keep `report`."""
+        if peer_id in self.distrusted:
+            return
+        self.distrusted[peer_id] = describe(why)
+        logger.warning("distrusting server %s for the rest of this connection: %s", peer_id, describe(why))
+        if report is not None:
+            self.reports.add(report)
+        self.blocks = [{peer: rec for peer, rec in block.items() if peer != peer_id} for block in self.blocks]
+        self._wake_event().set()
+
+    # ---- measured speed ------------------------------------------------------------------------
+    def on_step_time(self, peer_id: str, blocks: int, seconds: float) -> None:
+        """A decode step of `blocks` blocks on `peer_id` took `seconds` (round trip included)."""
+        compute = max(seconds - self.rtts.get(peer_id, 0.0), 0.0) / max(blocks, 1)
+        compute = max(compute, MIN_BLOCK_SECONDS)
+        old = self.block_seconds.get(peer_id)
+        self.block_seconds[peer_id] = compute if old is None else \
+            (1 - STEP_TIME_SMOOTHING) * old + STEP_TIME_SMOOTHING * compute
+
+    def measured_rps(self) -> dict[str, float]:
+        """Per-block decode steps/s of the servers this client has measured."""
+        return {peer: 1.0 / seconds for peer, seconds in self.block_seconds.items()}
+
     # ---- routes --------------------------------------------------------------------------------
     def candidates(self, start: int, end: int, *, tokens_needed: int = 0) -> list[RouteCandidate]:
         """Servers for blocks [start, end), their spans cut to that range. Banned servers are left
         out, except where a block would be left with no server at all."""
         return candidates(self.blocks, start, end, rtts=self.rtts, banned=self.bans.active(),
-                          tokens_needed=tokens_needed)
+                          tokens_needed=tokens_needed, measured_rps=self.measured_rps())
 
     async def make_inference_route(self, start: int, end: int, *, batch_size: int = 1,
                                    max_length: int = 0) -> list[RouteSpan]:

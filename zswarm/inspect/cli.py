@@ -4,6 +4,7 @@
     zswarm-inspect --initial-peers HOST:PORT route MODEL     # the route a client here would take now
     zswarm-inspect server HOST:PORT                          # one server's info and ping (no DHT)
     zswarm-inspect --initial-peers HOST:PORT raw KEY         # a DHT key's entries, decoded and checked
+    zswarm-inspect reports PATH                              # lying servers a client reported (no DHT)
 
 Add --json for one JSON document per refresh, --watch SECONDS [--count N] to refresh.
 Exit status (one convention for every zswarm command): 0 shown; 1 what was asked for is not
@@ -14,6 +15,7 @@ entries); 2 cannot ask (bad arguments, swarm unreachable).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -22,7 +24,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from zswarm.cli_logging import setup_logging
 from zswarm.errors import InspectError, SwarmUnreachable
-from zswarm.inspect.render import render_raw, render_route, render_server, render_swarm
+from zswarm.inspect.render import render_raw, render_reports, render_route, render_server, render_swarm
+from zswarm.reports import read_reports
 from zswarm.inspect.views import to_jsonable
 
 if TYPE_CHECKING:  # fetch.py imports torch (through wire's transport): only once arguments are parsed
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--max-length", type=int, help="session length in tokens to check cache room for (0)")
     raw = add("raw", "the entries of one DHT key, decoded, with expiry and signature status")
     raw.add_argument("key", help='a DHT key: "models", "MODEL/block/N", or a full key like zswarm/v1/MODEL/block/N')
+    reports = add("reports", "the servers a client found lying: its report file (ClientConfig.report_path)")
+    reports.add_argument("path", help="the report file, one JSON report a line")
     return parser
 
 
@@ -148,8 +153,25 @@ def run(args: argparse.Namespace, inspector: "Inspector") -> int:
         return EXIT_OK
 
 
+def show_reports(args) -> int:
+    """The reports view: a local file, read without joining any swarm."""
+    try:
+        reports, skipped = read_reports(args.path)
+    except OSError as exc:
+        print(f"zswarm-inspect: cannot read reports: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"reports": [dataclasses.asdict(r) for r in reports], "skipped_lines": skipped},
+                         indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(render_reports(reports, skipped))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.view == "reports":
+        return show_reports(args)
     level = getattr(args, "log_level", None) or "WARNING"
     setup_logging(level)
     if level != "DEBUG":  # kademlia warns about every server that left; that is routine here

@@ -183,3 +183,22 @@ def _describe_value(value) -> list[str]:
     if isinstance(value, dict):
         return [f"{k}: {_scalar(v) if not isinstance(v, dict) else v}" for k, v in value.items()]
     return [str(value)]
+
+
+def render_reports(reports, skipped: int = 0) -> str:
+    """Reports of lying servers (zswarm.client.verification.LieReport), oldest first."""
+    if not reports:
+        lines = ["no reports"]
+    else:
+        lines = [f"{'time (UTC)':<20} {'server':<20} {'model':<24} {'blocks':<8} {'verdict':<12} {'position':>8} "
+                 f"{'rel. error':>10} {'tolerance':>9}  witnesses / detail"]
+        for r in reports:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.time))
+            blocks = format_blocks(r.start, r.end) if r.start >= 0 else "?"
+            position = str(r.position) if r.position >= 0 else "-"
+            lines.append(printable(f"{when:<20} {r.peer_id[:20]:<20} {r.model_id[:24]:<24} {blocks:<8} {r.verdict:<12} "
+                                   f"{position:>8} {r.relative_error:>10.3g} {r.tolerance:>9.3g}  "
+                                   f"{', '.join(w[:12] for w in r.witnesses) or '-'}: {r.detail}"))
+    if skipped:
+        lines.append(f"({skipped} lines of the file are not reports and were skipped)")
+    return "\n".join(lines) + "\n"

@@ -143,19 +143,20 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> ServerConfig:
         raise  # unreachable: parser.error exits
 
 
-def main(argv: Optional[Sequence[str]] = None, *, hard_exit: bool = True) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, hard_exit: bool = True, server_class: Optional[type] = None) -> int:
     """Entry point of `zswarm-server`. With `hard_exit`, the process ends right after the server
     has closed everything itself: tearing down torch and transformers at interpreter exit takes
-    seconds and does nothing useful for a process that is leaving anyway."""
+    seconds and does nothing useful for a process that is leaving anyway. `server_class`: a
+    subclass of Server to run (test-only servers, zswarm.testing.liar)."""
     config = parse_config(argv)
     # Before torch loads OpenMP: its worker threads otherwise spin for a while after every op,
     # and on a busy CPU they starve the event-loop thread that answers the network (measured on
     # 2 cores: a 1-token step through a server took 104 ms median with spinning, 4 ms without).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     setup_logging(config.log_level)
-    from zswarm.server.server import run_server  # heavy imports (torch) only after parsing
+    from zswarm.server.server import Server, run_server  # heavy imports (torch) only after parsing
 
-    code = run_server(config)
+    code = run_server(config, server_class or Server)
     if hard_exit:
         logging.shutdown()
         sys.stdout.flush()

@@ -57,6 +57,8 @@ _FROM_SERVING_STATE = ("peer_id", "model_id", "start", "end", "throughput", "inf
 
 
 class Server:
+    rpc_class = ServerRPC  # the handlers; a subclass may serve others (zswarm.testing.liar's)
+
     def __init__(self, config: ServerConfig):
         self.config = config
         self.node: Optional[DHTNode] = None
@@ -174,7 +176,7 @@ class Server:
             forward_rps=self.rates.forward_rps, adapters=tuple(adapter.name for adapter in self.adapters),
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
-        rpc = ServerRPC(self.state, self.sessions, self.compute)
+        rpc = self.rpc_class(self.state, self.sessions, self.compute)
         handlers = rpc.handlers()
         if cfg.metrics_port is not None:
             from zswarm.server.metrics import ServerMetrics  # prometheus_client: only when asked for
@@ -365,7 +367,7 @@ def _log_crash(task: asyncio.Task) -> None:
         logger.error("background task %r crashed", task.get_name(), exc_info=task.exception())
 
 
-def run_server(config: ServerConfig) -> int:
+def run_server(config: ServerConfig, server_class: type = Server) -> int:
     """Run until SIGTERM/SIGINT; 0 on a clean stop, 2 on a configuration or start-up error."""
     # Two threads share the interpreter: the event loop (requests of every session) and the compute
     # thread, which gives the GIL up at every torch call and must get it back at once. With the
@@ -373,7 +375,7 @@ def run_server(config: ServerConfig) -> int:
     # sessions slowed several-fold (GIL convoy). A short interval bounds each such wait.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
-        code = asyncio.run(Server(config).run())
+        code = asyncio.run(server_class(config).run())
         logger.debug("event loop closed; exiting with %d", code)
         return code
     except (ZswarmError, DHTError, WireError) as exc:  # zswarm's tree, and the two below it

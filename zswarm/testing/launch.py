@@ -100,8 +100,9 @@ class ServerProcess:
 
     def __init__(self, args: Sequence, log: str | os.PathLike, *, env: dict | None = None, name: str | None = None,
                  index: int = 0, start: int | None = None, end: int | None = None, peer_id: str | None = None,
-                 detach: bool = False, stop_grace: float = 0.0):
+                 detach: bool = False, stop_grace: float = 0.0, module: str = "zswarm.server.cli"):
         """`start`/`end`/`peer_id`: what is known before it runs (read from the ready file later).
+        `module`: what `python -m` runs with ARGS (a test-only server such as zswarm.testing.liar).
         `detach`: its own session, and SIGTERM when this process dies (LocalSwarm's servers).
         `stop_grace`: seconds `stop()` gives it after SIGTERM; 0 kills it at once."""
         self.args = [str(a) for a in args]
@@ -114,7 +115,7 @@ class ServerProcess:
         self.stop_grace = stop_grace
         self.ready_file = self.log.with_name(self.log.name + ".ready.json")
         self.ready_file.unlink(missing_ok=True)  # a previous run's must not count
-        argv = ["-m", "zswarm.server.cli", *self.args, "--ready-file", str(self.ready_file)]
+        argv = ["-m", module, *self.args, "--ready-file", str(self.ready_file)]
         if detach and sys.platform.startswith("linux"):
             argv = ["-c", LAUNCHER, str(os.getpid()), *argv]
         with open(self.log, "wb") as out:
@@ -220,10 +221,11 @@ class LocalSwarm:
         return [self.bootstrap.address]
 
     def start(self, name: str, start: int, end: int, *, throughput: float | None = 100.0, threads: int = 1,
-              port: int = 0, extra: tuple = ()) -> ServerProcess:
+              port: int = 0, extra: tuple = (), module: str = "zswarm.server.cli") -> ServerProcess:
         """Launch a server for blocks [start, end) with `threads` torch threads, announcing
         `throughput` (None: the server measures it), its RPC (TCP) and DHT (UDP) on `port` (0: free
-        ones); `wait_online` waits for it. `extra`: more zswarm-server arguments."""
+        ones); `wait_online` waits for it. `extra`: more zswarm-server arguments; `module`: what runs
+        them (ServerProcess)."""
         identity = self.workdir / f"{name}.key"
         peer_id = Identity.load_or_create(str(identity)).peer_id
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -237,7 +239,7 @@ class LocalSwarm:
             args += ["--throughput", str(throughput)]
         args += [str(arg) for arg in extra]
         server = ServerProcess(args, self.workdir / f"{name}.log", env=env, name=name, index=len(self.servers),
-                               start=start, end=end, peer_id=peer_id, detach=True)
+                               start=start, end=end, peer_id=peer_id, detach=True, module=module)
         self.servers[name] = server
         return server
 
