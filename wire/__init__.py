@@ -3,7 +3,7 @@
 A server::
 
     async def ping(request): return {}, []
-    server = RpcServer({"ping": ping}); await server.start()     # server.address: "tcp://..."
+    server = RpcServer({"ping": ping}); await server.start()   # server.address: "tcp://...#curve=KEY"
 
 A client::
 
@@ -11,11 +11,12 @@ A client::
     reply = await transport.call(server.address, "ping", timeout=5)   # Reply(meta, tensors)
 """
 from .codec import decode_tensor, encode_tensor, to_wire_dtype
+from .curve import CurveKeys
 from .dispatch import Handler, Reply, Request
 from .envelope import PROTOCOL_VERSION, Message, decode_message, encode_message
-from .errors import (BadHeader, BadTensor, BadVersion, CorruptPayload, MessageTooLarge,
-                     ProtocolError, RemoteError, RequestTimeout, TransportClosed, UnknownMethod,
-                     WireError, register_remote_error)
+from .errors import (BadHeader, BadTensor, BadVersion, CorruptPayload, CurveUnavailable, HandshakeFailed,
+                     MessageTooLarge, PlaintextRefused, ProtocolError, RemoteError, RequestTimeout,
+                     TransportClosed, UnknownMethod, WireError, register_remote_error)
 from .limits import DEFAULT_LIMITS, Limits
 from .loop import BackgroundLoop
 from .server import RpcServer
@@ -25,7 +26,9 @@ __all__ = [
     # errors
     "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
     "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "RemoteError",
-    "register_remote_error",
+    "register_remote_error", "HandshakeFailed", "PlaintextRefused", "CurveUnavailable",
+    # encryption (CURVE)
+    "CurveKeys",
     # codec and envelope
     "encode_tensor", "decode_tensor", "to_wire_dtype", "Message", "encode_message",
     "decode_message", "Limits", "DEFAULT_LIMITS", "PROTOCOL_VERSION",
