@@ -23,7 +23,8 @@ from typing import Mapping
 import zmq
 
 from .codec import plan_compression, wire_tensor
-from .curve import CurveKeys, endpoint
+from .curve import CurveKeys
+from .endpoint import endpoint
 from .dispatch import Handler, Request, exception_reply, run_handler
 from .envelope import (Message, decode_header, decode_tensors, encode_message, error_message,
                        with_request_id)

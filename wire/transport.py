@@ -25,7 +25,8 @@ from typing import Mapping, Sequence
 import torch
 import zmq
 
-from .curve import CurveKeys, split_endpoint
+from .curve import CurveKeys
+from .endpoint import split_endpoint
 from .dispatch import Handler, Reply, Request, run_handler
 from .envelope import Message, decode_message, encode_message
 from .errors import (BadAddress, BadHeader, HandshakeFailed, PlaintextRefused, ProtocolError, RequestTimeout,

@@ -24,6 +24,7 @@ from enum import IntEnum
 
 import msgpack
 
+from wire.endpoint import KEY_BYTES, endpoint
 from zswarm.blocks import format_blocks
 from zswarm.errors import RecordError
 
@@ -72,7 +73,16 @@ class ServerRecord:
     version: str = ""
     public_name: str = ""
     next_pings: dict[str, float] = field(default_factory=dict)  # peer_id -> RTT s to servers of block `end`
+    # Its CURVE public key (32 bytes; b"" for an --insecure-plaintext server). Signed with the rest
+    # of the record by the peer's identity, so only that peer can say which key answers for it.
+    curve_key: bytes = b""
     extra: dict = field(default_factory=dict)  # fields this version does not know, kept verbatim
+
+    @property
+    def endpoint(self) -> str:
+        """What a client dials: `address` naming `curve_key` (wire.curve), so that only the holder
+        of the announced key can answer there."""
+        return endpoint(self.address, self.curve_key)
 
     def to_bytes(self) -> bytes:
         data = dict(self.extra)
@@ -151,6 +161,12 @@ def _adapters(name, v):
     return tuple(check_str(name, a) for a in v)
 
 
+def _curve_key(name, v):
+    if not isinstance(v, bytes) or len(v) not in (0, KEY_BYTES):
+        raise RecordError(f"{name} must be {KEY_BYTES} bytes (or empty: a plaintext server)")
+    return v
+
+
 def _pings(name, v):
     if not isinstance(v, dict) or len(v) > _MAX_ITEMS:
         raise RecordError(f"{name} must be a map of at most {_MAX_ITEMS} peers")
@@ -164,7 +180,7 @@ _WIRE = [
     ("throughput", "tp", _float), ("inference_rps", "ir", _float), ("forward_rps", "fr", _float),
     ("dtype", "dt", check_str), ("quant", "q", check_str), ("cache_tokens_left", "ct", check_int),
     ("adapters", "ad", _adapters), ("version", "ver", check_str), ("public_name", "n", check_str),
-    ("next_pings", "np", _pings),
+    ("next_pings", "np", _pings), ("curve_key", "ck", _curve_key),
 ]
 _REQUIRED = {"peer_id", "address", "model_id", "start", "end"}
 assert [n for n, _, _ in _WIRE] == [f.name for f in fields(ServerRecord)][:-1]

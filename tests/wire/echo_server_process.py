@@ -6,7 +6,7 @@ import os
 import sys
 
 from wire import CurveKeys, RpcServer
-from wire.curve import parse_key
+from wire.endpoint import parse_key
 
 
 async def main(port: int, secret: bytes) -> None:

@@ -6,7 +6,7 @@ import torch
 import zmq
 
 from wire import CurveKeys
-from wire.curve import split_endpoint
+from wire.endpoint import split_endpoint
 from wire.envelope import PROTOCOL_VERSION, Message, decode_message, encode_message
 
 RECV_TIMEOUT_MS = 5000

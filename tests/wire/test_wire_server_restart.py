@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from wire import CurveKeys, RequestTimeout, ZmqTransport
-from wire.curve import format_key
+from wire.endpoint import format_key
 
 SERVER_SCRIPT = Path(__file__).with_name("echo_server_process.py")
 REPO = Path(__file__).resolve().parents[2]  # the script imports this checkout's wire, not an installed one

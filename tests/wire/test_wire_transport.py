@@ -6,7 +6,7 @@ import torch
 
 from wire import (BackgroundLoop, CurveKeys, RemoteError, Reply, RequestTimeout, RpcServer, TransportClosed,
                   ZmqTransport, register_remote_error)
-from wire.curve import endpoint
+from wire.endpoint import endpoint
 
 TIMEOUT = 10.0
 

@@ -22,6 +22,11 @@ class ClientConfig:
     # model's own `model_id` (a local directory's name, or the hub id).
     model_id: str | None = None
 
+    # Also talk to servers that announce no CURVE key (their --insecure-plaintext), in clear:
+    # hidden states, tokens' traces and session ids readable and forgeable on the way. Servers
+    # that announce a key are always dialled with it. For benchmarks and tests only.
+    insecure_plaintext: bool = False
+
     # Hidden states on the wire. "auto": float16 for float16/float32 models, bfloat16 for
     # bfloat16 ones (fp16 would overflow their activations). Exactness tests ask for float32.
     wire_dtype: str = "auto"
