@@ -185,8 +185,7 @@ class Server:
         await self.announcer.announce(ServerState.ONLINE)
         logger.info("serving %s blocks %s of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
                     "%d cache tokens, at %s (peer %s)", source.model_id, format_blocks(start, end), source.num_blocks,
-                    device, dtype_name, cfg.quant, throughput, cache_tokens, endpoint(self.address, self.curve_key),
-                    self.node.peer_id)
+                    device, dtype_name, cfg.quant, throughput, cache_tokens, self.endpoint, self.node.peer_id)
         self._write_ready_file()
 
         self._spawn(self.announcer.run(self.node.peer_id, lambda: self.state.end, source.model_id), "announcer")
@@ -248,13 +247,18 @@ class Server:
             self._write_ready_file()
 
     # ---- helpers ---------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """What a client dials: `address` naming `curve_key` (as ServerRecord.endpoint)."""
+        return endpoint(self.address, self.curve_key)
+
     def _write_ready_file(self) -> None:
         """--ready-file: the signal that this server serves, and where (zswarm.testing.launch reads
         it). Written whole (a temporary file renamed over it), so a reader never sees half of it."""
         path = self.config.ready_file
         if not path:
             return
-        ready = {"address": endpoint(self.address, self.curve_key), "dht_address": self.dht_address, "peer_id": self.node.peer_id,
+        ready = {"address": self.endpoint, "dht_address": self.dht_address, "peer_id": self.node.peer_id,
                  "model_id": self.state.model_id, "start": self.state.start, "end": self.state.end}
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as out:
