@@ -186,8 +186,8 @@ class ZmqTransport(Transport):
         self.compression = compression
         self.insecure_plaintext = insecure_plaintext
         # this client's own pair, for every server it dials (servers do not authenticate clients);
-        # made even for a plaintext transport, which may still dial servers that name a key
-        self.keys = CurveKeys.generate()
+        # made at the first address that names a key, so a plaintext-only transport needs no CURVE
+        self.keys: CurveKeys | None = None
         self._context = context
         self._connections: dict[str, _Connection] = {}
         self._ids = itertools.count(1)
@@ -198,6 +198,8 @@ class ZmqTransport(Transport):
         if server_key is None and not self.insecure_plaintext:
             raise PlaintextRefused(f"{address} names no CURVE key: this transport talks to servers in "
                                    "clear only when made with insecure_plaintext")
+        if server_key is not None and self.keys is None:
+            self.keys = CurveKeys.generate()  # CurveUnavailable before any socket is made
         sock = (self._context or sync_context()).socket(zmq.DEALER)
         configure_socket(sock, self.limits)
         if server_key is not None:
