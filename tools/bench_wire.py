@@ -308,7 +308,8 @@ def main(argv=None) -> int:
             json.dump({"round_trips": rows, "codec": codec, "checks": checks, "curve_checks": curve_checks,
                        "host": {"cpus": os.cpu_count(), "torch": torch.__version__,
                                 "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}}, f, indent=2)
-    return 0 if all(c["decode_ok"] and c["prefill_ok"] for c in checks) and all(c["curve_ok"] for c in curve_checks) else 1
+    passed = all(c["decode_ok"] and c["prefill_ok"] for c in checks) and all(c["curve_ok"] for c in curve_checks)
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
