@@ -24,7 +24,7 @@ from enum import IntEnum
 
 import msgpack
 
-from wire.endpoint import KEY_BYTES, endpoint
+from wire.endpoint import CURVE_MARK, KEY_BYTES, endpoint
 from zswarm.blocks import format_blocks
 from zswarm.errors import RecordError
 
@@ -161,6 +161,13 @@ def _adapters(name, v):
     return tuple(check_str(name, a) for a in v)
 
 
+def _address(name, v):
+    # the key of an endpoint comes from curve_key alone: an address may not bring one of its own
+    if CURVE_MARK in check_str(name, v):
+        raise RecordError(f"{name} must be tcp://host:port, without {CURVE_MARK!r}")
+    return v
+
+
 def _curve_key(name, v):
     if not isinstance(v, bytes) or len(v) not in (0, KEY_BYTES):
         raise RecordError(f"{name} must be {KEY_BYTES} bytes (or empty: a plaintext server)")
@@ -175,7 +182,7 @@ def _pings(name, v):
 
 # (field, wire key, validator): short keys keep 30 records of one block inside one datagram.
 _WIRE = [
-    ("peer_id", "p", check_str), ("address", "a", check_str), ("model_id", "m", check_str),
+    ("peer_id", "p", check_str), ("address", "a", _address), ("model_id", "m", check_str),
     ("start", "s", check_int), ("end", "e", check_int), ("state", "st", _state),
     ("throughput", "tp", _float), ("inference_rps", "ir", _float), ("forward_rps", "fr", _float),
     ("dtype", "dt", check_str), ("quant", "q", check_str), ("cache_tokens_left", "ct", check_int),

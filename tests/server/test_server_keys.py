@@ -34,6 +34,10 @@ def test_the_record_carries_the_key_and_refuses_a_malformed_one():
         plain.curve_key = bad
         with pytest.raises(RecordError, match="curve_key"):
             ServerRecord.from_bytes(plain.to_bytes())
+    # an address may not smuggle in a key (another server's) past curve_key
+    smuggler = ServerRecord(peer_id="p" * 32, address=record.endpoint, model_id="m", start=0, end=2)
+    with pytest.raises(RecordError, match="address"):
+        ServerRecord.from_bytes(smuggler.to_bytes())
 
 
 def test_insecure_plaintext_is_off_unless_asked_for():
