@@ -11,7 +11,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dht.errors import IdentityError
@@ -75,6 +76,13 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         return self._private_key.sign(message)
+
+    def derive_secret(self, label: bytes) -> bytes:
+        """32 secret bytes for `label` (HKDF-SHA256 of the private key): key material for another
+        use, as lasting as this identity, that never reuses the signing key itself."""
+        seed = self._private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                               serialization.NoEncryption())
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(seed)
 
     def __repr__(self) -> str:
         return f"Identity(peer_id={self.peer_id!r})"

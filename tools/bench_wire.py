@@ -7,6 +7,11 @@ round trips (one request in flight) of an echo: the reply carries the same tenso
 
   decode step : 1x1x4096 fp16   (8 KiB)      bar: real p50 <= 1.5x bare p50
   prefill     : 1x512x4096 fp16 (4 MiB)      bar: >= 1 GB/s of tensor bytes (one way)
+  CURVE       : the same, encrypted           bar: decode p50 <= 1.15x plaintext decode p50
+
+"wire" rows are plaintext (--insecure-plaintext servers); "curve" rows the same echo with CURVE
+on, as zswarm runs by default. Both sets run interleaved in one process, so the ratio compares
+like with like; --curve or --plaintext runs one set only.
 
 The prefill path copies nothing in user space: the tensor's memory goes to libzmq as is, and the
 received frame becomes the tensor (tests/wire/test_wire_envelope.py pins both). perf on the
@@ -31,6 +36,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's wire, also in the servers
 
 import torch
 import zmq
@@ -43,14 +51,16 @@ from wire.envelope import Message, encode_message
 SHAPES = {"decode": (1, 1, 4096), "prefill": (1, 512, 4096)}
 DECODE_BAR = 1.5
 PREFILL_BAR_GBPS = 1.0
+CURVE_DECODE_BAR = 1.15  # issue 14: CURVE's decode round trip within 1.15x of plaintext's
+SECURITY_CASES = {"plaintext": "wire", "curve": "curve"}
 
 
 # ---------------------------------------------------------------- servers (child processes)
 
-async def serve_real(compression: str) -> None:
+async def serve_real(compression: str, security: str) -> None:
     async def echo(request):
         return {}, request.tensors
-    server = RpcServer({"echo": echo}, compression=compression)
+    server = RpcServer({"echo": echo}, compression=compression, insecure_plaintext=security == "plaintext")
     await server.start()
     print("ready", server.address, flush=True)
     await asyncio.Event().wait()
@@ -86,6 +96,7 @@ class Child:
 
 def summarize(name: str, kind: str, compression: str, times: list[float], wire_bytes: int,
               tensor_bytes: int) -> dict:
+    # wire_bytes counts our frames as encoded, before CURVE adds its ~33 bytes of box per frame
     times = sorted(times)
     p50 = statistics.median(times)
     p99 = times[min(len(times) - 1, int(0.99 * len(times)))]
@@ -149,17 +160,22 @@ def run_round_trips(args) -> list[dict]:
     children = {"bare": Child("bare")}
     try:
         for compression in args.compressions:
-            children[compression] = Child("real", compression)
+            for security in args.security:
+                children[compression, security] = Child("real", compression, security)
 
         async def main():
             cases, transports = {}, []
             for kind, x in xs.items():
                 cases[("bare zmq", kind, "-")] = BareClient(children["bare"].address, x.numpy().tobytes())
             for compression in args.compressions:
-                transport = ZmqTransport(compression=compression)
-                transports.append(transport)
-                for kind, x in xs.items():
-                    cases[("wire", kind, compression)] = WireClient(transport, children[compression].address, x)
+                for security in args.security:
+                    # plaintext allowed so that one transport kind dials both; CURVE servers'
+                    # addresses name their key, and are dialled with it
+                    transport = ZmqTransport(compression=compression, insecure_plaintext=True)
+                    transports.append(transport)
+                    address = children[compression, security].address
+                    for kind, x in xs.items():
+                        cases[(SECURITY_CASES[security], kind, compression)] = WireClient(transport, address, x)
             try:
                 return await measure(cases, iters, args.warmup, args.rounds)
             finally:
@@ -211,6 +227,15 @@ def codec_costs(reps: int) -> list[dict]:
 
 # ---------------------------------------------------------------- report
 
+def curve_verdict(rows: list[dict], compression: str) -> dict:
+    by = {(r["case"], r["size"], r["compression"]): r for r in rows}
+    ratios = {kind: by[("curve", kind, compression)]["p50_us"] / by[("wire", kind, compression)]["p50_us"]
+              for kind in SHAPES}
+    return {"compression": compression, "curve_decode_ratio": ratios["decode"],
+            "curve_prefill_ratio": ratios["prefill"], "curve_decode_bar": CURVE_DECODE_BAR,
+            "curve_ok": ratios["decode"] <= CURVE_DECODE_BAR}
+
+
 def verdict(rows: list[dict], default: str) -> dict:
     by = {(r["case"], r["size"], r["compression"]): r for r in rows}
     bare_decode = by[("bare zmq", "decode", "-")]["p50_us"]
@@ -224,7 +249,7 @@ def verdict(rows: list[dict], default: str) -> dict:
             "prefill_ok": prefill >= PREFILL_BAR_GBPS}
 
 
-def print_report(rows, codec, checks) -> None:
+def print_report(rows, codec, checks, curve_checks=()) -> None:
     print(f"{'case':<9} {'size':<8} {'compr':<6} {'iters':>6} {'p50 us':>9} {'p99 us':>9} "
           f"{'wire bytes':>11} {'GB/s 1-way':>10}")
     for r in rows:
@@ -244,6 +269,10 @@ def print_report(rows, codec, checks) -> None:
               f"{check['prefill_gbps_one_way']:.2f} GB/s vs bare zmq {check['bare_prefill_gbps_one_way']:.2f} GB/s "
               f"= {check['prefill_ratio_to_bare']:.2f}x bare (bar {PREFILL_BAR_GBPS} GB/s: "
               f"{'ok' if check['prefill_ok'] else 'FAIL'})")
+    for check in curve_checks:
+        print(f"compression={check['compression']}: CURVE decode p50 = {check['curve_decode_ratio']:.3f}x plaintext "
+              f"(bar {CURVE_DECODE_BAR}x: {'ok' if check['curve_ok'] else 'FAIL'}); CURVE prefill p50 = "
+              f"{check['curve_prefill_ratio']:.2f}x plaintext (no bar: libsodium's box over every byte)")
     print("GB/s 1-way = tensor bytes / round-trip p50: an echo carries them both ways, so the link "
           "moves twice that; bare zmq (same bytes, no protocol) shows what this machine's loopback allows.")
 
@@ -257,22 +286,30 @@ def main(argv=None) -> int:
     parser.add_argument("--codec-reps", type=int, default=10)
     parser.add_argument("--compressions", nargs="+", default=["none", "auto", "lz4"],
                         choices=["none", "auto", "lz4"])
+    security = parser.add_mutually_exclusive_group()
+    security.add_argument("--curve", dest="security", action="store_const", const=["curve"],
+                          help="only the CURVE cases (default: CURVE and plaintext, interleaved, and their ratio)")
+    security.add_argument("--plaintext", dest="security", action="store_const", const=["plaintext"],
+                          help="only the plaintext cases")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)  # internal: child server
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(serve_bare() if args.serve[0] == "bare" else serve_real(args.serve[1]))
+        asyncio.run(serve_bare() if args.serve[0] == "bare" else serve_real(*args.serve[1:3]))
         return 0
+    args.security = args.security or ["plaintext", "curve"]
     rows = run_round_trips(args)
     codec = codec_costs(args.codec_reps)
-    checks = [verdict(rows, c) for c in args.compressions]
-    print_report(rows, codec, checks)
+    checks = [verdict(rows, c) for c in args.compressions] if "plaintext" in args.security else []
+    curve_checks = [curve_verdict(rows, c) for c in args.compressions] if len(args.security) == 2 else []
+    print_report(rows, codec, checks, curve_checks)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"round_trips": rows, "codec": codec, "checks": checks,
+            json.dump({"round_trips": rows, "codec": codec, "checks": checks, "curve_checks": curve_checks,
                        "host": {"cpus": os.cpu_count(), "torch": torch.__version__,
                                 "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version()}}, f, indent=2)
-    return 0 if all(c["decode_ok"] and c["prefill_ok"] for c in checks) else 1
+    passed = all(c["decode_ok"] and c["prefill_ok"] for c in checks) and all(c["curve_ok"] for c in curve_checks)
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

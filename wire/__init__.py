@@ -3,7 +3,7 @@
 A server::
 
     async def ping(request): return {}, []
-    server = RpcServer({"ping": ping}); await server.start()     # server.address: "tcp://..."
+    server = RpcServer({"ping": ping}); await server.start()   # server.address: "tcp://...#curve=KEY"
 
 A client::
 
@@ -21,10 +21,12 @@ _HOMES = {
     "PROTOCOL_VERSION": "envelope", "Message": "envelope", "decode_message": "envelope", "encode_message": "envelope",
     "Limits": "limits", "DEFAULT_LIMITS": "limits",
     "BackgroundLoop": "loop",
+    "CurveKeys": "curve",
     "RpcServer": "server",
     "MockTransport": "transport", "Transport": "transport", "ZmqTransport": "transport",
 }
-for _name in ("BadHeader", "BadTensor", "BadVersion", "CorruptPayload", "MessageTooLarge", "ProtocolError",
+for _name in ("BadHeader", "BadTensor", "BadVersion", "CorruptPayload", "CurveUnavailable", "HandshakeFailed",
+              "MessageTooLarge", "PlaintextRefused", "ProtocolError",
               "RemoteError", "RequestTimeout", "TransportClosed", "UnknownMethod", "WireError", "register_remote_error"):
     _HOMES[_name] = "errors"
 
@@ -46,7 +48,9 @@ __all__ = [
     # errors
     "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
     "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "RemoteError",
-    "register_remote_error",
+    "register_remote_error", "HandshakeFailed", "PlaintextRefused", "CurveUnavailable",
+    # encryption (CURVE)
+    "CurveKeys",
     # codec and envelope
     "encode_tensor", "decode_tensor", "to_wire_dtype", "Message", "encode_message",
     "decode_message", "Limits", "DEFAULT_LIMITS", "PROTOCOL_VERSION",

@@ -14,6 +14,10 @@
     ├── TransportClosed            the transport (or its server) was closed
     ├── BadAddress (ValueError)    an address ZeroMQ cannot connect to
     ├── SocketError                ZeroMQ refused a send (zmq.ZMQError chained)
+    ├── HandshakeFailed            the CURVE handshake failed: the server does not hold the key
+    │                              its address names (or speaks plaintext, or we do)
+    ├── PlaintextRefused           an address without a CURVE key, and plaintext not allowed
+    ├── CurveUnavailable           this libzmq was built without CURVE
     └── RemoteError(code, message) the server answered with an error reply
 
 Every class has a string ``code``; the server answers any exception that has a ``code``
@@ -26,7 +30,8 @@ from __future__ import annotations
 __all__ = [
     "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
     "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "BadAddress",
-    "SocketError", "RemoteError", "register_remote_error", "remote_error_from_reply",
+    "SocketError", "HandshakeFailed", "PlaintextRefused", "CurveUnavailable", "RemoteError",
+    "register_remote_error", "remote_error_from_reply",
 ]
 
 
@@ -78,6 +83,18 @@ class BadAddress(WireError, ValueError):
 
 class SocketError(WireError):
     code = "socket_error"
+
+
+class HandshakeFailed(WireError):
+    code = "handshake_failed"
+
+
+class PlaintextRefused(WireError):
+    code = "plaintext_refused"
+
+
+class CurveUnavailable(WireError):
+    code = "curve_unavailable"
 
 
 class RemoteError(WireError):

@@ -12,6 +12,10 @@ that need lz4 over more than OFFLOAD_BYTES are compressed off the loop as well (
 of bf16 on the dev box, long enough to hold up every other request); replies are matched by id,
 so their order does not matter. Handlers that compute must do so off the event loop
 (run_in_executor).
+
+CURVE is on unless ``insecure_plaintext``: the server listens with ``keys`` (an ephemeral pair
+when none is given) and ``address`` names its public key (see curve.py), so a client that dials
+``address`` talks to this server and no other. It accepts any client key (no ZAP handler).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from typing import Callable, Mapping, Sequence
 import zmq
 
 from .codec import Checked, plan_compression, wire_tensor
+from .curve import CurveKeys
+from .endpoint import endpoint
 from .dispatch import Handler, Request, exception_reply, run_handler
 from .envelope import (Message, decode_header, decode_tensors, encode_message, error_message,
                        with_request_id)
@@ -45,13 +51,17 @@ Admit = Callable[[str, dict, Sequence[Checked]], None]
 class RpcServer:
     def __init__(self, handlers: Mapping[str, Handler], host: str = "127.0.0.1", port: int = 0,
                  limits: Limits = DEFAULT_LIMITS, *, compression: str = "auto",
-                 context: zmq.Context | None = None, admit: Admit | None = None):
+                 context: zmq.Context | None = None, admit: Admit | None = None, keys: CurveKeys | None = None,
+                 insecure_plaintext: bool = False):
+        if keys is not None and insecure_plaintext:
+            raise ValueError("give CURVE keys or insecure_plaintext, not both")
         self.handlers = dict(handlers)
         self.admit = admit
         self.host, self.port = host, port
         self.limits = limits
         self.compression = compression
-        self.address: str | None = None
+        self.keys = None if insecure_plaintext else keys or CurveKeys.generate()
+        self.address: str | None = None  # tcp://host:port, with #curve=KEY unless plaintext
         self._context = context
         self._sock: LoopSocket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,16 +71,21 @@ class RpcServer:
         ctx = self._context or sync_context()
         sock = ctx.socket(zmq.ROUTER)
         configure_socket(sock, self.limits)
+        if self.keys is not None:
+            sock.curve_server = True
+            sock.curve_secretkey = self.keys.secret
         try:
             sock.bind(f"tcp://{self.host}:{self.port or '*'}")
         except zmq.ZMQError:
             sock.close(linger=0)
             raise
-        self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.port = int(self.address.rsplit(":", 1)[1])
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(bound.rsplit(":", 1)[1])
+        self.address = endpoint(bound, self.keys and self.keys.public)
         self._loop = asyncio.get_running_loop()
         self._sock = LoopSocket(sock, self._on_message, self._loop)
-        logger.info("rpc server listening on %s (%s)", self.address, ", ".join(sorted(self.handlers)))
+        logger.info("rpc server listening on %s, %s (%s)", bound, "CURVE" if self.keys else "PLAINTEXT",
+                    ", ".join(sorted(self.handlers)))
 
     async def stop(self) -> None:
         if self._sock is not None:

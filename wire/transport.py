@@ -5,22 +5,32 @@ one reader task that matches replies to requests by id. Every call has its own t
 reconnects by itself, so a transport outlives a server restart: calls in flight when the server
 died time out, later ones are served once it is back. All calls of one transport must come from
 one event loop (sync code: see wire.loop.BackgroundLoop).
+
+Addresses name the server's CURVE key (wire.curve): the DEALER dials with it and a keypair of
+this transport's own, so only the key's holder can read or answer. A socket monitor reports the
+handshake: when it fails (the server there does not hold that key, or one side is plaintext),
+the calls waiting on that connection fail at once with HandshakeFailed, and so do new ones
+until a handshake succeeds, instead of each timing out. An address without a key is refused
+(PlaintextRefused) unless the transport was made with ``insecure_plaintext``.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
+import struct
 from abc import ABC, abstractmethod
 from typing import Mapping, Sequence
 
 import torch
 import zmq
 
+from .curve import CurveKeys
+from .endpoint import split_endpoint
 from .dispatch import Handler, Reply, Request, run_handler
 from .envelope import Message, decode_message, encode_message
-from .errors import (BadAddress, BadHeader, ProtocolError, RequestTimeout, SocketError, TransportClosed,
-                     remote_error_from_reply)
+from .errors import (BadAddress, BadHeader, HandshakeFailed, PlaintextRefused, ProtocolError, RequestTimeout,
+                     SocketError, TransportClosed, remote_error_from_reply)
 from .limits import DEFAULT_LIMITS, Limits
 from .sockets import LoopSocket, configure_socket, sync_context
 
@@ -86,13 +96,25 @@ def _reply_or_error(msg: Message):
     return BadHeader(f"expected a reply, got a {msg.kind!r}")
 
 
+_HANDSHAKE_FAILED = {int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "the server closed the connection during it",
+                     int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "protocol error",
+                     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "authentication refused"}
+_HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_HANDSHAKE_EVENTS = _HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILED)
+_MECHANISM_MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+
+
 class _Connection:
     """One DEALER to one address and its requests in flight; replies are matched in the
-    socket's reader callback, which completes the caller's future directly."""
+    socket's reader callback, which completes the caller's future directly. `refused` holds the
+    last handshake failure until a handshake succeeds."""
 
-    def __init__(self, sock: zmq.Socket, address: str, limits: Limits, loop: asyncio.AbstractEventLoop):
-        self.address, self.limits = address, limits
+    def __init__(self, sock: zmq.Socket, monitor: zmq.Socket, address: str, limits: Limits,
+                 loop: asyncio.AbstractEventLoop, curve: bool):
+        self.address, self.limits, self.curve = address, limits, curve
         self.pending: dict[int, asyncio.Future] = {}
+        self.refused: HandshakeFailed | None = None
+        self.monitor = LoopSocket(monitor, self._on_event, loop)
         self.sock = LoopSocket(sock, self._on_message, loop)
 
     def _on_message(self, frames: list) -> None:
@@ -116,7 +138,32 @@ class _Connection:
         else:
             fut.set_exception(outcome)
 
+    def _on_event(self, frames: list) -> None:
+        event, value = struct.unpack("=HI", frames[0].bytes[:6])
+        if event == _HANDSHAKE_SUCCEEDED:
+            self.refused = None
+            return
+        if event not in _HANDSHAKE_FAILED:
+            return
+        detail = _HANDSHAKE_FAILED[event]
+        if event == int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL) and value == _MECHANISM_MISMATCH:
+            detail = "the server speaks CURVE" if not self.curve else "the server speaks plaintext"
+        why = ("the server there does not hold the CURVE key its address names, or speaks no CURVE"
+               if self.curve else "the server there wants CURVE: dial it with its key")
+        if self.refused is None:  # libzmq retries every second: say it once, not each time
+            logger.warning("handshake with %s failed (%s): %s", self.address, detail, why)
+        self.refused = HandshakeFailed(f"handshake with {self.address} failed ({detail}): {why}")
+        for fut in list(self.pending.values()):
+            if not fut.done():
+                fut.set_exception(HandshakeFailed(str(self.refused)))
+
     def close(self) -> None:
+        if not self.sock.closed:
+            try:
+                self.sock.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+        self.monitor.close()
         self.sock.close()
         for fut in self.pending.values():
             if not fut.done():
@@ -134,24 +181,41 @@ FULL_QUEUE_RETRY_S = 0.01
 
 class ZmqTransport(Transport):
     def __init__(self, *, limits: Limits = DEFAULT_LIMITS, compression: str = "auto",
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, insecure_plaintext: bool = False):
         self.limits = limits
         self.compression = compression
+        self.insecure_plaintext = insecure_plaintext
+        # this client's own pair, for every server it dials (servers do not authenticate clients);
+        # made at the first address that names a key, so a plaintext-only transport needs no CURVE
+        self.keys: CurveKeys | None = None
         self._context = context
         self._connections: dict[str, _Connection] = {}
         self._ids = itertools.count(1)
         self._closed = False
 
     def _connect(self, address: str) -> _Connection:
+        tcp_address, server_key = split_endpoint(address)
+        if server_key is None and not self.insecure_plaintext:
+            raise PlaintextRefused(f"{address} names no CURVE key: this transport talks to servers in "
+                                   "clear only when made with insecure_plaintext")
+        if server_key is not None and self.keys is None:
+            self.keys = CurveKeys.generate()  # CurveUnavailable before any socket is made
         sock = (self._context or sync_context()).socket(zmq.DEALER)
         configure_socket(sock, self.limits)
+        if server_key is not None:
+            sock.curve_serverkey = server_key
+            sock.curve_publickey = self.keys.public
+            sock.curve_secretkey = self.keys.secret
+        monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)  # before connect, or it may miss the handshake
         try:
-            sock.connect(address)
+            sock.connect(tcp_address)
         except zmq.ZMQError as exc:
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=0)
             raise BadAddress(f"bad address {address!r}: {exc}") from exc
-        conn = self._connections[address] = _Connection(sock, address, self.limits,
-                                                        asyncio.get_running_loop())
+        conn = self._connections[address] = _Connection(sock, monitor, address, self.limits,
+                                                        asyncio.get_running_loop(), server_key is not None)
         return conn
 
     async def call(self, address: str, method: str, meta: dict | None = None,
@@ -165,6 +229,8 @@ class ZmqTransport(Transport):
         if self._closed:
             raise TransportClosed("transport is closed")
         conn = self._connections.get(address) or self._connect(address)
+        if conn.refused is not None:
+            raise HandshakeFailed(str(conn.refused))
         rid = next(self._ids)
         frames = encode_message(Message(method, meta if meta is not None else {}, list(tensors), rid),
                                 compression=self.compression)
@@ -248,7 +314,7 @@ class MockTransport(Transport):
         self.calls.append((address, method))
         sent = self._through_wire(Message(method, meta if meta is not None else {}, list(tensors),
                                           next(self._ids)))
-        handlers = self.servers.get(address)
+        handlers = self.servers.get(address, self.servers.get(split_endpoint(address)[0]))
         if handlers is None:
             raise RequestTimeout(f"{method} to {address}: no server there (mock)")
         handler = handlers.get(method)

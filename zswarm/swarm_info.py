@@ -24,6 +24,7 @@ from enum import IntEnum
 
 import msgpack
 
+from wire.endpoint import CURVE_MARK, KEY_BYTES, endpoint
 from zswarm.blocks import format_blocks
 from zswarm.errors import RecordError
 
@@ -73,7 +74,16 @@ class ServerRecord:
     public_name: str = ""
     next_pings: dict[str, float] = field(default_factory=dict)  # peer_id -> RTT s to servers of block `end`
     started_at: float = 0.0  # unix time the server process started (uptime = now - this); 0: not announced
+    # Its CURVE public key (32 bytes; b"" for an --insecure-plaintext server). Signed with the rest
+    # of the record by the peer's identity, so only that peer can say which key answers for it.
+    curve_key: bytes = b""
     extra: dict = field(default_factory=dict)  # fields this version does not know, kept verbatim
+
+    @property
+    def endpoint(self) -> str:
+        """What a client dials: `address` naming `curve_key` (wire.curve), so that only the holder
+        of the announced key can answer there."""
+        return endpoint(self.address, self.curve_key)
 
     def to_bytes(self) -> bytes:
         data = dict(self.extra)
@@ -152,6 +162,19 @@ def _adapters(name, v):
     return tuple(check_str(name, a) for a in v)
 
 
+def _address(name, v):
+    # the key of an endpoint comes from curve_key alone: an address may not bring one of its own
+    if CURVE_MARK in check_str(name, v):
+        raise RecordError(f"{name} must be tcp://host:port, without {CURVE_MARK!r}")
+    return v
+
+
+def _curve_key(name, v):
+    if not isinstance(v, bytes) or len(v) not in (0, KEY_BYTES):
+        raise RecordError(f"{name} must be {KEY_BYTES} bytes (or empty: a plaintext server)")
+    return v
+
+
 def _pings(name, v):
     if not isinstance(v, dict) or len(v) > _MAX_ITEMS:
         raise RecordError(f"{name} must be a map of at most {_MAX_ITEMS} peers")
@@ -160,12 +183,12 @@ def _pings(name, v):
 
 # (field, wire key, validator): short keys keep 30 records of one block inside one datagram.
 _WIRE = [
-    ("peer_id", "p", check_str), ("address", "a", check_str), ("model_id", "m", check_str),
+    ("peer_id", "p", check_str), ("address", "a", _address), ("model_id", "m", check_str),
     ("start", "s", check_int), ("end", "e", check_int), ("state", "st", _state),
     ("throughput", "tp", _float), ("inference_rps", "ir", _float), ("forward_rps", "fr", _float),
     ("dtype", "dt", check_str), ("quant", "q", check_str), ("cache_tokens_left", "ct", check_int),
     ("adapters", "ad", _adapters), ("version", "ver", check_str), ("public_name", "n", check_str),
-    ("next_pings", "np", _pings), ("started_at", "t0", _float),
+    ("next_pings", "np", _pings), ("started_at", "t0", _float), ("curve_key", "ck", _curve_key),
 ]
 _REQUIRED = {"peer_id", "address", "model_id", "start", "end"}
 assert [n for n, _, _ in _WIRE] == [f.name for f in fields(ServerRecord)][:-1]

@@ -240,7 +240,7 @@ def test_a_server_that_moves_keeps_serving_its_adapters_on_the_new_blocks(tiny_m
             await server.move_to(3, 6)
             transport = ZmqTransport()
             try:
-                reply = await transport.call(server.address, "forward", {"adapter": "terse"}, [hidden], timeout=20)
+                reply = await transport.call(server.endpoint, "forward", {"adapter": "terse"}, [hidden], timeout=20)
             finally:
                 await transport.close()
             return reply.tensors[0]

@@ -50,7 +50,7 @@ def test_a_server_on_every_interface_announces_an_address_others_can_reach(tiny_
             assert record.address == server.address
             transport = ZmqTransport()
             try:
-                assert (await transport.call(record.address, "ping", {}, timeout=10)).meta == {}
+                assert (await transport.call(record.endpoint, "ping", {}, timeout=10)).meta == {}
             finally:
                 await transport.close()
         finally:

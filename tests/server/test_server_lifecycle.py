@@ -25,7 +25,7 @@ def test_server_serves_then_stops_with_exit_code_0_and_an_offline_record(tiny_mo
                          and server.announcer.state == ServerState.ONLINE)
         transport = ZmqTransport()
         x = torch.randn(1, 3, 64)
-        out = (await transport.call(server.address, "forward", {}, [x], timeout=10)).tensors[0]
+        out = (await transport.call(server.endpoint, "forward", {}, [x], timeout=10)).tensors[0]
         torch.testing.assert_close(out, tiny_span.forward(x), rtol=1e-5, atol=1e-5)
         await transport.close()
         watcher = DHTNode(initial_peers=[server.node.address])

@@ -5,6 +5,8 @@ import pytest
 import torch
 import zmq
 
+from wire import CurveKeys
+from wire.endpoint import split_endpoint
 from wire.envelope import PROTOCOL_VERSION, Message, decode_message, encode_message
 
 RECV_TIMEOUT_MS = 5000
@@ -48,7 +50,11 @@ def raw_dealer(live_server):
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
-    sock.connect(live_server.address)
+    # a stranger with a key of its own: CURVE keeps out no one who dials with the server's key
+    address, server_key = split_endpoint(live_server.address)
+    mine = CurveKeys.generate()
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_key, mine.public, mine.secret
+    sock.connect(address)
     try:
         yield sock
     finally:

@@ -16,7 +16,8 @@ def test_public_api_is_pinned():
     assert sorted(wire.__all__) == sorted([
         "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
         "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "RemoteError",
-        "register_remote_error", "encode_tensor", "decode_tensor", "to_wire_dtype", "Message",
+        "register_remote_error", "HandshakeFailed", "PlaintextRefused", "CurveUnavailable", "CurveKeys",
+        "encode_tensor", "decode_tensor", "to_wire_dtype", "Message",
         "encode_message", "decode_message", "Limits", "DEFAULT_LIMITS", "PROTOCOL_VERSION",
         "Transport", "ZmqTransport", "MockTransport", "Reply", "Request", "Handler", "RpcServer",
         "BackgroundLoop"])
@@ -30,7 +31,8 @@ def test_error_tree_matches_the_documented_one():
     for cls in (wire.BadHeader, wire.UnknownMethod, wire.BadTensor, wire.MessageTooLarge,
                 wire.CorruptPayload):
         assert issubclass(cls, wire.ProtocolError)
-    for cls in (wire.ProtocolError, wire.RequestTimeout, wire.TransportClosed, wire.RemoteError):
+    for cls in (wire.ProtocolError, wire.RequestTimeout, wire.TransportClosed, wire.RemoteError,
+                wire.HandshakeFailed, wire.PlaintextRefused, wire.CurveUnavailable):
         assert issubclass(cls, wire.WireError)
     err = RemoteError("bad_input", "no")
     assert (err.code, err.message) == ("bad_input", "no")

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from wire import RequestTimeout, ZmqTransport
+from wire import CurveKeys, RequestTimeout, ZmqTransport
+from wire.endpoint import format_key
 
 SERVER_SCRIPT = Path(__file__).with_name("echo_server_process.py")
+REPO = Path(__file__).resolve().parents[2]  # the script imports this checkout's wire, not an installed one
 START_TIMEOUT = 30.0
 
 
@@ -23,9 +25,11 @@ def free_port() -> int:
 
 
 class EchoServerProcess:
-    def __init__(self, port: int):
-        self.proc = subprocess.Popen([sys.executable, str(SERVER_SCRIPT), str(port)],
-                                     stdout=subprocess.PIPE, text=True)
+    def __init__(self, port: int, secret: bytes):
+        self.proc = subprocess.Popen([sys.executable, str(SERVER_SCRIPT), str(port), format_key(secret)],
+                                     stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                         [str(REPO), os.environ.get("PYTHONPATH", "")])})
         line = self.proc.stdout.readline()  # bounded: the process prints or dies
         if not line.startswith("ready"):
             self.kill()
@@ -43,15 +47,15 @@ class EchoServerProcess:
 def server_processes():
     started = []
     try:
-        yield lambda port: started.append(EchoServerProcess(port)) or started[-1]
+        yield lambda port, secret: started.append(EchoServerProcess(port, secret)) or started[-1]
     finally:
         for server in started:
             server.kill()
 
 
 def test_client_survives_server_kill_and_restart(server_processes):
-    port = free_port()
-    first = server_processes(port)
+    port, secret = free_port(), CurveKeys.generate().secret  # a persistent key, as a server's identity gives
+    first = server_processes(port, secret)
     x = torch.randn(1, 4, 64).half()
 
     async def main():
@@ -63,7 +67,8 @@ def test_client_survives_server_kill_and_restart(server_processes):
             with pytest.raises(RequestTimeout):
                 await transport.call(first.address, "echo", {"n": 2}, [x], timeout=0.3)
 
-            second = await asyncio.to_thread(server_processes, port)
+            second = await asyncio.to_thread(server_processes, port, secret)
+            assert second.address == first.address
             for attempt in range(60):  # reconnect backoff is at most 1 s
                 try:
                     reply = await transport.call(second.address, "echo", {"n": 3}, [x], timeout=1.0)

@@ -4,8 +4,9 @@ import asyncio
 import pytest
 import torch
 
-from wire import (BackgroundLoop, RemoteError, Reply, RequestTimeout, RpcServer, TransportClosed,
+from wire import (BackgroundLoop, CurveKeys, RemoteError, Reply, RequestTimeout, RpcServer, TransportClosed,
                   ZmqTransport, register_remote_error)
+from wire.endpoint import endpoint
 
 TIMEOUT = 10.0
 
@@ -90,7 +91,8 @@ def test_call_to_dead_address_times_out():
     async def main():
         async with ZmqTransport() as transport:
             with pytest.raises(RequestTimeout):
-                await transport.call("tcp://127.0.0.1:9", "ping", timeout=0.2)
+                await transport.call(endpoint("tcp://127.0.0.1:9", CurveKeys.generate().public), "ping",
+                                     timeout=0.2)
     run(main())
 
 
@@ -100,7 +102,7 @@ def test_an_address_zeromq_cannot_connect_to_raises_bad_address_a_wire_error():
     async def main():
         async with ZmqTransport() as transport:
             with pytest.raises(BadAddress, match="bad address") as caught:
-                await transport.call("nonsense://x", "ping", timeout=0.2)
+                await transport.call(endpoint("nonsense://x", CurveKeys.generate().public), "ping", timeout=0.2)
             assert isinstance(caught.value, WireError) and isinstance(caught.value, ValueError)
     run(main())
 

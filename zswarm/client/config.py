@@ -25,6 +25,11 @@ class ClientConfig:
     # model's own `model_id` (a local directory's name, or the hub id).
     model_id: str | None = None
 
+    # Also talk to servers that announce no CURVE key (their --insecure-plaintext), in clear:
+    # hidden states, tokens' traces and session ids readable and forgeable on the way. Servers
+    # that announce a key are always dialled with it. For benchmarks and tests only.
+    insecure_plaintext: bool = False
+
     # Hidden states on the wire. "auto": the model's own dtype (float32 when its config names
     # none), so the swarm's greedy output is local HF's; "float16" halves the bytes of a float32
     # model at the cost of rounding between servers. The model's `wire_dtype` attribute (and an

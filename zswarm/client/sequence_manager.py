@@ -139,7 +139,8 @@ class SequenceManager:
         raise KeyError(f"no record of server {peer_id}")
 
     def address(self, peer_id: str) -> str:
-        return self.record(peer_id).address
+        """What to dial: the record's address naming its CURVE key (ServerRecord.endpoint)."""
+        return self.record(peer_id).endpoint
 
     async def ping(self, peer_id: str) -> bool:
         """Measure the RTT to `peer_id`; a server that does not answer is banned."""

@@ -47,7 +47,8 @@ class SwarmConnection:
                 async def fetch_records():
                     return await afetch_block_servers(dht, model_id, 0, num_blocks)
 
-            self.transport = transport if transport is not None else ZmqTransport()
+            self.transport = (transport if transport is not None
+                              else ZmqTransport(insecure_plaintext=config.insecure_plaintext))
             self.manager = SequenceManager(config, model_id=model_id, num_blocks=num_blocks,
                                            transport=self.transport, fetch_records=fetch_records)
         self.run(self.manager.start())

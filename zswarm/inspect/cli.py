@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     swarm = add("swarm", "every model: health, per-block coverage and the servers (the default view)")
     swarm.add_argument("--model", help="only this model")
     server = add("server", "info and ping of one server, by its RPC address (no DHT needed)")
-    server.add_argument("address", help="host:port or tcp://host:port (the address in the server table)")
+    server.add_argument("address", help="host:port or tcp://host:port, with #curve=KEY for a CURVE server (as the server "
+                        "logs it at start-up and `route --json` shows it)")
     route = add("route", "the inference route a client here would take now, and its cost per token")
     route.add_argument("model", help="model id as servers announce it")
     route.add_argument("--max-length", type=int, help="session length in tokens to check cache room for (0)")

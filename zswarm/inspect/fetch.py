@@ -17,6 +17,7 @@ from dht import DHTConfig, DHTNode
 from dht.errors import BootstrapError, DHTError, ExpiredEntry, InvalidEntry
 from dht.node import listen_host_for, parse_address
 from wire import BackgroundLoop, ZmqTransport
+from wire.endpoint import split_endpoint
 from zswarm.errors import InspectError, RecordError, SwarmUnreachable
 from zswarm.records import MODELS_KEY, afetch_block_servers, alist_models, block_key
 from zswarm.swarm_info import MAX_BLOCKS, ServerRecord
@@ -34,12 +35,15 @@ PROBE_CHUNK = 64  # blocks fetched per round when a model's block count was neve
 
 
 def normalize_rpc_address(text: str) -> str:
-    """"host:port" or "tcp://host:port" -> "tcp://host:port"."""
+    """"host:port" or "tcp://host:port", either with the "#curve=KEY" a CURVE server logs at
+    start-up -> "tcp://host:port[#curve=KEY]"."""
     address = text if text.startswith("tcp://") else f"tcp://{text}"
     try:
-        parse_address(address[len("tcp://"):])
+        tcp_address, _ = split_endpoint(address)
+        parse_address(tcp_address[len("tcp://"):])
     except ValueError:
-        raise InspectError(f"a server address is host:port or tcp://host:port, got {text!r}") from None
+        raise InspectError(f"a server address is host:port or tcp://host:port (with #curve=KEY for a CURVE "
+                           f"server), got {text!r}") from None
     return address
 
 
@@ -113,7 +117,7 @@ class Inspector:
         fetched = {}
         for model_id, num_blocks in sorted(models.items()):
             fetched[model_id] = await self._blocks(node, model_id, num_blocks)
-        peers = {r.peer_id: r.address for blocks in fetched.values() for b in blocks for r in b.values()}
+        peers = {r.peer_id: r.endpoint for blocks in fetched.values() for b in blocks for r in b.values()}
         pings = await self._ping_all(peers) if ping else {}
         view = SwarmReport(list(self.initial_peers), time.time())
         for model_id, blocks in fetched.items():
@@ -166,7 +170,7 @@ class Inspector:
         if model_id not in models:
             raise InspectError(_not_announced(model_id, models))
         blocks = await self._blocks(node, model_id, models[model_id])
-        peers = {r.peer_id: r.address for b in blocks for r in b.values()}
+        peers = {r.peer_id: r.endpoint for b in blocks for r in b.values()}
         pings = await self._ping_all(peers)
         return plan_route(model_id, len(blocks), blocks, pings, max_length=max_length)
 
@@ -206,7 +210,9 @@ def _not_announced(model_id: str, models) -> str:
 
 
 async def _make_transport() -> ZmqTransport:
-    return ZmqTransport()
+    # Inspect sends only pings and `info`, nothing secret, so it also reaches plaintext servers;
+    # a server whose record names a CURVE key is still dialled with it, and must hold it.
+    return ZmqTransport(insecure_plaintext=True)
 
 
 def check_blob(verifier, dkey: bytes, blob: bytes, now: float) -> RawEntry:

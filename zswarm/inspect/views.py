@@ -95,7 +95,7 @@ class SwarmReport:
 @dataclass
 class RouteHop:
     peer_id: str
-    address: str
+    address: str  # what to dial: ServerRecord.endpoint (names its CURVE key)
     start: int
     end: int
     rtt: float | None
@@ -220,7 +220,7 @@ def plan_route(model_id: str, num_blocks: int, blocks: Sequence[dict[str, Server
     for span in route:
         c = by_peer[span.peer_id]
         rps = c.inference_rps if c.inference_rps and c.inference_rps > 0 else float("nan")
-        hops.append(RouteHop(span.peer_id, records[span.peer_id].address, span.start, span.end,
+        hops.append(RouteHop(span.peer_id, records[span.peer_id].endpoint, span.start, span.end,
                              rtts.get(span.peer_id), span.length / rps))
     return RouteView(model_id, num_blocks, hops, cost, [], max_length)
 

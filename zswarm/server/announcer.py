@@ -65,7 +65,7 @@ class Announcer:
         targets = [r for pid, r in servers.items() if pid != my_peer_id and r.state != ServerState.OFFLINE]
         targets = targets[:MAX_PINGED]
 
-        rtts = await measure_rtts(self.transport, {r.peer_id: r.address for r in targets}, timeout=NEXT_PING_TIMEOUT_S)
+        rtts = await measure_rtts(self.transport, {r.peer_id: r.endpoint for r in targets}, timeout=NEXT_PING_TIMEOUT_S)
         self.next_pings = {pid: round(t, 6) for pid, t in rtts.items() if t is not None}
         return self.next_pings
 

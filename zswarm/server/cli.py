@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "initial_peers": dict(nargs="+", metavar="HOST:PORT"),
         "adapters": dict(nargs="+", metavar="PATH"),
         "new_swarm": dict(action="store_true"),
+        "insecure_plaintext": dict(action="store_true"),
         "rebalance": dict(action=argparse.BooleanOptionalAction),
         "cuda_graphs": dict(action=argparse.BooleanOptionalAction),
         "log_level": dict(type=str.upper, choices=LOG_LEVELS),

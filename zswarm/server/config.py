@@ -49,7 +49,8 @@ class ServerConfig:
     dht_port: int = 0  # DHT (UDP) port; 0 picks a free one
     initial_peers: tuple[str, ...] = ()  # HOST:PORT of DHT nodes of an existing swarm
     new_swarm: bool = False  # start a new swarm (own DHT) instead of joining one
-    identity: Optional[str] = None  # file with this server's key; created if missing (stable peer id)
+    identity: Optional[str] = None  # file with this server's key; created if missing (stable peer id and CURVE key)
+    insecure_plaintext: bool = False  # no CURVE encryption: serve and ping other servers in clear (benchmarks, tests only)
     public_name: str = ""  # a name shown to others (e.g. a URL or a nickname)
 
     # --- compute -------------------------------------------------------------------------

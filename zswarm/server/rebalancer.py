@@ -40,7 +40,7 @@ async def measure_rtts(transport, blocks: list[dict[str, ServerRecord]], my_peer
     """peer_id -> RTT (s) to every other live server, the least of two pings (the first also pays
     for connecting), over `transport` (the server's own); those that do not answer are left out."""
     records = live_records(blocks, exclude=my_peer_id)
-    rtts = await probe.measure_rtts(transport, {peer: r.address for peer, r in records.items()},
+    rtts = await probe.measure_rtts(transport, {peer: r.endpoint for peer, r in records.items()},
                                     timeout=REBALANCE_PING_TIMEOUT_S, tries=2)
     return {peer_id: t for peer_id, t in rtts.items() if t is not None}
 

@@ -26,6 +26,7 @@ import zmq
 import zswarm
 from dht import DHTError, DHTNode, Identity
 from wire import RpcServer, WireError, ZmqTransport
+from wire.endpoint import endpoint
 from zswarm import dtypes
 from zswarm.blocks import format_blocks
 from zswarm.errors import ZswarmError
@@ -38,6 +39,7 @@ from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ConfigError, ServerConfig
 from zswarm.server.handlers import ServerRPC, ServingState
+from zswarm.server.keys import server_curve_keys
 from zswarm.server.loading import graphs_refused, load_blocks, resolve_device, resolve_dtype
 from zswarm.server.memory import BlockShape, default_cache_tokens, fit_cache_tokens, free_device_bytes, plan_num_blocks
 from zswarm.server.quant import check_quant_available
@@ -71,7 +73,8 @@ class Server:
         self.rebalancer: Optional[Rebalancer] = None
         self.rates: Optional[Rates] = None
         self.adapters: list = []  # LoraAdapter, checked at start; put on every span loaded
-        self.address = ""
+        self.address = ""  # tcp://host:port it announces (ServerRecord.address)
+        self.curve_key = b""  # its CURVE public key (ServerRecord.curve_key); b"" when plaintext
         self.dht_address = ""  # HOST:PORT others give as --initial-peers to join through this server
         self.started_at = time.time()  # announced, for the uptime zswarm-inspect shows
         self.metrics = None  # ServerMetrics with --metrics-port
@@ -155,7 +158,8 @@ class Server:
             cache_tokens = fit_cache_tokens(free_device_bytes(device), shape, dtype_name, cfg.quant, blocks_to_host,
                                             cache_tokens)
         self.rates = await loop.run_in_executor(None, self._get_rates, blocks_to_host)
-        self.transport = ZmqTransport()  # every ping this server sends (placement, next_pings) goes through it
+        # every ping this server sends (placement, next_pings) goes through it, encrypted like a client's
+        self.transport = ZmqTransport(insecure_plaintext=cfg.insecure_plaintext)
         throughput = cfg.throughput or self.rates.throughput(blocks_to_host)
 
         if cfg.block_indices is not None:
@@ -189,12 +193,18 @@ class Server:
                 raise bind_error(exc, "metrics port (TCP)", cfg.host, cfg.metrics_port, "--metrics-port") from None
             self.metrics_address = f"http://{public_host}:{port}/metrics"
             logger.info("Prometheus metrics at %s", self.metrics_address)
-        self.rpc_server = RpcServer(handlers, host=cfg.host, port=cfg.port, admit=rpc.admit)
+        keys = None if cfg.insecure_plaintext else server_curve_keys(identity)
+        self.rpc_server = RpcServer(handlers, host=cfg.host, port=cfg.port, admit=rpc.admit, keys=keys,
+                                    insecure_plaintext=cfg.insecure_plaintext)
         try:
             await self.rpc_server.start()
         except zmq.ZMQError as exc:
             raise bind_error(exc, "RPC port (TCP)", cfg.host, cfg.port, "--port") from None
         self.address = f"tcp://{public_host}:{self.rpc_server.port}"
+        self.curve_key = keys.public if keys is not None else b""
+        if keys is None:
+            logger.warning("--insecure-plaintext: hidden states and session ids to and from this server travel "
+                           "in clear, and clients cannot tell it from an impostor at its address")
         self.announcer = Announcer(self.node, self.transport, self._record, num_blocks=source.num_blocks,
                                    ttl=cfg.record_ttl, period=cfg.update_period)
         await self.announcer.announce(ServerState.JOINING)
@@ -204,7 +214,7 @@ class Server:
         await self.announcer.announce(ServerState.ONLINE)
         logger.info("serving %s blocks %s of %d on %s, %s, quant=%s, throughput %.1f tokens/s, "
                     "%d cache tokens, at %s (peer %s)", source.model_id, format_blocks(start, end), source.num_blocks,
-                    device, dtype_name, cfg.quant, throughput, cache_tokens, self.address, self.node.peer_id)
+                    device, dtype_name, cfg.quant, throughput, cache_tokens, self.endpoint, self.node.peer_id)
         self._write_ready_file()
 
         self._spawn(self.announcer.run(self.node.peer_id, lambda: self.state.end, source.model_id), "announcer")
@@ -268,13 +278,18 @@ class Server:
             self._write_ready_file()
 
     # ---- helpers ---------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """What a client dials: `address` naming `curve_key` (as ServerRecord.endpoint)."""
+        return endpoint(self.address, self.curve_key)
+
     def _write_ready_file(self) -> None:
         """--ready-file: the signal that this server serves, and where (zswarm.testing.launch reads
         it). Written whole (a temporary file renamed over it), so a reader never sees half of it."""
         path = self.config.ready_file
         if not path:
             return
-        ready = {"address": self.address, "dht_address": self.dht_address, "peer_id": self.node.peer_id,
+        ready = {"address": self.endpoint, "dht_address": self.dht_address, "peer_id": self.node.peer_id,
                  "model_id": self.state.model_id, "start": self.state.start, "end": self.state.end}
         if self.metrics_address:
             ready["metrics_address"] = self.metrics_address
@@ -287,7 +302,8 @@ class Server:
         """What this server offers now, as announced: ServingState's fields of the same name, plus
         what only the server knows (its address, free cache, public name)."""
         return ServerRecord(**{name: getattr(self.state, name) for name in _FROM_SERVING_STATE},
-                            adapters=tuple(self.state.adapters), address=self.address, state=state,
+                            adapters=tuple(self.state.adapters), address=self.address, curve_key=self.curve_key,
+                            state=state,
                             cache_tokens_left=self.sessions.budget.free, public_name=self.config.public_name,
                             started_at=self.started_at)
 

@@ -79,7 +79,7 @@ def server_env(base: dict | None = None, **extra: str) -> dict:
 class Ready:
     """What a server's ready file says (zswarm.server.server.Server._write_ready_file)."""
 
-    address: str  # its RPC address, tcp://host:port
+    address: str  # what a client dials: tcp://host:port#curve=KEY (wire.endpoint); no #curve with --insecure-plaintext
     dht_address: str  # HOST:PORT to give as --initial-peers to join through it
     peer_id: str
     model_id: str
@@ -258,7 +258,7 @@ class LocalSwarm:
             for server in list(waiting):
                 record = blocks[server.start].get(server.peer_id)
                 if record is not None and record.state == ServerState.ONLINE:
-                    server.address = record.address
+                    server.address = record.endpoint
                     waiting.remove(server)
                     if on_online is not None:
                         on_online(server, time.monotonic() - began)
