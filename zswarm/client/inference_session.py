@@ -261,7 +261,7 @@ class InferenceSession:
         Returns (position the replay started at, replay outputs or None if nothing was replayed,
         step outputs)."""
         if span.session_id is None:
-            await self._open(span)
+            span.position, span.pending_hypo_ids = 0, None  # the server session opens with the first send
         if span.position > self.position:
             raise RuntimeError("a span never holds more than the session")  # rollback keeps this true
         replayed_from, replayed = span.position, []
@@ -285,6 +285,9 @@ class InferenceSession:
         """inference_step of `inputs` at the span's position; the span then holds them too."""
         meta = self.manager.request_meta(session_id=span.session_id, position=span.position,
                                          tensor_names=["hidden"])
+        opening = span.session_id is None
+        if opening:  # the server opens the session with this step: one round trip, not two
+            meta["open"] = self._open_meta(span)
         tensors = [inputs]
         if span.pending_hypo_ids is not None:
             meta["tensor_names"].append("hypo_ids")
@@ -293,23 +296,22 @@ class InferenceSession:
             meta["tensor_names"].append("prompts")
             prompts = self.prompts[span.start - self.start:span.end - self.start]
             tensors.append(prompts.expand(-1, inputs.shape[0], -1, -1).contiguous())
-        timeout = self.config.step_timeout if inputs.shape[1] == 1 else self.config.request_timeout
+        timeout = self.config.step_timeout if inputs.shape[1] == 1 and not opening else self.config.request_timeout
         reply = await self.manager.call(span.address, "inference_step", meta, tensors, timeout=timeout)
         out = _single_hidden(reply, expected=inputs.shape, peer=span.peer_id).to(self.wire_dtype)
+        if opening:
+            span.session_id = _session_id(reply, span.peer_id)
         span.pending_hypo_ids = None
         span.position += inputs.shape[1]
         return out
 
-    async def _open(self, span: SpanSession) -> None:
+    def _open_meta(self, span: SpanSession) -> dict:
+        """open_session's fields for `span`, sent as the `open` of its first inference_step."""
         meta = self.manager.request_meta(start=span.start, end=span.end, max_length=self.max_length,
                                          batch_size=self.batch_size, wait_timeout=self.config.cache_wait_timeout)
         if self.left_pad is not None:
             meta["left_pad"] = list(self.left_pad)  # in the rows' current order (reorder keeps it so)
-        reply = await self.manager.call(span.address, "open_session", meta, timeout=self.config.request_timeout)
-        session_id = reply.meta.get("session_id")
-        if not isinstance(session_id, (str, int)):
-            raise ServerUnavailable(f"{span.peer_id} answered open_session without a session_id")
-        span.session_id, span.position, span.pending_hypo_ids = session_id, 0, None
+        return meta
 
     # ---- routing and replacement ----------------------------------------------------------
     async def _route(self, start: int, end: int, budget: RetryBudget) -> list[SpanSession]:
@@ -377,6 +379,13 @@ class InferenceSession:
                 logger.debug("close_session on %s failed: %s", span.peer_id, describe(exc))
 
         await asyncio.gather(*(close_one(s) for s in spans))
+
+
+def _session_id(reply, peer: str):
+    session_id = reply.meta.get("session_id")
+    if not isinstance(session_id, (str, int)):
+        raise ServerUnavailable(f"{peer} answered the first step without a session_id")
+    return session_id
 
 
 def _single_hidden(reply, *, expected: torch.Size, peer: str) -> torch.Tensor:

@@ -115,7 +115,14 @@ class ServerRPC:
 
     # ---- inference sessions ------------------------------------------------------------------
     async def rpc_open_session(self, request):
-        s, meta = self.state, request.meta
+        session = await self._open_session(request.meta, request.peer)
+        return {"session_id": session.session_id}, []
+
+    async def _open_session(self, meta, peer) -> ServerSession:
+        """A new session from `meta` (open_session's, or the `open` of a first inference_step)."""
+        s = self.state
+        if not isinstance(meta, dict):
+            raise BadInputError(f"'open' must be a map of open_session's fields, got {type(meta).__name__}")
         start, end = block_range(meta, s.start, s.end)
         adapter = self._check_adapter(meta)
         max_length = meta_int(meta, "max_length", low=1)
@@ -127,10 +134,8 @@ class ServerRPC:
         wait = meta_float(meta, "wait_timeout", default=0.0, high=s.max_wait_timeout)
         span = self._span_for(start, end)
         left_pad = meta_left_pad(meta, batch_size, max_length, span.family)
-        session = await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
-                                           wait_timeout=wait, span=span, peer=request.peer, adapter=adapter,
-                                           left_pad=left_pad)
-        return {"session_id": session.session_id}, []
+        return await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
+                                        wait_timeout=wait, span=span, peer=peer, adapter=adapter, left_pad=left_pad)
 
     async def rpc_close_session(self, request):
         session_id = request.meta.get("session_id")
@@ -143,12 +148,28 @@ class ServerRPC:
 
     async def rpc_inference_step(self, request):
         meta = request.meta
+        if "open" in meta and meta.get("session_id") is None:
+            return await self._open_and_step(request)
         # Take the session's lock before any other await: steps pipelined on one connection are
         # then served in the order they were sent (see wire/server.py).
         session = self.sessions.get(meta.get("session_id"))
         async with session.lock:
             session = self.sessions.get(session.session_id)  # closed or expired while we queued?
             return await self._inference_step(session, meta, request.tensors)
+
+    async def _open_and_step(self, request):
+        """A session's first step with its opening (`meta["open"]`: open_session's fields): the
+        first token then costs the client one round trip per server, not two. A step that fails
+        closes the session it opened: the client never learnt its id."""
+        session = await self._open_session(request.meta["open"], request.peer)
+        try:
+            async with session.lock:
+                _, outputs = await self._inference_step(session, request.meta, request.tensors)
+        except BaseException:
+            if self.sessions.close(session.session_id, why="failed its first step"):
+                self.batcher.forget(session.session_id)
+            raise
+        return {"session_id": session.session_id}, outputs
 
     async def _inference_step(self, session: ServerSession, meta: dict, tensors):
         s = self.state
