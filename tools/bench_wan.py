@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, bench_client
@@ -106,6 +107,66 @@ def timed_tokens(model, prompt, new_tokens: int):
     return clock, out[0, prompt.shape[1]:].tolist()
 
 
+def run_failover(model_dir: str, args) -> dict:
+    """kill -9 of the server in use mid-generation, a replica of its blocks alive, DEFAULT client
+    settings, on loopback: seconds from the kill to the next token, and whether the tokens equal an
+    undisturbed run's. One swarm; each run starts a fresh victim and client."""
+    from zswarm import AutoDistributedModelForCausalLM
+    from zswarm.models import resolve_model
+    from zswarm.testing.launch import LocalSwarm
+
+    source = resolve_model(model_dir)
+    half = source.num_blocks // 2
+    prompt = torch.randint(0, int(source.config.vocab_size), (1, args.prompt_len),
+                           generator=torch.Generator().manual_seed(1))
+    runs = []
+    with LocalSwarm(model_dir, source.model_id, source.num_blocks, tempfile.mkdtemp(prefix="bench-wan-kill-")) as swarm:
+        first = swarm.start("a", 0, half, threads=args.threads)
+        spares = [swarm.start(f"b{i}", half, source.num_blocks, threads=args.threads) for i in range(2)]
+        swarm.wait_online()
+        reference = AutoDistributedModelForCausalLM.from_pretrained(model_dir, initial_peers=swarm.initial_peers,
+                                                                    wire_dtype="float32", show_route=False)
+        try:
+            _, expected = timed_tokens(reference, prompt, args.new_tokens)
+        finally:
+            reference.close()
+        for run in range(args.failover):
+            model = AutoDistributedModelForCausalLM.from_pretrained(model_dir, initial_peers=swarm.initial_peers,
+                                                                    wire_dtype="float32", show_route=False)
+            killed = {}
+            try:
+                with model.inference_session(max_length=args.prompt_len + args.new_tokens + 1) as session:
+                    def kill(n_tokens, session=session):
+                        if n_tokens == args.new_tokens // 2:
+                            victim = next(s for s in swarm.servers.values() if s.peer_id == session.spans[-1].peer_id)
+                            killed.update(name=victim.name, at=time.perf_counter())
+                            swarm.kill(victim)
+
+                    clock = TokenClock(kill)
+                    from transformers import StoppingCriteriaList
+                    out = model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                         do_sample=False, stopping_criteria=StoppingCriteriaList([clock]),
+                                         session=session)
+                    after = next(t for t in clock.times if t > killed["at"])
+                    runs.append({"kill_to_next_token_s": after - killed["at"], "failovers": session.failovers,
+                                 "same_tokens": out[0, prompt.shape[1]:].tolist() == expected,
+                                 "failure": session.failures[0][2] if session.failures else None})
+            except Exception as exc:  # a run that gives up is a result, not the end of the bench
+                runs.append({"error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                model.close()
+            # a fresh replica for the next run, so one is always alive beside the one in use
+            name = killed.get("name")
+            if name:
+                server = swarm.servers.pop(name)
+                replacement = swarm.start(f"{name}-{run}", server.start, server.end, threads=args.threads)
+                swarm.wait_online(replacement)
+    times = [r["kill_to_next_token_s"] for r in runs if "kill_to_next_token_s" in r]
+    return {"runs": runs, "median_kill_to_next_token_s": statistics.median(times) if times else None,
+            "max_kill_to_next_token_s": max(times) if times else None,
+            "errors": sum("error" in r for r in runs), "all_tokens_identical": all(r.get("same_tokens") for r in runs)}
+
+
 def print_table(results: list[dict], args) -> None:
     print(f"tiny llama, prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.threads} thread(s) per "
           f"process, medians of {args.repeats}")
@@ -121,7 +182,8 @@ def print_table(results: list[dict], args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", nargs="+", default=list(DEFAULT_SCENARIOS), choices=sorted(SCENARIOS))
+    parser.add_argument("--scenarios", nargs="*", default=list(DEFAULT_SCENARIOS), choices=sorted(SCENARIOS),
+                        help="scenarios to run (none: only --failover)")
     parser.add_argument("--modes", nargs="+", choices=sorted(MODES), help="client modes (default: all available)")
     parser.add_argument("--model", help="checkpoint dir (default: a tiny random Llama of --blocks blocks)")
     parser.add_argument("--blocks", type=int, default=6, help="blocks of the tiny Llama")
@@ -129,6 +191,8 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
+    parser.add_argument("--failover", type=int, default=0, metavar="N",
+                        help="also N kill -9 runs on loopback with default client settings (0: none)")
     parser.add_argument("--list", action="store_true", help="print the scenarios as JSON and exit")
     parser.add_argument("--json", help="write the results as JSON to this path")
     args = parser.parse_args(argv)
@@ -150,8 +214,15 @@ def main(argv=None) -> int:
                                              num_layers=args.blocks))
     results = [run_scenario(SCENARIOS[name], model_dir, args, modes) for name in args.scenarios]
     print_table(results, args)
+    failover = run_failover(model_dir, args) if args.failover else None
+    if failover:
+        print(f"kill -9 of the server in use, replica alive, default client settings, {args.failover} runs: "
+              f"kill -> next token median {failover['median_kill_to_next_token_s']:.3f} s, max "
+              f"{failover['max_kill_to_next_token_s']:.3f} s, errors {failover['errors']}, tokens identical "
+              f"{failover['all_tokens_identical']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "failover": failover},
+                                              indent=1))
     return 0
 
 

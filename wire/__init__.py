@@ -13,7 +13,7 @@ A client::
 from .codec import decode_tensor, encode_tensor, to_wire_dtype
 from .dispatch import Handler, Reply, Request
 from .envelope import PROTOCOL_VERSION, Message, decode_message, encode_message
-from .errors import (BadHeader, BadTensor, BadVersion, CorruptPayload, MessageTooLarge,
+from .errors import (BadHeader, BadTensor, BadVersion, ConnectionLost, CorruptPayload, MessageTooLarge,
                      ProtocolError, RemoteError, RequestTimeout, TransportClosed, UnknownMethod,
                      WireError, register_remote_error)
 from .limits import DEFAULT_LIMITS, Limits
@@ -24,7 +24,7 @@ from .transport import MockTransport, Transport, ZmqTransport
 __all__ = [
     # errors
     "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
-    "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "RemoteError",
+    "MessageTooLarge", "CorruptPayload", "RequestTimeout", "ConnectionLost", "TransportClosed", "RemoteError",
     "register_remote_error",
     # codec and envelope
     "encode_tensor", "decode_tensor", "to_wire_dtype", "Message", "encode_message",

@@ -16,11 +16,12 @@ from typing import Mapping, Sequence
 
 import torch
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from .dispatch import Handler, Reply, Request, run_handler
 from .envelope import Message, decode_message, encode_message
-from .errors import (BadAddress, BadHeader, ProtocolError, RequestTimeout, SocketError, TransportClosed,
-                     remote_error_from_reply)
+from .errors import (BadAddress, BadHeader, ConnectionLost, ProtocolError, RequestTimeout, SocketError,
+                     TransportClosed, remote_error_from_reply)
 from .limits import DEFAULT_LIMITS, Limits
 from .sockets import LoopSocket, configure_socket, sync_context
 
@@ -86,6 +87,9 @@ def _reply_or_error(msg: Message):
     return BadHeader(f"expected a reply, got a {msg.kind!r}")
 
 
+_LOST_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+
+
 class _Connection:
     """One DEALER to one address and its requests in flight; replies are matched in the
     socket's reader callback, which completes the caller's future directly."""
@@ -94,6 +98,27 @@ class _Connection:
         self.address, self.limits = address, limits
         self.pending: dict[int, asyncio.Future] = {}
         self.sock = LoopSocket(sock, self._on_message, loop)
+        # libzmq tells of a dropped TCP connection, and of each refused reconnect, on a monitor
+        # socket. A request in flight on a dropped connection will get no reply (the server's
+        # ROUTER knows the reconnected peer under another id), and one waiting for a connection
+        # that was refused has nobody to go to: both fail then, not at their timeouts.
+        self.monitor = LoopSocket(sock.get_monitor_socket(_LOST_EVENTS), self._on_event, loop)
+
+    def _on_event(self, frames: list) -> None:
+        try:
+            event = parse_monitor_message([bytes(f) for f in frames])["event"]
+        except Exception:  # not a monitor message we can read: nothing to act on
+            return
+        if event == zmq.EVENT_DISCONNECTED:
+            why = "dropped with the call in flight"
+        elif event == zmq.EVENT_CONNECT_RETRIED:
+            why = "was refused: nobody listens there"
+        else:
+            return
+        lost = ConnectionLost(f"the connection to {self.address} {why}")
+        for fut in list(self.pending.values()):
+            if not fut.done():
+                fut.set_exception(lost)
 
     def _on_message(self, frames: list) -> None:
         pending = self.pending
@@ -117,6 +142,11 @@ class _Connection:
             fut.set_exception(outcome)
 
     def close(self) -> None:
+        try:
+            self.sock.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self.monitor.close()
         self.sock.close()
         for fut in self.pending.values():
             if not fut.done():

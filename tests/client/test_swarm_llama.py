@@ -74,6 +74,8 @@ def test_kill_9_of_a_server_with_a_replica_mid_generation_gives_identical_tokens
         more = model.generate(None, max_new_tokens=13, session=session,
                               stopping_criteria=StoppingCriteriaList([AtStep(5, lambda: swarm.kill(victim))]))
         assert not victim.alive and session.failovers >= 1
+        # noticed from the dropped (then refused) connection, not from a missed ping or a timeout
+        assert session.failures[0][1] == victim.peer_id and "ConnectionLost" in session.failures[0][2]
         assert [(s.start, s.end) for s in session.spans] == [(0, 2), (2, 4), (4, 6)]
         assert session.spans[1].peer_id == _peer(swarm, "b2" if victim.name == "b" else "b")
     assert torch.equal(torch.cat([out, more], dim=1), llama_reference.generate(PROMPT, max_new_tokens=16))

@@ -10,7 +10,9 @@ from wire import RpcServer
 async def main(port: int) -> None:
     async def echo(request):
         return {**request.meta, "pid": os.getpid()}, request.tensors
-    server = RpcServer({"echo": echo}, port=port)
+    async def hang(request):  # a call that stays in flight until the process is killed
+        await asyncio.Event().wait()
+    server = RpcServer({"echo": echo, "hang": hang}, port=port)
     await server.start()
     print("ready", server.address, flush=True)
     await asyncio.Event().wait()
