@@ -281,3 +281,23 @@ def test_a_first_step_that_fails_closes_the_session_it_opened(live):
     sid = live.open()  # and the server goes on serving
     assert live.step(sid, hidden_states(1, 1, seed=34), 0).shape == (1, 1, 64)
     live.call("close_session", {"session_id": sid})
+
+
+@pytest.mark.parametrize("push, fragment", [("tcp://x:1", "list of at most"), ([{"address": "ipc:///x"}], "tcp://"),
+                                            ([{"address": "tcp://127.0.0.1:1", "session_id": "../../"}], "session_id"),
+                                            ([{"address": "tcp://127.0.0.1:1", "session_id": "a" * 16, "open": 3}],
+                                             "'open' must be a map")])
+def test_a_bad_push_list_is_refused_before_the_step_runs(live, push, fragment):
+    sid = live.open()
+    with pytest.raises(BadInputError, match=fragment):
+        live.step(sid, hidden_states(1, 1, seed=35), 0, push=push)
+    assert live.step(sid, hidden_states(1, 1, seed=35), 0).shape == (1, 1, 64)  # nothing was stepped
+    live.call("close_session", {"session_id": sid})
+
+
+def test_a_step_result_nobody_pushes_ends_at_its_wait_with_a_typed_error(live):
+    with pytest.raises(BadPositionError, match="did not push it"):
+        live.call("step_result", {"session_id": "b" * 32, "position": 0, "wait_timeout": 0.2})
+    with pytest.raises(BadInputError, match="session_id"):
+        live.call("step_result", {"session_id": 5, "position": 0})
+    assert len(live.rpc.rendezvous) <= 1  # a wait that ended leaves at most its own slot, dropped later

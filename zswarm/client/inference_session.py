@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -232,6 +233,8 @@ class InferenceSession:
             self.spans = await self._route(self.start, self.end, budget)
             self._log_route()
         block = self.start
+        if self._can_push():
+            block, hidden = await self._push_step(hidden, budget)
         while block < self.end:
             index = self._span_index_at(block)
             span = self.spans[index]
@@ -255,6 +258,70 @@ class InferenceSession:
             hidden = out
             block = span.end
         return hidden
+
+    # ---- server-to-server push (relay="server") -------------------------------------------
+    def _can_push(self) -> bool:
+        """Push when every span holds exactly the session's tokens (nothing to replay), no beam
+        reorder is pending and no deep prompts travel: the step is then the same on every span."""
+        if self.config.relay != "server" or len(self.spans) < 2 or self.prompts is not None:
+            return False
+        return all(span.pending_hypo_ids is None and span.position == self.position
+                   and (span.session_id is not None or self.position == 0) for span in self.spans)
+
+    async def _push_step(self, hidden: torch.Tensor, budget: RetryBudget) -> tuple[int, torch.Tensor]:
+        """One step that the servers hand on to each other (client -> s1 -> s2 -> ...); the client
+        asks each later server for its output (`step_result`) at the same time, so it keeps the
+        history it replays from. Returns where the client-relayed loop goes on: (self.end, the
+        last output) when every span answered, else (the failed span's start, its input) after
+        the failed server was replaced; spans before it hold the step."""
+        n, position = hidden.shape[1], self.position
+        spans = list(self.spans)
+        hops = []
+        for span in spans[1:]:
+            hop = {"address": span.address, "session_id": span.session_id or secrets.token_hex(16)}
+            if span.session_id is None:
+                hop["open"] = self._open_meta(span)
+            hops.append(hop)
+        first = spans[0]
+        meta = self.manager.request_meta(session_id=first.session_id, position=position, tensor_names=["hidden"],
+                                         push=hops)
+        if first.session_id is None:
+            meta["open"] = self._open_meta(first)
+        slow = n > 1 or any(span.session_id is None for span in spans)
+        timeout = self.config.request_timeout if slow else self.config.step_timeout
+        calls = [self.manager.call(first.address, "inference_step", meta, [hidden], timeout=timeout)]
+        calls += [self.manager.call(span.address, "step_result", self.manager.request_meta(
+            session_id=hop["session_id"], position=position, wait_timeout=timeout), timeout=timeout)
+            for span, hop in zip(spans[1:], hops)]
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        inputs = hidden
+        try:
+            for i, (span, task) in enumerate(zip(spans, tasks)):
+                try:
+                    reply = await task
+                    out = _single_hidden(reply, expected=inputs.shape, peer=span.peer_id).to(self.wire_dtype)
+                    if span.session_id is None:
+                        span.session_id = _session_id(reply, span.peer_id) if i == 0 else hops[i - 1]["session_id"]
+                except Exception as exc:
+                    if not is_server_fault(exc):
+                        raise
+                    # Later spans did not get this step, or may have: their positions say they did
+                    # not, and a step at that position rolls theirs back. Ones the push was to open
+                    # open afresh (a session the push did open there expires unused).
+                    self.failures.append((time.monotonic(), span.peer_id, describe(exc)))
+                    self.manager.on_failure(span.peer_id, exc)
+                    budget.fail(exc, span.start, span.end)
+                    await self._replace(self.spans.index(span), budget, cause=exc)
+                    return span.start, inputs
+                span.position += n
+                self.manager.on_success(span.peer_id)
+                self._history_at(span.start, inputs).write(position, inputs)
+                inputs = out
+            return self.end, inputs
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
 
     async def _step_span(self, span: SpanSession, hidden: torch.Tensor):
         """One step on `span`, preceded by the history it lacks (a fresh server: all of it).

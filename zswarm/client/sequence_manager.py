@@ -178,7 +178,7 @@ class SequenceManager:
             await self.update()
         with self._naming_adapter():
             route = find_inference_route(self.candidates(start, end, tokens_needed=batch_size * max_length),
-                                         start, end, hop_overhead=self.config.hop_overhead_s,
+                                         start, end, hop_overhead=self.config.hop_overhead_s, relay=self.config.relay,
                                          no_cache_penalty=self.config.no_cache_penalty_s,
                                          unknown_rtt=self.config.unknown_rtt_s, model_id=self.model_id)
         await self._probe_banned(route)

@@ -159,7 +159,7 @@ class Server:
             forward_rps=self.rates.forward_rps, adapters=tuple(adapter.name for adapter in self.adapters),
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
-        rpc = ServerRPC(self.state, self.sessions, self.compute)
+        rpc = ServerRPC(self.state, self.sessions, self.compute, self.transport)
         self.rpc_server = RpcServer(rpc.handlers(), host=cfg.host, port=cfg.port)
         try:
             await self.rpc_server.start()

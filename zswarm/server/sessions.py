@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from zswarm.errors import CacheFullError, ShuttingDownError, TooManyTokensError, UnknownSessionError
+from zswarm.errors import BadInputError, CacheFullError, ShuttingDownError, TooManyTokensError, UnknownSessionError
 from zswarm.models.kv_pool import reserved_tokens
 from zswarm.server.cache_budget import BudgetTimeout, CacheBudget
 
@@ -70,9 +70,13 @@ class ServerSessions:
 
     async def open(self, *, start: int, end: int, max_length: int, batch_size: int, wait_timeout: float,
                    span: Any, peer: bytes = b"", adapter: Optional[str] = None,
-                   left_pad: Optional[list[int]] = None) -> ServerSession:
+                   left_pad: Optional[list[int]] = None, session_id: Optional[str] = None) -> ServerSession:
+        """`session_id`: the id a client chose (a session opened by a pushed step, whose client
+        names it before the server has answered); by default a fresh random one."""
         if not self.accepting:
             raise ShuttingDownError(self.refusal)
+        if session_id is not None and (session_id in self._sessions or session_id in self._ended):
+            raise BadInputError(f"session id {session_id[:16]} is taken; choose another")
         tokens = reserved_tokens(batch_size, max_length)  # whole pages of the KV pool
         if tokens > self.budget.capacity:
             raise TooManyTokensError(
@@ -89,8 +93,11 @@ class ServerSessions:
         if not self.accepting:  # began shutting down while we waited
             self.budget.release(tokens)
             raise ShuttingDownError(self.refusal)
+        if session_id is not None and session_id in self._sessions:  # taken while we waited
+            self.budget.release(tokens)
+            raise BadInputError(f"session id {session_id[:16]} is taken; choose another")
         session = ServerSession(
-            session_id=secrets.token_hex(16), start=start, end=end, max_length=max_length,
+            session_id=session_id or secrets.token_hex(16), start=start, end=end, max_length=max_length,
             batch_size=batch_size, span=span, peer=peer, adapter=adapter, left_pad=left_pad, last_used=self.clock(),
         )
         self._sessions[session.session_id] = session
