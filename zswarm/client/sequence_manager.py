@@ -51,6 +51,7 @@ class SequenceManager:
         self.bans = BanList(config.ban_base_s, config.ban_max_s, clock)
         self.blocks: list[dict[str, ServerRecord]] = [{} for _ in range(num_blocks)]
         self.rtts: dict[str, float] = {}
+        self._missed: dict[tuple[int, str], int] = {}  # (block, peer) kept once though a fetch lacked it
         self.updated_at: float | None = None
         self._lock: asyncio.Lock | None = None
         self._wake: asyncio.Event | None = None
@@ -95,12 +96,28 @@ class SequenceManager:
         async with self._lock:
             fetched = list(await self.fetch_records())
             fetched += [{}] * (self.num_blocks - len(fetched))
-            self.blocks = [{peer: rec for peer, rec in block.items() if self._usable(rec)}
-                           for block in fetched[: self.num_blocks]]
+            self.blocks = self._merged(fetched[: self.num_blocks])
             self.updated_at = self.clock()
             peers = self.peers()
             to_ping = peers if ping_all else [p for p in peers if p not in self.rtts]
             await asyncio.gather(*(self.ping(p) for p in to_ping))
+
+    def _merged(self, fetched: list[dict[str, ServerRecord]]) -> list[dict[str, ServerRecord]]:
+        """The usable records of `fetched`, plus those of the last view that this fetch lacks
+        (not ones it shows in another state) the first time they are missing. A DHT lookup that
+        waits on a node killed a moment ago may come back short; dropping the replica it missed
+        left a route only through the dead server ("the last one left ... does not answer")."""
+        blocks, missed = [], {}
+        for b, block in enumerate(fetched):
+            usable = {peer: rec for peer, rec in block.items() if self._usable(rec)}
+            old = self.blocks[b] if b < len(self.blocks) else {}
+            for peer, rec in old.items():
+                if peer not in block and not self._missed.get((b, peer)):
+                    usable[peer] = rec
+                    missed[(b, peer)] = 1
+            blocks.append(usable)
+        self._missed = missed
+        return blocks
 
     def _usable(self, rec: ServerRecord) -> bool:
         if rec.state != ServerState.ONLINE or rec.model_id != self.model_id:
