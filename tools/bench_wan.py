@@ -168,7 +168,7 @@ def run_failover(model_dir: str, args) -> dict:
 
 
 def print_table(results: list[dict], args) -> None:
-    print(f"tiny llama, prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.threads} thread(s) per "
+    print(f"tiny {args.family}, prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.threads} thread(s) per "
           f"process, medians of {args.repeats}")
     print(f"{'scenario':<30} {'mode':<14} {'TTFT ms':>9} {'ms/token':>9} {'tokens/s':>9} {'TTFT/tok':>9} "
           f"{'vs base':>8} {'same':>5}")
@@ -186,7 +186,9 @@ def main(argv=None) -> int:
                         help="scenarios to run (none: only --failover)")
     parser.add_argument("--modes", nargs="+", choices=sorted(MODES), help="client modes (default: all available)")
     parser.add_argument("--model", help="checkpoint dir (default: a tiny random Llama of --blocks blocks)")
-    parser.add_argument("--blocks", type=int, default=6, help="blocks of the tiny Llama")
+    parser.add_argument("--blocks", type=int, default=6, help="blocks of the tiny model")
+    parser.add_argument("--family", default="llama", help="family of the tiny random model (llama, mistral, qwen2, "
+                        "mixtral, bloom, falcon)")
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5)
@@ -210,7 +212,7 @@ def main(argv=None) -> int:
     if model_dir is None:
         from zswarm.models.testing import make_tiny_checkpoint
 
-        model_dir = str(make_tiny_checkpoint("llama", Path(tempfile.mkdtemp(prefix="bench-wan-model-")),
+        model_dir = str(make_tiny_checkpoint(args.family, Path(tempfile.mkdtemp(prefix="bench-wan-model-")),
                                              num_layers=args.blocks))
     results = [run_scenario(SCENARIOS[name], model_dir, args, modes) for name in args.scenarios]
     print_table(results, args)
