@@ -42,18 +42,25 @@ SCENARIOS = {
 DEFAULT_SCENARIOS = ("near-3", "uniform-3x100")
 
 # Client modes compared within a scenario: ClientConfig settings. The first is the baseline.
+# "generate": keyword arguments of generate (speculative decoding by prompt lookup).
 MODES: dict[str, dict] = {
     "client-relay": {"relay": "client"},
     "push": {"relay": "server"},
+    "push+lookup": {"relay": "server", "generate": {"prompt_lookup_num_tokens": 4}},
 }
+DEFAULT_MODES = ("client-relay", "push")
 
 
 def available_modes() -> dict[str, dict]:
     """The modes whose settings this checkout's ClientConfig has."""
     from zswarm.client.config import ClientConfig
 
-    fields = set(ClientConfig.__dataclass_fields__)
+    fields = set(ClientConfig.__dataclass_fields__) | {"generate"}
     return {name: mode for name, mode in MODES.items() if set(mode) <= fields} or {"default": {}}
+
+
+def client_settings(mode: dict) -> dict:
+    return {k: v for k, v in mode.items() if k != "generate"}
 
 
 def run_scenario(scenario: Scenario, model_dir: str, args, modes: dict[str, dict]) -> dict:
@@ -62,21 +69,20 @@ def run_scenario(scenario: Scenario, model_dir: str, args, modes: dict[str, dict
     from benchlib.wan_swarm import WanSwarm
 
     source = resolve_model(model_dir)
-    prompt = torch.randint(0, int(source.config.vocab_size), (1, args.prompt_len),
-                           generator=torch.Generator().manual_seed(0))
+    prompt = make_prompt(args.prompt, args.prompt_len, int(source.config.vocab_size))
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-wan-{scenario.name}-"))
     rows = {name: [] for name in modes}
     tokens = {}
     with WanSwarm(scenario, model_dir, source.model_id, source.num_blocks, workdir, threads=args.threads) as wan:
         models = {name: AutoDistributedModelForCausalLM.from_pretrained(
-            model_dir, initial_peers=wan.initial_peers, wire_dtype="float32", show_route=False, **mode)
-            for name, mode in modes.items()}
+            model_dir, initial_peers=wan.initial_peers, wire_dtype="float32", show_route=False,
+            **client_settings(mode)) for name, mode in modes.items()}
         try:
             for name, model in models.items():  # warm up: connections, RTTs, first-call costs
-                timed_tokens(model, prompt, 2)
+                timed_tokens(model, prompt, 2, **modes[name].get("generate", {}))
             for _ in range(args.repeats):
                 for name, model in models.items():
-                    clock, ids = timed_tokens(model, prompt, args.new_tokens)
+                    clock, ids = timed_tokens(model, prompt, args.new_tokens, **modes[name].get("generate", {}))
                     rows[name].append((clock.ttft_ms(), clock.per_token_ms()))
                     tokens.setdefault(name, ids)
         finally:
@@ -97,14 +103,37 @@ def run_scenario(scenario: Scenario, model_dir: str, args, modes: dict[str, dict
     return out
 
 
-def timed_tokens(model, prompt, new_tokens: int):
-    """Greedy generate of exactly `new_tokens`: (its TokenClock, the ids it made)."""
+class CountingClock(TokenClock):
+    """TokenClock that also counts tokens: a speculative step may add several at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.lengths: list[int] = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.lengths.append(int(input_ids.shape[1]))
+        return super().__call__(input_ids, scores, **kwargs)
+
+    def per_token_ms(self) -> float:
+        tokens = self.lengths[-1] - self.lengths[0]
+        return (self.times[-1] - self.times[0]) / max(tokens, 1) * 1000
+
+
+def timed_tokens(model, prompt, new_tokens: int, **generate):
+    """Greedy generate of exactly `new_tokens`: (its clock, the ids it made)."""
     from transformers import StoppingCriteriaList
 
-    clock = TokenClock()
+    clock = CountingClock()
     out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                         stopping_criteria=StoppingCriteriaList([clock]))
+                         stopping_criteria=StoppingCriteriaList([clock]), **generate)
     return clock, out[0, prompt.shape[1]:].tolist()
+
+
+def make_prompt(kind: str, length: int, vocab: int) -> torch.Tensor:
+    """"random" ids, or "repetitive": one random stretch of 8 repeated (text being edited, say),
+    which is what prompt lookup drafts from."""
+    ids = torch.randint(0, vocab, (1, length if kind == "random" else 8), generator=torch.Generator().manual_seed(0))
+    return ids if kind == "random" else ids.repeat(1, -(-length // 8))[:, :length]
 
 
 def run_failover(model_dir: str, args) -> dict:
@@ -168,7 +197,7 @@ def run_failover(model_dir: str, args) -> dict:
 
 
 def print_table(results: list[dict], args) -> None:
-    print(f"tiny {args.family}, prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.threads} thread(s) per "
+    print(f"tiny {args.family}, {args.prompt} prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.threads} thread(s) per "
           f"process, medians of {args.repeats}")
     print(f"{'scenario':<30} {'mode':<14} {'TTFT ms':>9} {'ms/token':>9} {'tokens/s':>9} {'TTFT/tok':>9} "
           f"{'vs base':>8} {'same':>5}")
@@ -190,6 +219,8 @@ def main(argv=None) -> int:
     parser.add_argument("--family", default="llama", help="family of the tiny random model (llama, mistral, qwen2, "
                         "mixtral, bloom, falcon)")
     parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--prompt", choices=("random", "repetitive"), default="random",
+                        help="prompt ids: random, or a stretch of 8 repeated (for push+lookup)")
     parser.add_argument("--new-tokens", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per server")
@@ -208,6 +239,8 @@ def main(argv=None) -> int:
         if missing:
             parser.error(f"this checkout's ClientConfig lacks the settings of {sorted(missing)}")
         modes = {name: modes[name] for name in args.modes}
+    else:
+        modes = {name: mode for name, mode in modes.items() if name in DEFAULT_MODES} or modes
     model_dir = args.model
     if model_dir is None:
         from zswarm.models.testing import make_tiny_checkpoint
