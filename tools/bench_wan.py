@@ -197,7 +197,8 @@ def run_failover(model_dir: str, args) -> dict:
 
 
 def print_table(results: list[dict], args) -> None:
-    print(f"tiny {args.family}, {args.prompt} prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.threads} thread(s) per "
+    model = args.model or f"tiny random {args.family} ({args.blocks} blocks)"
+    print(f"{model}, {args.prompt} prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.threads} thread(s) per "
           f"process, medians of {args.repeats}")
     print(f"{'scenario':<30} {'mode':<14} {'TTFT ms':>9} {'ms/token':>9} {'tokens/s':>9} {'TTFT/tok':>9} "
           f"{'vs base':>8} {'same':>5}")
