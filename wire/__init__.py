@@ -25,7 +25,7 @@ _HOMES = {
     "RpcServer": "server",
     "MockTransport": "transport", "Transport": "transport", "ZmqTransport": "transport",
 }
-for _name in ("BadHeader", "BadTensor", "BadVersion", "CorruptPayload", "CurveUnavailable", "HandshakeFailed",
+for _name in ("BadHeader", "BadTensor", "BadVersion", "ConnectionLost", "CorruptPayload", "CurveUnavailable", "HandshakeFailed",
               "MessageTooLarge", "PlaintextRefused", "ProtocolError",
               "RemoteError", "RequestTimeout", "TransportClosed", "UnknownMethod", "WireError", "register_remote_error"):
     _HOMES[_name] = "errors"
@@ -47,7 +47,7 @@ def __dir__():
 __all__ = [
     # errors
     "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
-    "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "RemoteError",
+    "MessageTooLarge", "CorruptPayload", "RequestTimeout", "ConnectionLost", "TransportClosed", "RemoteError",
     "register_remote_error", "HandshakeFailed", "PlaintextRefused", "CurveUnavailable",
     # encryption (CURVE)
     "CurveKeys",

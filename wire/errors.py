@@ -11,6 +11,7 @@
     │   ├── MessageTooLarge        over Limits (bytes, frames, header size)
     │   └── CorruptPayload         truncated or corrupt lz4
     ├── RequestTimeout             no reply within the call's timeout
+    │   └── ConnectionLost         the connection of a call dropped or was refused: no reply will come
     ├── TransportClosed            the transport (or its server) was closed
     ├── BadAddress (ValueError)    an address ZeroMQ cannot connect to
     ├── SocketError                ZeroMQ refused a send (zmq.ZMQError chained)
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 __all__ = [
     "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
-    "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "BadAddress",
+    "MessageTooLarge", "CorruptPayload", "RequestTimeout", "ConnectionLost", "TransportClosed", "BadAddress",
     "SocketError", "HandshakeFailed", "PlaintextRefused", "CurveUnavailable", "RemoteError",
     "register_remote_error", "remote_error_from_reply",
 ]
@@ -71,6 +72,13 @@ class CorruptPayload(ProtocolError):
 
 class RequestTimeout(WireError):
     code = "timeout"
+
+
+class ConnectionLost(RequestTimeout):
+    """The TCP connection a call was sent on dropped before its reply came, or a reconnect was
+    refused while the call waited: the reply never will come (a killed server's kernel closes its
+    sockets at once), so the call fails then, not at its timeout."""
+    code = "connection_lost"
 
 
 class TransportClosed(WireError):

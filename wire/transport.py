@@ -29,8 +29,8 @@ from .curve import CurveKeys
 from .endpoint import split_endpoint
 from .dispatch import Handler, Reply, Request, run_handler
 from .envelope import Message, decode_message, encode_message
-from .errors import (BadAddress, BadHeader, HandshakeFailed, PlaintextRefused, ProtocolError, RequestTimeout,
-                     SocketError, TransportClosed, remote_error_from_reply)
+from .errors import (BadAddress, BadHeader, ConnectionLost, HandshakeFailed, PlaintextRefused, ProtocolError,
+                     RequestTimeout, SocketError, TransportClosed, remote_error_from_reply)
 from .limits import DEFAULT_LIMITS, Limits
 from .sockets import LoopSocket, configure_socket, sync_context
 
@@ -102,6 +102,7 @@ _HANDSHAKE_FAILED = {int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "the server clos
 _HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _HANDSHAKE_EVENTS = _HANDSHAKE_SUCCEEDED | sum(_HANDSHAKE_FAILED)
 _MECHANISM_MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+_LOST_EVENTS = int(zmq.EVENT_DISCONNECTED) | int(zmq.EVENT_CONNECT_RETRIED)
 
 
 class _Connection:
@@ -114,8 +115,20 @@ class _Connection:
         self.address, self.limits, self.curve = address, limits, curve
         self.pending: dict[int, asyncio.Future] = {}
         self.refused: HandshakeFailed | None = None
+        # one monitor (libzmq allows one per socket) for the handshake and for the connection:
+        # a request in flight on a dropped connection will get no reply (the server's ROUTER
+        # knows the reconnected peer under another id), and one waiting for a connection that
+        # was refused has nobody to go to: both fail then, not at their timeouts
         self.monitor = LoopSocket(monitor, self._on_event, loop)
         self.sock = LoopSocket(sock, self._on_message, loop)
+
+    def _lost(self, event: int) -> None:
+        why = ("dropped with the call in flight" if event == zmq.EVENT_DISCONNECTED
+               else "was refused: nobody listens there")
+        lost = ConnectionLost(f"the connection to {self.address} {why}")
+        for fut in list(self.pending.values()):
+            if not fut.done():
+                fut.set_exception(lost)
 
     def _on_message(self, frames: list) -> None:
         pending = self.pending
@@ -139,7 +152,13 @@ class _Connection:
             fut.set_exception(outcome)
 
     def _on_event(self, frames: list) -> None:
-        event, value = struct.unpack("=HI", frames[0].bytes[:6])
+        try:
+            event, value = struct.unpack("=HI", frames[0].bytes[:6])
+        except (struct.error, IndexError):  # not a monitor message we can read: nothing to act on
+            return
+        if event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CONNECT_RETRIED):
+            self._lost(event)
+            return
         if event == _HANDSHAKE_SUCCEEDED:
             self.refused = None
             return
@@ -206,7 +225,7 @@ class ZmqTransport(Transport):
             sock.curve_serverkey = server_key
             sock.curve_publickey = self.keys.public
             sock.curve_secretkey = self.keys.secret
-        monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)  # before connect, or it may miss the handshake
+        monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS | _LOST_EVENTS)  # before connect, or it may miss the handshake
         try:
             sock.connect(tcp_address)
         except zmq.ZMQError as exc:

@@ -144,3 +144,26 @@ def test_a_server_that_stops_answering_pings_fails_a_call_before_its_timeout():
         with pytest.raises(RequestTimeout, match="stopped answering pings"):
             await manager.call("tcp://a:1", "inference_step", {}, timeout=30)
     asyncio.run(main())
+
+
+def test_a_record_missing_from_one_fetch_is_kept_once_and_an_offline_one_is_dropped_at_once():
+    """A lookup that came back short (a DHT node killed a moment ago) must not drop a live
+    replica from the view; a record missing twice in a row, or shown OFFLINE, goes."""
+    a, b = _record("a", 0, 2), _record("b", 0, 2)
+    manager = _manager([a, b])
+    fetches = iter([[{"a": a, "b": b}] * 2, [{"a": a}] * 2, [{"a": a}] * 2,
+                    [{"a": a, "b": b}] * 2, [{"a": a, "b": _record("b", 0, 2, state=ServerState.OFFLINE)}] * 2])
+
+    async def fetch():
+        return next(fetches)
+
+    manager.fetch_records = fetch
+
+    async def views():
+        seen = []
+        for _ in range(5):
+            await manager.update()
+            seen.append(sorted(manager.blocks[0]))
+        return seen
+
+    assert asyncio.run(views()) == [["a", "b"], ["a", "b"], ["a"], ["a", "b"], ["a"]]

@@ -33,6 +33,20 @@ def model(swarm, tiny_llama_dir):
     model.close()
 
 
+@pytest.fixture(scope="module")
+def push_model(swarm, tiny_llama_dir):
+    model = AutoDistributedModelForCausalLM.from_pretrained(str(tiny_llama_dir), initial_peers=swarm.initial_peers,
+                                                            relay="server", **FAST_FAILOVER)
+    yield model
+    model.close()
+
+
+def _pushed_steps(model, swarm) -> int:
+    transport = model.swarm.manager.transport
+    return sum(model.swarm.run(transport.call(s.address, "info", {}, timeout=10)).meta["load"]["pushed_steps"]
+               for s in swarm.servers.values() if s.alive)
+
+
 def _peer(swarm, name):
     return swarm.servers[name].peer_id
 
@@ -68,7 +82,20 @@ def test_two_call_chat_session_equals_one_generate_of_the_concatenation(model, l
     assert torch.equal(torch.cat([first, second], dim=1), expected)
 
 
-def test_kill_9_of_a_server_with_a_replica_mid_generation_gives_identical_tokens(model, swarm, llama_reference):
+def test_servers_pushing_steps_to_each_other_give_local_generate_tokens(push_model, swarm, llama_reference):
+    before = _pushed_steps(push_model, swarm)
+    with push_model.inference_session(max_length=40) as session:
+        out = push_model.generate(PROMPT, max_new_tokens=8, session=session)
+        hops = len(session.spans)
+    assert torch.equal(out, llama_reference.generate(PROMPT, max_new_tokens=8))
+    # the prompt and every token but the last went server to server past the first span
+    assert hops >= 2 and _pushed_steps(push_model, swarm) - before == 8 * (hops - 1)
+
+
+def test_kill_9_of_a_server_with_a_replica_mid_generation_gives_identical_tokens(push_model, swarm, llama_reference):
+    """With push (relay="server"): the client hears of the death from its step_result call to
+    the killed server, reroutes and replays through the client; tokens stay identical."""
+    model = push_model
     with model.inference_session(max_length=40) as session:
         out = model.generate(PROMPT, max_new_tokens=3, session=session)
         victim = next(s for s in swarm.servers.values() if s.peer_id == session.spans[1].peer_id)
@@ -76,6 +103,8 @@ def test_kill_9_of_a_server_with_a_replica_mid_generation_gives_identical_tokens
         more = model.generate(None, max_new_tokens=13, session=session,
                               stopping_criteria=StoppingCriteriaList([AtStep(5, lambda: swarm.kill(victim))]))
         assert not victim.alive and session.failovers >= 1
+        # noticed from the dropped (then refused) connection, not from a missed ping or a timeout
+        assert session.failures[0][1] == victim.peer_id and "ConnectionLost" in session.failures[0][2]
         assert [(s.start, s.end) for s in session.spans] == [(0, 2), (2, 4), (4, 6)]
         assert session.spans[1].peer_id == _peer(swarm, "b2" if victim.name == "b" else "b")
     assert torch.equal(torch.cat([out, more], dim=1), llama_reference.generate(PROMPT, max_new_tokens=16))

@@ -49,8 +49,11 @@ def test_requests_carry_the_adapter_and_go_only_to_servers_that_list_it(adapter_
     model.generate(IDS, max_new_tokens=3)
     assert seen["plain"] == []
     methods = {method for method, _ in seen["with-x"]}
-    assert {"open_session", "inference_step", "forward"} <= methods
+    assert {"inference_step", "forward"} <= methods
     assert all(meta.get("adapter") == "x" for _, meta in seen["with-x"])
+    # a session opens inside its first step: that step's `open` names the adapter too
+    opens = [meta["open"] for method, meta in seen["with-x"] if "open" in meta]
+    assert opens and all(o.get("adapter") == "x" for o in opens)
 
 
 def test_without_an_adapter_requests_name_none(adapter_swarm, connect):

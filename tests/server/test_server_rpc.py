@@ -250,3 +250,54 @@ def test_bad_steps_in_a_session_fail_alone_and_the_session_goes_on(live):
     with pytest.raises(UnknownSessionError, match="was closed"):
         live.step(sid, nxt, 3)
     torch.testing.assert_close(first, local_steps(live.span, [good], batch=2)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_first_step_that_opens_its_session_matches_open_then_step(live):
+    """The first token in one round trip: inference_step with `open` and no session_id opens the
+    session, runs the step and names the session in its reply; later steps use that id."""
+    prompt, token = hidden_states(1, 5, seed=31), hidden_states(1, 1, seed=32)
+    sid = live.open()
+    expected = [live.step(sid, prompt, 0), live.step(sid, token, 5)]
+    live.call("close_session", {"session_id": sid})
+    opened = {"start": HOSTED[0], "end": HOSTED[1], "max_length": 32, "batch_size": 1}
+    reply = live.call("inference_step", {"session_id": None, "open": opened, "position": 0,
+                                         "tensor_names": ["hidden"]}, [prompt])
+    new_sid = reply.meta["session_id"]
+    assert new_sid != sid and torch.equal(reply.tensors[0], expected[0])
+    assert torch.equal(live.step(new_sid, token, 5), expected[1])
+    live.call("close_session", {"session_id": new_sid})
+
+
+def test_a_first_step_that_fails_closes_the_session_it_opened(live):
+    free, held = live.sessions.budget.free, len(live.sessions)
+    opened = {"start": HOSTED[0], "end": HOSTED[1], "max_length": 32, "batch_size": 1}
+    with pytest.raises(BadInputError):  # hidden states of the wrong size: the step fails after the open
+        live.call("inference_step", {"open": opened, "position": 0, "tensor_names": ["hidden"]},
+                  [hidden_states(1, 2, seed=33, size=8)])
+    with pytest.raises(BadInputError, match="'open' must be a map"):
+        live.call("inference_step", {"open": [1, 2], "position": 0, "tensor_names": ["hidden"]},
+                  [hidden_states(1, 2, seed=33)])
+    assert (live.sessions.budget.free, len(live.sessions)) == (free, held)
+    sid = live.open()  # and the server goes on serving
+    assert live.step(sid, hidden_states(1, 1, seed=34), 0).shape == (1, 1, 64)
+    live.call("close_session", {"session_id": sid})
+
+
+@pytest.mark.parametrize("push, fragment", [("tcp://x:1", "list of at most"), ([{"address": "ipc:///x"}], "tcp://"),
+                                            ([{"address": "tcp://127.0.0.1:1", "session_id": "../../"}], "session_id"),
+                                            ([{"address": "tcp://127.0.0.1:1", "session_id": "a" * 16, "open": 3}],
+                                             "'open' must be a map")])
+def test_a_bad_push_list_is_refused_before_the_step_runs(live, push, fragment):
+    sid = live.open()
+    with pytest.raises(BadInputError, match=fragment):
+        live.step(sid, hidden_states(1, 1, seed=35), 0, push=push)
+    assert live.step(sid, hidden_states(1, 1, seed=35), 0).shape == (1, 1, 64)  # nothing was stepped
+    live.call("close_session", {"session_id": sid})
+
+
+def test_a_step_result_nobody_pushes_ends_at_its_wait_with_a_typed_error(live):
+    with pytest.raises(BadPositionError, match="did not push it"):
+        live.call("step_result", {"session_id": "b" * 32, "position": 0, "wait_timeout": 0.2})
+    with pytest.raises(BadInputError, match="session_id"):
+        live.call("step_result", {"session_id": 5, "position": 0})
+    assert len(live.rpc.rendezvous) <= 1  # a wait that ended leaves at most its own slot, dropped later

@@ -12,7 +12,9 @@ from wire.endpoint import parse_key
 async def main(port: int, secret: bytes) -> None:
     async def echo(request):
         return {**request.meta, "pid": os.getpid()}, request.tensors
-    server = RpcServer({"echo": echo}, port=port, keys=CurveKeys.from_secret(secret))
+    async def hang(request):  # a call that stays in flight until the process is killed
+        await asyncio.Event().wait()
+    server = RpcServer({"echo": echo, "hang": hang}, port=port, keys=CurveKeys.from_secret(secret))
     await server.start()
     print("ready", server.address, flush=True)
     await asyncio.Event().wait()

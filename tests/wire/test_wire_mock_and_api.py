@@ -15,7 +15,7 @@ class Busy(Exception):
 def test_public_api_is_pinned():
     assert sorted(wire.__all__) == sorted([
         "WireError", "ProtocolError", "BadVersion", "BadHeader", "UnknownMethod", "BadTensor",
-        "MessageTooLarge", "CorruptPayload", "RequestTimeout", "TransportClosed", "RemoteError",
+        "MessageTooLarge", "CorruptPayload", "RequestTimeout", "ConnectionLost", "TransportClosed", "RemoteError",
         "register_remote_error", "HandshakeFailed", "PlaintextRefused", "CurveUnavailable", "CurveKeys",
         "encode_tensor", "decode_tensor", "to_wire_dtype", "Message",
         "encode_message", "decode_message", "Limits", "DEFAULT_LIMITS", "PROTOCOL_VERSION",

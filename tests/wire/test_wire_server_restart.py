@@ -82,3 +82,25 @@ def test_client_survives_server_kill_and_restart(server_processes):
             assert len(transport._connections) == 1  # the same DEALER, reconnected by libzmq
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_call_in_flight_fails_with_connection_lost_when_its_server_is_killed(server_processes):
+    """kill -9 closes the server's sockets at once: the call fails then, as ConnectionLost (a
+    RequestTimeout), not after its own 120 s timeout; so does a call sent after the kill."""
+    from wire import ConnectionLost
+
+    victim = server_processes(free_port())
+
+    async def main():
+        async with ZmqTransport() as transport:
+            await transport.call(victim.address, "echo", {}, timeout=START_TIMEOUT)  # connected
+            hanging = transport.start_call(victim.address, "hang", {}, timeout=120)
+            await asyncio.sleep(0.2)
+            assert not hanging.done()
+            victim.kill()
+            with pytest.raises(ConnectionLost, match="dropped"):
+                await hanging
+            with pytest.raises(ConnectionLost, match="refused"):  # nobody listens there any more
+                await transport.call(victim.address, "echo", {}, timeout=120)
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -12,4 +12,6 @@
     random_llama.py   a Llama checkpoint of a named shape with random fp16 weights
     gpu_section.py    the GPU section: the parts above in one run, in an order that keeps them fair
     gpu_tables.py     the GPU section's tables
+    delay_proxy.py    the distance emulator: TCP/UDP relays that delay by a latency matrix between regions (bench_wan)
+    wan_swarm.py      WanSwarm: a LocalSwarm whose servers sit in emulated regions; scenarios as data (bench_wan)
 """

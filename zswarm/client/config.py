@@ -15,6 +15,7 @@ from zswarm.errors import ConfigError
 
 WIRE_DTYPES = ("auto", "float16", "bfloat16", "float32")
 TUNING_MODES = (None, "ptune", "deep_ptune")
+RELAYS = ("client", "server")
 
 
 @dataclass
@@ -66,6 +67,13 @@ class ClientConfig:
     # Background refresh of the DHT records and of the client->server RTTs, in seconds.
     refresh_period_s: float = 30.0
 
+    # Who carries a decode step's hidden states from one server of the route to the next:
+    # "client" (each span is a call from the client: one client round trip per server) or
+    # "server" (servers push the step on to each other, the client gets every span's output
+    # back beside it: about (servers + 1) / 2 client round trips a token). Steps that replay
+    # history, reorder beams or carry deep prompts go through the client either way.
+    relay: str = "client"
+
     # Routing: the extra seconds per token one more hop costs beyond its RTT (serialisation,
     # queueing), and the penalty for a server that said it has no cache room.
     hop_overhead_s: float = HOP_OVERHEAD_S
@@ -113,6 +121,8 @@ class ClientConfig:
             raise ConfigError(f"wire_dtype must be one of {WIRE_DTYPES}, not {self.wire_dtype!r}")
         if self.active_adapter is not None and (not isinstance(self.active_adapter, str) or not self.active_adapter):
             raise ConfigError(f"active_adapter must be a non-empty adapter name or None, not {self.active_adapter!r}")
+        if self.relay not in RELAYS:
+            raise ConfigError(f"relay must be one of {RELAYS}, not {self.relay!r}")
         if self.tuning_mode not in TUNING_MODES:
             raise ConfigError(f"tuning_mode must be one of {TUNING_MODES}, not {self.tuning_mode!r}")
         if isinstance(self.pre_seq_len, bool) or not isinstance(self.pre_seq_len, int) or self.pre_seq_len < 1:

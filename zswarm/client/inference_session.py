@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -245,6 +246,8 @@ class InferenceSession:
             self._log_route()
         block = self.start
         producer = None  # (peer_id, start) of the span that computed `hidden`; None: the caller
+        if self._can_push():
+            block, hidden = await self._push_step(hidden, budget)
         while block < self.end:
             index = self._span_index_at(block)
             span = self.spans[index]
@@ -276,12 +279,76 @@ class InferenceSession:
         self._history_at(self.end, hidden).write(self.position, hidden, producer)
         return hidden
 
+    # ---- server-to-server push (relay="server") -------------------------------------------
+    def _can_push(self) -> bool:
+        """Push when every span holds exactly the session's tokens (nothing to replay), no beam
+        reorder is pending and no deep prompts travel: the step is then the same on every span."""
+        if self.config.relay != "server" or len(self.spans) < 2 or self.prompts is not None:
+            return False
+        return all(span.pending_hypo_ids is None and span.position == self.position
+                   and (span.session_id is not None or self.position == 0) for span in self.spans)
+
+    async def _push_step(self, hidden: torch.Tensor, budget: RetryBudget) -> tuple[int, torch.Tensor]:
+        """One step that the servers hand on to each other (client -> s1 -> s2 -> ...); the client
+        asks each later server for its output (`step_result`) at the same time, so it keeps the
+        history it replays from. Returns where the client-relayed loop goes on: (self.end, the
+        last output) when every span answered, else (the failed span's start, its input) after
+        the failed server was replaced; spans before it hold the step."""
+        n, position = hidden.shape[1], self.position
+        spans = list(self.spans)
+        hops = []
+        for span in spans[1:]:
+            hop = {"address": span.address, "session_id": span.session_id or secrets.token_hex(16)}
+            if span.session_id is None:
+                hop["open"] = self._open_meta(span)
+            hops.append(hop)
+        first = spans[0]
+        meta = self.manager.request_meta(session_id=first.session_id, position=position, tensor_names=["hidden"],
+                                         push=hops)
+        if first.session_id is None:
+            meta["open"] = self._open_meta(first)
+        slow = n > 1 or any(span.session_id is None for span in spans)
+        timeout = self.config.request_timeout if slow else self.config.step_timeout
+        calls = [self.manager.call(first.address, "inference_step", meta, [hidden], timeout=timeout)]
+        calls += [self.manager.call(span.address, "step_result", self.manager.request_meta(
+            session_id=hop["session_id"], position=position, wait_timeout=timeout), timeout=timeout)
+            for span, hop in zip(spans[1:], hops)]
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        inputs = hidden
+        try:
+            for i, (span, task) in enumerate(zip(spans, tasks)):
+                try:
+                    reply = await task
+                    out = reply_hidden(reply, inputs, peer_id=span.peer_id, start=span.start, end=span.end)
+                    if span.session_id is None:
+                        span.session_id = _session_id(reply, span.peer_id) if i == 0 else hops[i - 1]["session_id"]
+                except Exception as exc:
+                    if not is_server_fault(exc):
+                        raise
+                    # Later spans did not get this step, or may have: their positions say they did
+                    # not, and a step at that position rolls theirs back. Ones the push was to open
+                    # open afresh (a session the push did open there expires unused).
+                    self.failures.append((time.monotonic(), span.peer_id, describe(exc)))
+                    self.manager.on_failure(span.peer_id, exc)
+                    budget.fail(exc, span.start, span.end)
+                    await self._replace(self.spans.index(span), budget, cause=exc)
+                    return span.start, inputs
+                span.position += n
+                self.manager.on_success(span.peer_id)
+                self._history_at(span.start, inputs).write(position, inputs)
+                inputs = out
+            return self.end, inputs
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+
     async def _step_span(self, span: SpanSession, hidden: torch.Tensor):
         """One step on `span`, preceded by the history it lacks (a fresh server: all of it).
         Returns (position the replay started at, replay outputs or None if nothing was replayed,
         step outputs)."""
         if span.session_id is None:
-            await self._open(span)
+            span.position, span.pending_hypo_ids = 0, None  # the server session opens with the first send
         if span.position > self.position:
             raise RuntimeError("a span never holds more than the session")  # rollback keeps this true
         replayed_from, replayed = span.position, []
@@ -305,6 +372,9 @@ class InferenceSession:
         """inference_step of `inputs` at the span's position; the span then holds them too."""
         meta = self.manager.request_meta(session_id=span.session_id, position=span.position,
                                          tensor_names=["hidden"])
+        opening = span.session_id is None
+        if opening:  # the server opens the session with this step: one round trip, not two
+            meta["open"] = self._open_meta(span)
         tensors = [inputs]
         if span.pending_hypo_ids is not None:
             meta["tensor_names"].append("hypo_ids")
@@ -313,26 +383,25 @@ class InferenceSession:
             meta["tensor_names"].append("prompts")
             prompts = self.prompts[span.start - self.start:span.end - self.start]
             tensors.append(prompts.expand(-1, inputs.shape[0], -1, -1).contiguous())
-        timeout = self.config.step_timeout if inputs.shape[1] == 1 else self.config.request_timeout
+        timeout = self.config.step_timeout if inputs.shape[1] == 1 and not opening else self.config.request_timeout
         began = time.perf_counter()
         reply = await self.manager.call(span.address, "inference_step", meta, tensors, timeout=timeout)
-        if inputs.shape[1] == 1:  # a decode step: what routing prices (SequenceManager.measured_rps)
+        if inputs.shape[1] == 1 and not opening:  # a decode step: what routing prices (SequenceManager.measured_rps)
             self.manager.on_step_time(span.peer_id, span.end - span.start, time.perf_counter() - began)
         out = reply_hidden(reply, inputs, peer_id=span.peer_id, start=span.start, end=span.end)
+        if opening:
+            span.session_id = _session_id(reply, span.peer_id)
         span.pending_hypo_ids = None
         span.position += inputs.shape[1]
         return out
 
-    async def _open(self, span: SpanSession) -> None:
+    def _open_meta(self, span: SpanSession) -> dict:
+        """open_session's fields for `span`, sent as the `open` of its first inference_step."""
         meta = self.manager.request_meta(start=span.start, end=span.end, max_length=self.max_length,
                                          batch_size=self.batch_size, wait_timeout=self.config.cache_wait_timeout)
         if self.left_pad is not None:
             meta["left_pad"] = list(self.left_pad)  # in the rows' current order (reorder keeps it so)
-        reply = await self.manager.call(span.address, "open_session", meta, timeout=self.config.request_timeout)
-        session_id = reply.meta.get("session_id")
-        if not isinstance(session_id, (str, int)):
-            raise ServerUnavailable(f"{span.peer_id} answered open_session without a session_id")
-        span.session_id, span.position, span.pending_hypo_ids = session_id, 0, None
+        return meta
 
     # ---- routing and replacement ----------------------------------------------------------
     async def _route(self, start: int, end: int, budget: RetryBudget) -> list[SpanSession]:
@@ -416,4 +485,11 @@ def reply_hidden(reply, inputs: torch.Tensor, *, peer_id: str, start: int, end: 
                                     blocks=(start, end))
     check_reply(inputs, reply.tensors[0], peer_id=peer_id, start=start, end=end)
     return reply.tensors[0]
+
+
+def _session_id(reply, peer: str):
+    session_id = reply.meta.get("session_id")
+    if not isinstance(session_id, (str, int)):
+        raise ServerUnavailable(f"{peer} answered the first step without a session_id")
+    return session_id
 

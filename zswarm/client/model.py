@@ -102,9 +102,13 @@ class AutoDistributedModelForCausalLM(DistributedModelBase, GenerationMixin):
         config = generation_config or self.generation_config
         prompt = inputs.shape[1] if inputs is not None else 1
         max_new = kwargs.get("max_new_tokens", config.max_new_tokens)
+        # Speculative decoding checks its drafts past the last token it will keep: room for them.
+        drafts = kwargs.get("prompt_lookup_num_tokens") or getattr(config, "prompt_lookup_num_tokens", None) or 0
+        if kwargs.get("assistant_model") is not None:
+            drafts = max(drafts, int(getattr(config, "num_assistant_tokens", 20) or 20))
         if max_new is not None and "max_length" not in kwargs:
-            return prompt + max_new
-        return max(kwargs.get("max_length") or config.max_length or 20, prompt + 1)
+            return prompt + max_new + drafts
+        return max(kwargs.get("max_length") or config.max_length or 20, prompt + 1) + drafts
 
     # ---- forward -------------------------------------------------------------------------------
     def get_output_embeddings(self):

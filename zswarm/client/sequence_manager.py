@@ -63,6 +63,7 @@ class SequenceManager:
         # connection; and the reports of them (zswarm.client.verification).
         self.distrusted: dict[str, str] = {}
         self.reports = ReportLog(config.report_path)
+        self._missed: dict[tuple[int, str], int] = {}  # (block, peer) kept once though a fetch lacked it
         self.updated_at: float | None = None
         self._lock: asyncio.Lock | None = None
         self._wake: asyncio.Event | None = None
@@ -107,12 +108,28 @@ class SequenceManager:
         async with self._lock:
             fetched = list(await self.fetch_records())
             fetched += [{}] * (self.num_blocks - len(fetched))
-            self.blocks = [{peer: rec for peer, rec in block.items() if self._usable(rec)}
-                           for block in fetched[: self.num_blocks]]
+            self.blocks = self._merged(fetched[: self.num_blocks])
             self.updated_at = self.clock()
             peers = self.peers()
             to_ping = peers if ping_all else [p for p in peers if p not in self.rtts]
             await asyncio.gather(*(self.ping(p) for p in to_ping))
+
+    def _merged(self, fetched: list[dict[str, ServerRecord]]) -> list[dict[str, ServerRecord]]:
+        """The usable records of `fetched`, plus those of the last view that this fetch lacks
+        (not ones it shows in another state) the first time they are missing. A DHT lookup that
+        waits on a node killed a moment ago may come back short; dropping the replica it missed
+        left a route only through the dead server ("the last one left ... does not answer")."""
+        blocks, missed = [], {}
+        for b, block in enumerate(fetched):
+            usable = {peer: rec for peer, rec in block.items() if self._usable(rec)}
+            old = self.blocks[b] if b < len(self.blocks) else {}
+            for peer, rec in old.items():
+                if peer not in block and not self._missed.get((b, peer)):
+                    usable[peer] = rec
+                    missed[(b, peer)] = 1
+            blocks.append(usable)
+        self._missed = missed
+        return blocks
 
     def _usable(self, rec: ServerRecord) -> bool:
         if rec.state != ServerState.ONLINE or rec.model_id != self.model_id:
@@ -224,7 +241,7 @@ class SequenceManager:
             await self.update()
         with self._naming_adapter():
             route = find_inference_route(self.candidates(start, end, tokens_needed=batch_size * max_length),
-                                         start, end, hop_overhead=self.config.hop_overhead_s,
+                                         start, end, hop_overhead=self.config.hop_overhead_s, relay=self.config.relay,
                                          no_cache_penalty=self.config.no_cache_penalty_s,
                                          unknown_rtt=self.config.unknown_rtt_s, model_id=self.model_id)
         await self._probe_banned(route)

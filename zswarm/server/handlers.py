@@ -7,8 +7,10 @@ owns it and swaps `span`, `start`, `end` when it loads or moves blocks.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -25,6 +27,7 @@ from zswarm.server.admission import TENSOR_NAMES, admit
 from zswarm.server.batching import DecodeBatcher, DecodeStep, prepare_session
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ServerConfig
+from zswarm.server.push import PushRendezvous
 from zswarm.server.sessions import ServerSession, ServerSessions
 from zswarm.server.validation import block_range, check_batch, check_hidden, check_hypo_ids, check_prompts, \
     check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_str, named_tensors
@@ -58,15 +61,18 @@ class ServingState:
     max_request_tokens: int = _LIMIT_DEFAULTS["max_request_tokens"]
     prefill_chunk_tokens: int = _LIMIT_DEFAULTS["prefill_chunk_tokens"]
     max_wait_timeout: float = _LIMIT_DEFAULTS["max_wait_timeout"]
-    stats: dict = field(default_factory=lambda: {"inference_steps": 0, "forward": 0, "backward": 0})
+    stats: dict = field(default_factory=lambda: {"inference_steps": 0, "forward": 0, "backward": 0, "pushed_steps": 0})
 
 
 class ServerRPC:
-    def __init__(self, state: ServingState, sessions: ServerSessions, compute: ComputeQueue):
+    def __init__(self, state: ServingState, sessions: ServerSessions, compute: ComputeQueue, transport=None):
         self.state = state
         self.sessions = sessions
         self.compute = compute
         self.batcher = DecodeBatcher(compute)
+        self.transport = transport  # for pushing steps on to the next server (None: no push from here)
+        self.rendezvous = PushRendezvous()
+        self._pushing: set = set()
 
     def handlers(self) -> dict:
         return {name[len("rpc_"):]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")}
@@ -121,7 +127,15 @@ class ServerRPC:
 
     # ---- inference sessions ------------------------------------------------------------------
     async def rpc_open_session(self, request):
-        s, meta = self.state, request.meta
+        session = await self._open_session(request.meta, request.peer, request.peer_address)
+        return {"session_id": session.session_id}, []
+
+    async def _open_session(self, meta, peer, peer_address: str = "", session_id: Optional[str] = None) -> ServerSession:
+        """A new session from `meta` (open_session's, or the `open` of a first inference_step or
+        push_step); `session_id`: the one its client chose (push_step), else a fresh one."""
+        s = self.state
+        if not isinstance(meta, dict):
+            raise BadInputError(f"'open' must be a map of open_session's fields, got {type(meta).__name__}")
         start, end = block_range(meta, s.start, s.end)
         adapter = self._check_adapter(meta)
         max_length = meta_int(meta, "max_length", low=1)
@@ -133,11 +147,9 @@ class ServerRPC:
         wait = meta_float(meta, "wait_timeout", default=0.0, high=s.max_wait_timeout)
         span = self._span_for(start, end)
         left_pad = meta_left_pad(meta, batch_size, max_length, span.family)
-        session = await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
-                                           wait_timeout=wait, span=span, peer=request.peer,
-                                           peer_address=request.peer_address, adapter=adapter,
-                                           left_pad=left_pad)
-        return {"session_id": session.session_id}, []
+        return await self.sessions.open(start=start, end=end, max_length=max_length, batch_size=batch_size,
+                                        wait_timeout=wait, span=span, peer=peer, peer_address=peer_address,
+                                        adapter=adapter, left_pad=left_pad, session_id=session_id)
 
     async def rpc_close_session(self, request):
         session_id = request.meta.get("session_id")
@@ -150,12 +162,93 @@ class ServerRPC:
 
     async def rpc_inference_step(self, request):
         meta = request.meta
+        hops = push_hops(meta)
+        if "open" in meta and meta.get("session_id") is None:
+            reply = await self._open_and_step(request)
+        else:
+            reply = await self._step(request)
+        self._push_on(hops, meta, reply[1][0])
+        return reply
+
+    async def _step(self, request):
         # Take the session's lock before any other await: steps pipelined on one connection are
         # then served in the order they were sent (see wire/server.py).
-        session = self.sessions.get(meta.get("session_id"), request.peer)
+        session = self.sessions.get(request.meta.get("session_id"), request.peer)
         async with session.lock:
             session = self.sessions.get(session.session_id)  # closed or expired while we queued?
-            return await self._inference_step(session, meta, request.tensors)
+            return await self._inference_step(session, request.meta, request.tensors)
+
+    # ---- server-to-server push (push.py) ------------------------------------------------------
+    async def rpc_push_step(self, request):
+        """A step pushed by the previous server of a client's route: run it (opening the session
+        under the client's id with its first step), leave its output for the client's
+        step_result, and push it on to the next server."""
+        meta = request.meta
+        session_id = meta_session_id(meta)
+        position = meta_int(meta, "position")
+        hops = push_hops(meta)
+        try:
+            if "open" in meta:
+                reply = await self._open_and_step(request, session_id=session_id)
+            else:
+                reply = await self._step(request)
+        except Exception as exc:
+            self.rendezvous.deliver(session_id, position, error=exc)  # the client hears of it there
+            raise
+        self.rendezvous.deliver(session_id, position, reply[1][0])
+        self.state.stats["pushed_steps"] += 1
+        self._push_on(hops, meta, reply[1][0])
+        return {}, []
+
+    async def rpc_step_result(self, request):
+        """The output of a pushed step of `session_id` at `position`, once it has run here."""
+        meta = request.meta
+        session_id = meta_session_id(meta)
+        position = meta_int(meta, "position")
+        wait = meta_float(meta, "wait_timeout", default=self.state.max_wait_timeout, high=self.state.max_wait_timeout)
+        try:
+            output = await self.rendezvous.wait(session_id, position, wait)
+        except asyncio.TimeoutError:
+            raise BadPositionError(f"no step of session {session_id[:16]} at position {position} reached this "
+                                   f"server within {wait:g} s (the previous server did not push it)") from None
+        return {}, [output]
+
+    def _push_on(self, hops: list, meta: dict, output) -> None:
+        """Send `output` on to the first of `hops` as its push_step, without waiting for it: the
+        client hears of a failure there from its step_result call to that server."""
+        if not hops:
+            return
+        if self.transport is None:
+            raise BadInputError("this server does not push steps on (no transport)")
+        first, rest = hops[0], hops[1:]
+        pushed = {"session_id": first["session_id"], "position": meta.get("position"), "tensor_names": ["hidden"],
+                  "push": rest}
+        if "open" in first:
+            pushed["open"] = first["open"]
+        call = self.transport.start_call(first["address"], "push_step", pushed, [output],
+                                         timeout=self.state.max_wait_timeout)
+        self._pushing.add(call)
+        call.add_done_callback(self._pushed)
+
+    def _pushed(self, call) -> None:
+        self._pushing.discard(call)
+        if not call.cancelled() and call.exception() is not None:
+            logger.info("pushing a step on failed: %s", call.exception())
+
+    async def _open_and_step(self, request, session_id: Optional[str] = None):
+        """A session's first step with its opening (`meta["open"]`: open_session's fields): the
+        first token then costs the client one round trip per server, not two. A step that fails
+        closes the session it opened: the client never learnt its id."""
+        session = await self._open_session(request.meta["open"], request.peer, request.peer_address,
+                                           session_id=session_id)
+        try:
+            async with session.lock:
+                _, outputs = await self._inference_step(session, request.meta, request.tensors)
+        except BaseException:
+            if self.sessions.close(session.session_id, why="failed its first step"):
+                self.batcher.forget(session.session_id)
+            raise
+        return {"session_id": session.session_id}, outputs
 
     async def _inference_step(self, session: ServerSession, meta: dict, tensors):
         s = self.state
@@ -265,6 +358,39 @@ class ServerRPC:
         grads = await self._run(backward, priorities.BACKWARD)
         s.stats["backward"] += 1
         return {}, grads
+
+
+MAX_PUSH_HOPS = 64
+SESSION_ID = re.compile(r"[0-9A-Za-z_-]{8,64}")
+
+
+def meta_session_id(meta: dict) -> str:
+    value = meta.get("session_id")
+    if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
+        raise BadInputError("meta field 'session_id' must be 8 to 64 letters, digits, '-' or '_'")
+    return value
+
+
+def push_hops(meta: dict) -> list:
+    """The servers a step goes on to (`push`): [{address, session_id, open?}, ...], checked."""
+    hops = meta.get("push")
+    if hops is None:
+        return []
+    if not isinstance(hops, list) or len(hops) > MAX_PUSH_HOPS:
+        raise BadInputError(f"meta field 'push' must be a list of at most {MAX_PUSH_HOPS} hops")
+    for hop in hops:
+        if not isinstance(hop, dict) or not isinstance(hop.get("address"), str) \
+                or not hop["address"].startswith("tcp://") or len(hop["address"]) > 256:
+            raise BadInputError("each hop of 'push' must be a map with a tcp:// 'address'")
+        meta_session_id(hop)
+        if "open" in hop and not isinstance(hop["open"], dict):
+            raise BadInputError("a hop's 'open' must be a map of open_session's fields")
+    return hops
+
+
+def check_batch(hidden: torch.Tensor, max_batch: int) -> None:
+    if hidden.shape[0] > max_batch:
+        raise TooManyTokensError(f"batch {hidden.shape[0]} exceeds this server's limit of {max_batch}")
 
 
 def _to_span(t: Optional[torch.Tensor], span) -> Optional[torch.Tensor]:

@@ -180,7 +180,7 @@ class Server:
             forward_rps=self.rates.forward_rps, adapters=tuple(adapter.name for adapter in self.adapters),
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
-        rpc = self.rpc_class(self.state, self.sessions, self.compute)
+        rpc = self.rpc_class(self.state, self.sessions, self.compute, self.transport)
         handlers = rpc.handlers()
         if cfg.metrics_port is not None:
             from zswarm.server.metrics import ServerMetrics  # prometheus_client: only when asked for

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from zswarm.defaults import CLIENT_CACHE_SHARE, CLIENT_MAX_SESSIONS
-from zswarm.errors import (CacheFullError, ClientLimitError, ForeignSessionError, ShuttingDownError,
+from zswarm.errors import (BadInputError, CacheFullError, ClientLimitError, ForeignSessionError, ShuttingDownError,
                            TooManyTokensError, UnknownSessionError)
 from zswarm.models.kv_pool import reserved_tokens
 from zswarm.server.cache_budget import BudgetTimeout, CacheBudget
@@ -42,6 +42,7 @@ class ServerSession:
     span: Any  # BlockSpan view over [start, end)
     peer: bytes = b""  # the connection that opened it: the only one that may step or close it
     client: tuple = ()  # what it counts against (client_shares.client_keys)
+    shared: bool = False  # opened by a pushed step under its client's id: any connection knowing it may step
     adapter: Optional[str] = None  # the LoRA adapter every step of this session runs with
     left_pad: Optional[list[int]] = None  # leading pads per row of a left-padded batch (validated)
     cache: Any = None  # SpanCache, created on the first step (on the compute thread)
@@ -81,9 +82,16 @@ class ServerSessions:
 
     async def open(self, *, start: int, end: int, max_length: int, batch_size: int, wait_timeout: float,
                    span: Any, peer: bytes = b"", peer_address: str = "", adapter: Optional[str] = None,
-                   left_pad: Optional[list[int]] = None) -> ServerSession:
+                   left_pad: Optional[list[int]] = None, session_id: Optional[str] = None) -> ServerSession:
+        """`session_id`: the id a client chose (a session opened by a pushed step, whose client
+        names it before the server has answered); by default a fresh random one. Such a session
+        is opened by the previous server's connection, yet its client steps it directly when it
+        falls back to relaying itself: its id, which only the client chose, is its credential
+        (`shared`), not the connection."""
         if not self.accepting:
             raise ShuttingDownError(self.refusal)
+        if session_id is not None and (session_id in self._sessions or session_id in self._ended):
+            raise BadInputError(f"session id {session_id[:16]} is taken; choose another")
         tokens = reserved_tokens(batch_size, max_length)  # whole pages of the KV pool
         if tokens > self.budget.capacity:
             raise TooManyTokensError(
@@ -108,10 +116,13 @@ class ServerSessions:
         if not self.accepting:  # began shutting down while we waited
             self.budget.release(tokens)
             raise ShuttingDownError(self.refusal)
+        if session_id is not None and session_id in self._sessions:  # taken while we waited
+            self.budget.release(tokens)
+            raise BadInputError(f"session id {session_id[:16]} is taken; choose another")
         session = ServerSession(
-            session_id=secrets.token_hex(16), start=start, end=end, max_length=max_length,
+            session_id=session_id or secrets.token_hex(16), start=start, end=end, max_length=max_length,
             batch_size=batch_size, span=span, peer=peer, client=client, adapter=adapter, left_pad=left_pad,
-            last_used=self.clock(),
+            last_used=self.clock(), shared=session_id is not None,
         )
         self._sessions[session.session_id] = session
         logger.info("session %s opened: blocks %d:%d, batch %d, max_length %d%s (%d cache tokens left)",
@@ -152,7 +163,7 @@ class ServerSessions:
             if why:
                 raise UnknownSessionError(f"session {shown} {why}; open a new one")
             raise UnknownSessionError(f"session {shown} is unknown to this server; open a new one")
-        if peer is not None and peer != session.peer:
+        if peer is not None and not session.shared and peer != session.peer:
             raise ForeignSessionError(f"session {session_id[:8]}... was opened by another connection; "
                                       f"only that one may step or close it")
         session.last_used = self.clock()
