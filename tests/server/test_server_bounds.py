@@ -18,7 +18,8 @@ import pytest
 import torch
 import zmq
 
-from wire import ZmqTransport
+from wire import CurveKeys, ZmqTransport
+from wire.endpoint import split_endpoint
 from wire.envelope import PROTOCOL_VERSION, Message, decode_message, encode_message
 
 COMMON = ["--new-swarm", "--block-indices", "0:6", "--throughput", 100, "--no-rebalance", "--device", "cpu",
@@ -43,7 +44,10 @@ def connect(server):
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
-        sock.connect(server.address)
+        address, server_key = split_endpoint(server.address)  # a stranger dials with CURVE, as anyone must
+        mine = CurveKeys.generate()
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_key, mine.public, mine.secret
+        sock.connect(address)
         socks.append(sock)
         return sock
     try:

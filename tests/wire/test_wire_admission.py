@@ -36,7 +36,7 @@ def admitting_server(background_loop):
         return {}, request.tensors
 
     async def make():
-        server = RpcServer({"echo": echo}, limits=SMALL_LIMITS, admit=admit)
+        server = RpcServer({"echo": echo}, limits=SMALL_LIMITS, admit=admit, insecure_plaintext=True)  # raw sockets below
         await server.start()
         return server
     server = background_loop.run(make(), timeout=10)

@@ -89,7 +89,7 @@ def test_a_call_in_flight_fails_with_connection_lost_when_its_server_is_killed(s
     RequestTimeout), not after its own 120 s timeout; so does a call sent after the kill."""
     from wire import ConnectionLost
 
-    victim = server_processes(free_port())
+    victim = server_processes(free_port(), CurveKeys.generate().secret)
 
     async def main():
         async with ZmqTransport() as transport:
