@@ -388,11 +388,6 @@ def push_hops(meta: dict) -> list:
     return hops
 
 
-def check_batch(hidden: torch.Tensor, max_batch: int) -> None:
-    if hidden.shape[0] > max_batch:
-        raise TooManyTokensError(f"batch {hidden.shape[0]} exceeds this server's limit of {max_batch}")
-
-
 def _to_span(t: Optional[torch.Tensor], span) -> Optional[torch.Tensor]:
     if t is None:
         return None
