@@ -72,10 +72,11 @@ def test_forward_and_backward_route_around_a_vanished_server(swarm, connect, lla
     assert torch.equal(model(ids).logits, llama_reference(ids).logits)
 
 
-def test_default_wire_dtype_sends_float16_and_stays_close_to_the_local_model(swarm, connect, llama_reference):
+def test_wire_dtype_auto_follows_the_model_and_float16_stays_close_to_the_local_model(swarm, connect, llama_reference):
     swarm.add(0, 3), swarm.add(3, 6)
-    model = connect(wire_dtype="auto")
-    assert model.wire_dtype == torch.float16      # the tiny llama is a float32 checkpoint
+    assert connect(wire_dtype="auto").wire_dtype == torch.float32  # the tiny llama is a float32 checkpoint
+    model = connect(wire_dtype="float16")
+    assert model.wire_dtype == torch.float16
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     torch.testing.assert_close(model(ids).logits, llama_reference(ids).logits, atol=2e-2, rtol=2e-2)
     with model.inference_session(max_length=16) as session:
