@@ -18,17 +18,17 @@ MODEL, GAP_MODEL = "tiny-chat", "tiny-chat-gap"
 NEW_TOKENS = 12
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def client(api):
     return openai.OpenAI(base_url=api.url + "/v1", api_key="none", max_retries=0, timeout=WAIT_S)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def tokenizer(chat_dirs):
     return AutoTokenizer.from_pretrained(str(chat_dirs[0]))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def python_model(swarm, chat_dirs):
     model = AutoDistributedModelForCausalLM.from_pretrained(str(chat_dirs[0]), initial_peers=swarm.initial_peers,
                                                             wire_dtype="float32")
