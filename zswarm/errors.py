@@ -35,6 +35,10 @@ dht/errors.py; they import nothing of zswarm, so zswarm maps them, see below).
     ├── SessionLengthError (ValueError)      a step past the session's max_length
     ├── InspectError                         zswarm-inspect: something the operator has to fix or know
     ├── DemoError                            zswarm-demo: something the user should read about
+    ├── ApiError                             zswarm-api: a request it cannot answer; `.status` is the HTTP status
+    │   ├── ApiBadRequest          400       bad parameters, a prompt past the context, a malformed body
+    │   ├── ApiModelNotFound       404       a model this API does not serve
+    │   └── ApiSwarmUnavailable    503       the swarm cannot serve it now (no route, cache full, servers gone)
     ├── ServerExitedError (RuntimeError)     a launched server exited before it came online
     └── ServersNotOnlineError (TimeoutError) launched servers still not ONLINE when the wait ran out
 
@@ -256,6 +260,39 @@ class InspectError(ZswarmError):
 
 class DemoError(ZswarmError):
     """Something went wrong that the user should read about (the message says what to do)."""
+
+
+class ApiError(ZswarmError):
+    """A request zswarm-api answers with an OpenAI-shaped error: `status` is the HTTP status,
+    `type`/`code`/`param` the fields of OpenAI's error object."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.code, self.param = code, param
+
+
+class ApiBadRequest(ApiError):
+    """Parameters out of range, a prompt longer than the model's context, a body that is not the schema."""
+
+
+class ApiModelNotFound(ApiError):
+    """The request names a model this API does not serve (it may still be in the swarm)."""
+
+    status = 404
+    code = "model_not_found"
+
+    def __init__(self, message: str, *, param: str | None = "model"):
+        super().__init__(message, code="model_not_found", param=param)
+
+
+class ApiSwarmUnavailable(ApiError):
+    """The swarm cannot serve the request now; the message says why (the cause is chained)."""
+
+    status = 503
+    type = "service_unavailable"
 
 
 class ServerExitedError(ZswarmError, RuntimeError):

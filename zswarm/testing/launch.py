@@ -221,17 +221,19 @@ class LocalSwarm:
         return [self.bootstrap.address]
 
     def start(self, name: str, start: int, end: int, *, throughput: float | None = 100.0, threads: int = 1,
-              port: int = 0, extra: tuple = (), module: str = "zswarm.server.cli") -> ServerProcess:
+              port: int = 0, extra: tuple = (), module: str = "zswarm.server.cli",
+              model_ref: str | os.PathLike | None = None) -> ServerProcess:
         """Launch a server for blocks [start, end) with `threads` torch threads, announcing
         `throughput` (None: the server measures it), its RPC (TCP) and DHT (UDP) on `port` (0: free
         ones); `wait_online` waits for it. `extra`: more zswarm-server arguments; `module`: what runs
-        them (ServerProcess)."""
+        them (ServerProcess). `model_ref`: another model than the swarm's, in the same DHT (wait for
+        it with its `wait_ready`)."""
         identity = self.workdir / f"{name}.key"
         peer_id = Identity.load_or_create(str(identity)).peer_id
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         if self.offline:
             env["HF_HUB_OFFLINE"] = "1"
-        args = [self.model_ref, "--block-indices", f"{start}:{end}",
+        args = [str(model_ref or self.model_ref), "--block-indices", f"{start}:{end}",
                 "--initial-peers", self.bootstrap.address, "--identity", str(identity), "--host", "127.0.0.1",
                 "--port", str(port), "--dht-port", str(port), "--device", self.device, "--dtype", self.dtype,
                 "--log-level", "INFO"]
