@@ -19,6 +19,7 @@ from zswarm.server.validation import (check_batch, check_hidden_shape, check_hyp
 # The tensors each method takes: (required, optional), by name (meta "tensor_names") or in this order.
 TENSOR_NAMES = {
     "inference_step": (("hidden",), ("prompts", "hypo_ids")),
+    "push_step": (("hidden",), ("prompts", "hypo_ids")),  # an inference_step handed on by the previous server
     "forward": (("hidden",), ("prompts",)),
     "backward": (("hidden", "grad_out"), ("prompts",)),
 }
