@@ -307,6 +307,7 @@ class InferenceSession:
                                          push=hops)
         if first.session_id is None:
             meta["open"] = self._open_meta(first)
+            meta["session_id"] = secrets.token_hex(16)  # as in _send: a later reroute may push to it
         slow = n > 1 or any(span.session_id is None for span in spans)
         timeout = self.config.request_timeout if slow else self.config.step_timeout
         calls = [self.manager.call(first.address, "inference_step", meta, [hidden], timeout=timeout)]
@@ -375,6 +376,11 @@ class InferenceSession:
         opening = span.session_id is None
         if opening:  # the server opens the session with this step: one round trip, not two
             meta["open"] = self._open_meta(span)
+            if self.config.relay == "server":
+                # Named by us, the session is stepped by whoever holds its id: the previous
+                # server pushes to it once the route is whole again (a server-named one is bound
+                # to our connection and refuses pushes).
+                meta["session_id"] = secrets.token_hex(16)
         tensors = [inputs]
         if span.pending_hypo_ids is not None:
             meta["tensor_names"].append("hypo_ids")

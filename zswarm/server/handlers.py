@@ -163,8 +163,10 @@ class ServerRPC:
     async def rpc_inference_step(self, request):
         meta = request.meta
         hops = push_hops(meta)
-        if "open" in meta and meta.get("session_id") is None:
-            reply = await self._open_and_step(request)
+        if "open" in meta:
+            # A client that lets servers push to this session names it: see ServerSessions.open.
+            chosen = meta_session_id(meta) if meta.get("session_id") is not None else None
+            reply = await self._open_and_step(request, session_id=chosen)
         else:
             reply = await self._step(request)
         self._push_on(hops, meta, reply[1][0])
