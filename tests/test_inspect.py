@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -317,6 +319,36 @@ def test_what_is_not_there_is_said_and_exits_1(swarm, inspector, capsys):
         assert code == 0 and all(s["rtt"] is None for s in json.loads(out)["models"][0]["servers"])
     assert cli.main(["route", "m"]) == 2  # a DHT view without --initial-peers: cannot ask
     assert "give --initial-peers" in capsys.readouterr().err
+
+
+def test_serve_gives_the_health_page_and_its_json_over_http(swarm):
+    """`zswarm-inspect serve`, the real command: the page and its JSON name all three servers with
+    their spans and uptimes; a path it does not have is a 404, not a crash."""
+    argv = [sys.executable, "-m", "zswarm.inspect.cli", "--initial-peers", swarm.bootstrap.address, "serve",
+            "--port", "0", "--report-cache", "0"]
+    popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+    try:
+        line = popen.stderr.readline()  # bounded by the process: it prints this line or exits
+        assert "serving the health page at http://127.0.0.1:" in line, line + popen.stderr.read()
+        url = line.rsplit(" ", 1)[1].strip()
+        with urllib.request.urlopen(url + ".json", timeout=60) as reply:
+            data = json.loads(reply.read())
+        (model,) = data["models"]
+        assert model["status"] == "healthy" and model["block_servers"] == [[swarm.procs[n][1]] for n in "aabbcc"]
+        assert all(s["serving"] and 0 <= s["uptime_s"] < 600 for s in model["servers"])
+        with urllib.request.urlopen(url, timeout=60) as reply:
+            assert reply.headers["Content-Type"].startswith("text/html")
+            page = reply.read().decode()
+        assert f'data-model="{swarm.model_id}" data-status="healthy"' in page and "node-b" in page
+        assert all(f'data-peer="{peer}" data-start="{start}"' in page for _, peer, start, _ in swarm.procs.values())
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url.replace("/health", "/nope"), timeout=60)
+        assert missing.value.code == 404
+        assert popen.poll() is None
+    finally:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(timeout=10)
 
 
 def test_killed_server_shows_as_a_gap_naming_its_blocks_until_a_replacement_joins(swarm, inspector, capsys):

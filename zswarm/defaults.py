@@ -38,3 +38,9 @@ CLIENT_CACHE_SHARE = 0.5
 # One step in SPOT_CHECK_RATE of each route span is recomputed on a replica and compared: a
 # liar that lies on every step is caught within 1 / SPOT_CHECK_RATE steps of its span.
 SPOT_CHECK_RATE = 0.02
+
+# The swarm health page (zswarm-api's /health and `zswarm-inspect serve`): it reloads itself
+# every HEALTH_REFRESH_S seconds, and one look at the swarm is reused for REPORT_CACHE_S, so many
+# browsers reloading it cost the swarm one look, not one each.
+HEALTH_REFRESH_S = 10
+REPORT_CACHE_S = 2.0

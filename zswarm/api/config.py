@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from zswarm.defaults import HEALTH_REFRESH_S, REPORT_CACHE_S
+
 # The client keeps each model's embeddings and LM head here and runs its blocks in the swarm; a
 # request's `model` is the id servers announce (a directory's name, or the hub id).
 
@@ -17,8 +19,8 @@ class ApiConfig:
     default_max_tokens: int = 256  # completion tokens when a request gives no max_tokens (clipped to the context)
     max_n: int = 8  # most completions one request may ask for (n); each is a row of one batched session
     max_concurrent: int = 32  # most requests generating at once (each a session in the swarm); more wait
-    report_cache_s: float = 2.0  # seconds a swarm report (health page, /v1/models) is reused
-    health_refresh_s: int = 10  # the health page reloads itself every this many seconds
+    report_cache_s: float = REPORT_CACHE_S  # seconds a swarm report (health page, /v1/models) is reused
+    health_refresh_s: int = HEALTH_REFRESH_S  # the health page reloads itself every this many seconds
     ready_file: str = ""  # write {"url": ...} here once serving (tests and tools wait for it)
     # ClientConfig fields for the models (wire_dtype, step_timeout...): their defaults stay ClientConfig's.
     client: dict = field(default_factory=dict)

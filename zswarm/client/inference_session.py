@@ -343,6 +343,8 @@ class InferenceSession:
             for task in tasks:
                 if not task.done():
                     task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # a later span's failure after an earlier one's is not news: do not log it as lost
 
     async def _step_span(self, span: SpanSession, hidden: torch.Tensor):
         """One step on `span`, preceded by the history it lacks (a fresh server: all of it).

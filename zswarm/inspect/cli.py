@@ -5,6 +5,7 @@
     zswarm-inspect server HOST:PORT                          # one server's info and ping (no DHT)
     zswarm-inspect --initial-peers HOST:PORT raw KEY         # a DHT key's entries, decoded and checked
     zswarm-inspect reports PATH                              # lying servers a client reported (no DHT)
+    zswarm-inspect --initial-peers HOST:PORT serve --port 8090   # the health page over HTTP
 
 Add --json for one JSON document per refresh, --watch SECONDS [--count N] to refresh.
 Exit status (one convention for every zswarm command): 0 shown; 1 what was asked for is not
@@ -23,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from zswarm.cli_logging import setup_logging
+from zswarm.defaults import HEALTH_REFRESH_S, REPORT_CACHE_S
 from zswarm.errors import InspectError, SwarmUnreachable
 from zswarm.inspect.render import render_raw, render_reports, render_route, render_server, render_swarm
 from zswarm.reports import read_reports
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # fetch.py imports torch (through wire's transport): only onc
     from zswarm.inspect.fetch import Inspector
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREACHABLE = 0, 1, 2
+SERVE_PORT = 8090  # `serve`'s default: beside zswarm-api's 8000, not on it
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
@@ -45,6 +48,16 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
     return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def _peers(text: str) -> list[str]:
@@ -90,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     raw.add_argument("key", help='a DHT key: "models", "MODEL/block/N", or a full key like zswarm/v1/MODEL/block/N')
     reports = add("reports", "the servers a client found lying: its report file (ClientConfig.report_path)")
     reports.add_argument("path", help="the report file, one JSON report a line")
+    serve = add("serve", "the swarm health page over HTTP (/health, /health.json) until interrupted")
+    serve.add_argument("--listen", metavar="HOST", help="interface the page listens on (127.0.0.1; 0.0.0.0: every one)")
+    serve.add_argument("--port", type=int, metavar="PORT", help="TCP port of the page (8090; 0: a free one, logged)")
+    serve.add_argument("--refresh", type=_positive(int), metavar="S",
+                       help=f"the page reloads itself every S seconds ({HEALTH_REFRESH_S})")
+    serve.add_argument("--report-cache", type=_non_negative, metavar="S",
+                       help=f"seconds one look at the swarm is reused for every browser ({REPORT_CACHE_S:g})")
     return parser
 
 
@@ -190,9 +210,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"zswarm-inspect: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     try:
+        if args.view == "serve":
+            return serve(args, inspector)
         return run(args, inspector)
     finally:
         inspector.close()
+
+
+def serve(args, inspector: "Inspector") -> int:
+    from zswarm.inspect.cached import CachedReports
+    from zswarm.inspect.serve import serve_health
+
+    port = getattr(args, "port", None)
+    port = SERVE_PORT if port is None else port
+    if not 0 <= port <= 65535:
+        print(f"zswarm-inspect: --port must be in 0..65535, got {port}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    max_age_s = getattr(args, "report_cache", None)
+    reports = CachedReports(inspector, max_age_s=REPORT_CACHE_S if max_age_s is None else max_age_s)
+    try:
+        serve_health(reports, getattr(args, "listen", None) or "127.0.0.1", port,
+                     getattr(args, "refresh", None) or HEALTH_REFRESH_S,
+                     lambda url: print(f"zswarm-inspect: serving the health page at {url}", file=sys.stderr, flush=True))
+    except OSError as exc:  # the port is taken, or the interface is not ours
+        print(f"zswarm-inspect: cannot listen on port {port}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ every `refresh_s` seconds (a meta refresh: no script, so it also works where scr
 Every string that came from the network (names, versions, ids) is HTML-escaped here and nowhere
 else: a server that names itself `<script>` shows that text.
 
-A field servers do not announce (yet) is shown as "—": `adapters` and `uptime` until server
-records carry them (`SERVER_COLUMNS` reads them by name, so they appear once ServerRow has them).
+A field a server's record does not carry is shown as "—" (a server of an older version
+announces no `started_at`, so no uptime).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import time
 from typing import Sequence
 
 from zswarm.blocks import format_blocks
-from zswarm.inspect.render import fmt_ms, fmt_rate, short_id
+from zswarm.inspect.render import fmt_ms, fmt_rate, fmt_uptime, short_id
 from zswarm.inspect.views import ModelHealth, ServerRow, SwarmReport, gap_message, to_jsonable
 
 MISSING = "—"  # a field the server's record does not carry
@@ -39,34 +39,27 @@ def block_servers(model: ModelHealth) -> list[list[ServerRow]]:
             for block in range(model.num_blocks)]
 
 
-def _duration(seconds) -> str:
-    if seconds is None or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0:
-        return MISSING
-    minutes, hours, days = seconds / 60, seconds / 3600, seconds / 86400
-    return f"{days:.1f} d" if days >= 1 else f"{hours:.1f} h" if hours >= 1 else f"{minutes:.0f} min"
+def uptime_s(row: ServerRow, taken_at: float) -> float | None:
+    """Seconds the server had run when the report was taken; None: its record does not say."""
+    if not row.started_at or not math.isfinite(row.started_at):
+        return None
+    return max(0.0, taken_at - row.started_at)
 
 
-def _adapters(row: ServerRow) -> str:
-    adapters = getattr(row, "adapters", None)
-    if adapters is None:
-        return MISSING
-    return ", ".join(adapters) or "none"
-
-
-# (heading, cell text of a row): one list both the HTML table and its tests read.
+# (heading, cell text of a row given the report's time): one list both the HTML table and its tests read.
 SERVER_COLUMNS = [
-    ("name", lambda r: r.public_name or short_id(r.peer_id)),
-    ("peer id", lambda r: short_id(r.peer_id)),
-    ("state", lambda r: r.state if r.reachable is not False else f"{r.state}, unreachable"),
-    ("version", lambda r: r.version or MISSING),
-    ("blocks", lambda r: format_blocks(r.start, r.end)),
-    ("throughput (tok/s)", lambda r: fmt_rate(r.throughput)),
-    ("precision", lambda r: r.dtype or MISSING),
-    ("quant", lambda r: r.quant or MISSING),
-    ("adapters", _adapters),
-    ("cache left (tokens)", lambda r: f"{r.cache_tokens_left:,}"),
-    ("RTT", lambda r: fmt_ms(r.rtt) if r.rtt is not None else MISSING),
-    ("uptime", lambda r: _duration(getattr(r, "uptime", None))),
+    ("name", lambda r, t: r.public_name or short_id(r.peer_id)),
+    ("peer id", lambda r, t: short_id(r.peer_id)),
+    ("state", lambda r, t: r.state if r.reachable is not False else f"{r.state}, unreachable"),
+    ("version", lambda r, t: r.version or MISSING),
+    ("blocks", lambda r, t: format_blocks(r.start, r.end)),
+    ("throughput (tok/s)", lambda r, t: fmt_rate(r.throughput)),
+    ("precision", lambda r, t: r.dtype or MISSING),
+    ("quant", lambda r, t: r.quant or MISSING),
+    ("adapters", lambda r, t: ", ".join(r.adapters) or "none"),
+    ("cache left (tokens)", lambda r, t: f"{r.cache_tokens_left:,}"),
+    ("RTT", lambda r, t: fmt_ms(r.rtt) if r.rtt is not None else MISSING),
+    ("uptime", lambda r, t: MISSING if uptime_s(r, t) is None else fmt_uptime(uptime_s(r, t))),
 ]
 
 _STYLE = """
@@ -124,20 +117,20 @@ def _spans(model: ModelHealth) -> str:
     return f'<div class="spans">{"".join(rows)}</div>'
 
 
-def _server_table(model: ModelHealth) -> str:
+def _server_table(model: ModelHealth, taken_at: float) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h, _ in SERVER_COLUMNS)
     body = []
     for r in model.servers:
-        cells = [f"<td>{_e(text(r))}</td>" for _, text in SERVER_COLUMNS]
+        cells = [f"<td>{_e(text(r, taken_at))}</td>" for _, text in SERVER_COLUMNS]
         cells[0] = (f'<td><span class="swatch" style="background:{server_colour(r.peer_id)}"></span>'
-                    f"{_e(SERVER_COLUMNS[0][1](r))}</td>")
+                    f"{_e(SERVER_COLUMNS[0][1](r, taken_at))}</td>")
         body.append(f'<tr data-peer="{_e(r.peer_id)}">{"".join(cells)}</tr>')
     if not body:
         body.append(f'<tr><td colspan="{len(SERVER_COLUMNS)}" class="muted">no servers</td></tr>')
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _model_section(model: ModelHealth, served_here: bool) -> str:
+def _model_section(model: ModelHealth, served_here: bool, taken_at: float) -> str:
     serving = sum(1 for r in model.servers if r.serving)
     covered = sum(1 for c in model.blocks if c.servers)
     here = ' · <span class="muted">served by this API</span>' if served_here else ""
@@ -146,7 +139,7 @@ def _model_section(model: ModelHealth, served_here: bool) -> str:
             f'<h2>{_e(model.model_id)}<span class="status {model.status}">{model.status}</span></h2>'
             f'<div class="muted">{covered} of {model.num_blocks} blocks served · {serving} of '
             f'{len(model.servers)} servers serving{here}</div>'
-            f"{gaps}{_bar(model)}{_spans(model)}{_server_table(model)}</section>")
+            f"{gaps}{_bar(model)}{_spans(model)}{_server_table(model, taken_at)}</section>")
 
 
 def render_health_html(report: SwarmReport, *, refresh_s: int = 10, served: Sequence[str] = (),
@@ -154,7 +147,7 @@ def render_health_html(report: SwarmReport, *, refresh_s: int = 10, served: Sequ
     """The page. `served`: model ids the serving process answers requests for (zswarm-api)."""
     now = time.time() if now is None else now
     taken = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.taken_at))
-    sections = "".join(_model_section(m, m.model_id in served) for m in report.models) \
+    sections = "".join(_model_section(m, m.model_id in served, report.taken_at) for m in report.models) \
         or '<p class="muted">no model is announced in this swarm</p>'
     healthy = sum(1 for m in report.models if m.healthy)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
@@ -169,12 +162,12 @@ def render_health_html(report: SwarmReport, *, refresh_s: int = 10, served: Sequ
 
 def health_json(report: SwarmReport) -> dict:
     """The page's content as data: inspect's JSON of the report, plus each block's serving servers
-    (the coloured cells) and the columns a server row does not carry yet, as None."""
+    (the coloured cells), whether it counts toward coverage, and its uptime in seconds (None:
+    its record does not say)."""
     data = to_jsonable(report)
     for model_data, model in zip(data["models"], report.models):
         model_data["block_servers"] = [[r.peer_id for r in owners] for owners in block_servers(model)]
         for row_data, row in zip(model_data["servers"], model.servers):
-            row_data.setdefault("adapters", None)
-            row_data.setdefault("uptime", None)
+            row_data["uptime_s"] = uptime_s(row, report.taken_at)
             row_data["serving"] = row.serving
     return data
