@@ -1,6 +1,6 @@
 """Client-only DHT nodes (clients, zswarm-inspect) read and store through the DHT but enter no
 routing table: after clients and inspect runs have come and gone, a new server's join asks no
-departed node, so no RPC of it times out and it sends no more RPCs than the first join did.
+departed node, so no RPC of it times out.
 The same scenario with full-node clients is the control: there the join does hit timeouts."""
 
 import logging
@@ -39,7 +39,7 @@ def _come_and_go(peer: str, config: DHTConfig, i: int) -> tuple[str, str]:
 def test_clients_and_inspect_runs_that_left_cost_a_new_servers_join_no_timeouts(make_swarm, caplog, client_only):
     servers = make_swarm(3, config=FAST)
     boot = servers[0].address
-    first, first_sent, first_timeouts = _joined(boot)
+    first, _, first_timeouts = _joined(boot)
     servers.append(first)
     assert first_timeouts == 0
 
@@ -62,17 +62,16 @@ def test_clients_and_inspect_runs_that_left_cost_a_new_servers_join_no_timeouts(
 
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        newcomer, sent, timeouts = _joined(boot)
+        newcomer, _, timeouts = _joined(boot)
     try:
         no_response = [r for r in caplog.records if "no response" in r.getMessage() or "no reply" in r.getMessage()]
         if client_only:
             assert remembered == set()  # no routing table lists a client or an inspect run
+            # every RPC of the join was answered: it asked no departed node (how many it sends to
+            # live ones varies with the order answers arrive in: 4 to 9 seen for 4 live nodes)
             assert timeouts == 0 and no_response == []
-            # one more live node (the first joiner) than the first join saw: at most one more RPC
-            assert sent <= first_sent + 1
         else:  # the control: full-node clients stay in routing tables and the join waits on them
             assert remembered and timeouts > 0 and no_response
-            assert sent > first_sent + 1
     finally:
         newcomer.shutdown()
 
