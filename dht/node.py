@@ -15,8 +15,9 @@ from typing import Iterable, Sequence
 
 from dht.config import DHTConfig
 from dht.entry import Entry, entry_hash, sign_entry
-from dht.errors import AddressError, BootstrapError, DHTError, ExpiredEntry, InvalidEntry
+from dht.errors import AddressError, BadRequest, BootstrapError, DHTError, ExpiredEntry, InvalidEntry
 from dht.identity import Identity
+from dht.messages import check_node_id
 from dht.server import SwarmServer, key_digest
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,23 @@ class DHTNode:
     async def aget_many(self, keys: Iterable[str | bytes]) -> dict:
         return await self._arun(self._get_many(list(keys)))
 
+    async def aping(self, host: str, port: int) -> bool:
+        """Does a DHT node answer a ping at host:port (within rpc_timeout)? For the reachability
+        check a server makes for another (zswarm.server.reachability)."""
+        return await self._arun(self._ping(host, int(port)))
+
     # -- implementation (on the node's loop) -------------------------------------------------
+    async def _ping(self, host: str, port: int) -> bool:
+        protocol = self._server.protocol
+        ok, reply = await protocol.ping((host, port), protocol.source_node.id)
+        if not ok:
+            return False
+        try:
+            check_node_id(reply)
+        except BadRequest:
+            return False
+        return True
+
     async def _store_many(self, items: dict, expiration_time: float) -> dict:
         now = time.time()
         if not expiration_time > now:

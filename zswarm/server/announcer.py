@@ -33,13 +33,19 @@ class Announcer:
         self.period = period
         self.state = ServerState.JOINING
         self.next_pings: dict[str, float] = {}
+        self.withheld: str | None = None  # why nothing is announced now (the swarm cannot reach us); None: announce
 
     async def announce(self, state: ServerState | None = None, record: ServerRecord | None = None) -> bool:
-        """Publish now (with a new state, or an explicit record such as OFFLINE for old blocks)."""
+        """Publish now (with a new state, or an explicit record such as OFFLINE for old blocks).
+        While `withheld`, only OFFLINE records go out: they tell the swarm less, never more."""
         explicit = state is not None or record is not None
         if state is not None:
             self.state = state
         record = record or self.make_record(self.state)
+        if self.withheld is not None and record.state != ServerState.OFFLINE:
+            logger.debug("not announcing blocks %s as %s: %s", format_blocks(record.start, record.end),
+                         record.state.name, self.withheld)
+            return False
         record.next_pings = dict(self.next_pings) if record.state != ServerState.OFFLINE else {}
         try:
             stored = await aannounce_blocks(self.node, record, self.ttl, num_blocks=self.num_blocks)

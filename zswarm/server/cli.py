@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "insecure_plaintext": dict(action="store_true"),
         "rebalance": dict(action=argparse.BooleanOptionalAction),
         "cuda_graphs": dict(action=argparse.BooleanOptionalAction),
+        "reachability_check": dict(action=argparse.BooleanOptionalAction),
         "log_level": dict(type=str.upper, choices=LOG_LEVELS),
     }
     parser.add_argument("--config", metavar="FILE",

@@ -52,6 +52,7 @@ class ServerConfig:
     identity: Optional[str] = None  # file with this server's key; created if missing (stable peer id and CURVE key)
     insecure_plaintext: bool = False  # no CURVE encryption: serve and ping other servers in clear (benchmarks, tests only)
     public_name: str = ""  # a name shown to others (e.g. a URL or a nickname)
+    reachability_check: bool = True  # ask another server to connect back before announcing; not announce while unreachable
 
     # --- compute -------------------------------------------------------------------------
     device: str = "auto"  # cuda | cpu | auto (cuda when available)

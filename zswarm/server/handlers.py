@@ -65,8 +65,10 @@ class ServingState:
 
 
 class ServerRPC:
-    def __init__(self, state: ServingState, sessions: ServerSessions, compute: ComputeQueue, transport=None):
+    def __init__(self, state: ServingState, sessions: ServerSessions, compute: ComputeQueue, transport=None,
+                 connect_back=None):
         self.state = state
+        self.connect_back = connect_back  # reachability.ConnectBack: checks for servers that ask (None: refused)
         self.sessions = sessions
         self.compute = compute
         self.batcher = DecodeBatcher(compute)
@@ -108,6 +110,12 @@ class ServerRPC:
     # ---- info and ping -----------------------------------------------------------------------
     async def rpc_ping(self, request):
         return {}, []
+
+    async def rpc_check_reachable(self, request):
+        """Connect back to the asking server's RPC and DHT addresses (reachability.py)."""
+        if self.connect_back is None:
+            raise BadInputError("this server does not run reachability checks")
+        return await self.connect_back.check(request.meta, request.peer_address), []
 
     async def rpc_info(self, request):
         s = self.state

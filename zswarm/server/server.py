@@ -35,6 +35,7 @@ from zswarm.models.decode_graph import capture_buckets
 from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error, check_ports_free
 from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
+from zswarm.server.reachability import RECHECK_S, ConnectBack, ask_swarm
 from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ConfigError, ServerConfig
@@ -78,6 +79,7 @@ class Server:
         self.dht_address = ""  # HOST:PORT others give as --initial-peers to join through this server
         self.started_at = time.time()  # announced, for the uptime zswarm-inspect shows
         self.metrics = None  # ServerMetrics with --metrics-port
+        self.reachability = None  # reachability.Reachability: what the swarm found at the last check
         self.metrics_address = ""
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
@@ -180,7 +182,7 @@ class Server:
             forward_rps=self.rates.forward_rps, adapters=tuple(adapter.name for adapter in self.adapters),
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
-        rpc = self.rpc_class(self.state, self.sessions, self.compute, self.transport)
+        rpc = self.rpc_class(self.state, self.sessions, self.compute, self.transport, ConnectBack(self.node))
         handlers = rpc.handlers()
         if cfg.metrics_port is not None:
             from zswarm.server.metrics import ServerMetrics  # prometheus_client: only when asked for
@@ -207,6 +209,8 @@ class Server:
                            "in clear, and clients cannot tell it from an impostor at its address")
         self.announcer = Announcer(self.node, self.transport, self._record, num_blocks=source.num_blocks,
                                    ttl=cfg.record_ttl, period=cfg.update_period)
+        if cfg.reachability_check:
+            await self._check_reachable()
         await self.announcer.announce(ServerState.JOINING)
 
         self.state.span = await self._load(start, end)
@@ -276,6 +280,29 @@ class Server:
             await self.announcer.announce(ServerState.ONLINE)
             logger.info("moved from blocks %s to %s", format_blocks(old_start, old_end), format_blocks(start, end))
             self._write_ready_file()
+
+    # ---- reachability (reachability.py) -----------------------------------------------------
+    async def _check_reachable(self) -> bool:
+        """Ask the swarm to connect back; while it cannot, announce nothing and ask again later."""
+        found = await ask_swarm(self.node, self.transport, self.state.model_id, self.state.num_blocks,
+                                self.node.peer_id, self.endpoint, self.dht_address)
+        self.reachability = found
+        line = found.line(self.endpoint, self.dht_address)
+        if found.announce:
+            (logger.info if found.rpc or not found.helper else logger.warning)(line)
+            self.announcer.withheld = None
+        else:
+            logger.error(line)
+            if self.announcer.withheld is None:
+                self._spawn(self._recheck_reachable(), "reachability re-check")
+            self.announcer.withheld = "the swarm cannot reach this server"
+        return found.announce
+
+    async def _recheck_reachable(self) -> None:
+        while self.announcer.withheld is not None:
+            await asyncio.sleep(RECHECK_S)
+            if await self._check_reachable():
+                await self.announcer.announce(ServerState.ONLINE if self.state.span is not None else ServerState.JOINING)
 
     # ---- helpers ---------------------------------------------------------------------------
     @property

@@ -100,11 +100,13 @@ class ServerProcess:
 
     def __init__(self, args: Sequence, log: str | os.PathLike, *, env: dict | None = None, name: str | None = None,
                  index: int = 0, start: int | None = None, end: int | None = None, peer_id: str | None = None,
-                 detach: bool = False, stop_grace: float = 0.0, module: str = "zswarm.server.cli"):
+                 detach: bool = False, stop_grace: float = 0.0, module: str = "zswarm.server.cli",
+                 prefix: Sequence[str] = ()):
         """`start`/`end`/`peer_id`: what is known before it runs (read from the ready file later).
         `module`: what `python -m` runs with ARGS (a test-only server such as zswarm.testing.liar).
         `detach`: its own session, and SIGTERM when this process dies (LocalSwarm's servers).
-        `stop_grace`: seconds `stop()` gives it after SIGTERM; 0 kills it at once."""
+        `stop_grace`: seconds `stop()` gives it after SIGTERM; 0 kills it at once.
+        `prefix`: a command that execs the server (`ip netns exec NS`: a server in a network namespace)."""
         self.args = [str(a) for a in args]
         self.log = Path(log)
         self.name = name or self.log.stem
@@ -119,7 +121,7 @@ class ServerProcess:
         if detach and sys.platform.startswith("linux"):
             argv = ["-c", LAUNCHER, str(os.getpid()), *argv]
         with open(self.log, "wb") as out:
-            self.popen = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=out,
+            self.popen = subprocess.Popen([*prefix, sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=subprocess.STDOUT, env=server_env(env), start_new_session=detach)
 
     @property
