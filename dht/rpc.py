@@ -18,6 +18,7 @@ and they answer no requests themselves.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST = 0
 _RESPONSE = 1
+RECENT_DESTINATIONS = 256  # addresses of the last RPCs kept (operators' debugging, tests); bounded under floods
 _CLIENT_REQUEST = 2  # a request from a client-only node: answer it, do not add the sender as a contact
 
 
@@ -55,6 +57,7 @@ class DatagramRPC(KademliaProtocol):
         self.dead: dict[tuple, float] = {}  # address -> monotonic time its last RPC timed out
         self.timeouts = 0  # RPCs that got no reply in time, since start
         self.sent = 0  # RPCs sent, since start
+        self.recent_destinations = collections.deque(maxlen=RECENT_DESTINATIONS)  # where the last RPCs went
         self.client_only = config.client_only
         self.answering_client = False  # True while a handler answers a client-only node (see welcome_if_new)
 
@@ -151,6 +154,7 @@ class DatagramRPC(KademliaProtocol):
         timer = loop.call_later(self.config.rpc_timeout, self._timeout, msg_id)
         self._outstanding[msg_id] = (future, timer, address)
         self.sent += 1
+        self.recent_destinations.append(address)
         kind = _CLIENT_REQUEST if self.client_only else _REQUEST
         self.transport.sendto(bytes([kind]) + msg_id + body, address)
         return future

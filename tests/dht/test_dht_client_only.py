@@ -18,12 +18,14 @@ FAST = DHTConfig(rpc_timeout=0.3, dead_contact_ttl=30.0, start_timeout=20.0, cal
 CLIENT = DHTConfig(rpc_timeout=0.3, dead_contact_ttl=30.0, start_timeout=20.0, call_timeout=30.0, client_only=True)
 
 
-def _joined(peer: str) -> tuple[DHTNode, int, int]:
-    """A full node joined through `peer`, once all its RPCs have ended: (node, sent, timed out)."""
+def _joined(peer: str) -> tuple[DHTNode, int, int, list]:
+    """A full node joined through `peer`, once all its RPCs have ended: (node, RPCs sent, RPCs
+    timed out, the addresses they went to)."""
     node = DHTNode(initial_peers=[peer], config=FAST).start()
     _settle(node)
     protocol = node._server.protocol
-    return node, _on_loop(node, lambda: protocol.sent), _on_loop(node, lambda: protocol.timeouts)
+    return (node, _on_loop(node, lambda: protocol.sent), _on_loop(node, lambda: protocol.timeouts),
+            _on_loop(node, lambda: list(protocol.recent_destinations)))
 
 
 def _come_and_go(peer: str, config: DHTConfig, i: int) -> tuple[str, str]:
@@ -39,7 +41,7 @@ def _come_and_go(peer: str, config: DHTConfig, i: int) -> tuple[str, str]:
 def test_clients_and_inspect_runs_that_left_cost_a_new_servers_join_no_timeouts(make_swarm, caplog, client_only):
     servers = make_swarm(3, config=FAST)
     boot = servers[0].address
-    first, _, first_timeouts = _joined(boot)
+    first, first_sent, first_timeouts, _ = _joined(boot)
     servers.append(first)
     assert first_timeouts == 0
 
@@ -62,16 +64,18 @@ def test_clients_and_inspect_runs_that_left_cost_a_new_servers_join_no_timeouts(
 
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        newcomer, _, timeouts = _joined(boot)
+        newcomer, sent, timeouts, destinations = _joined(boot)
     try:
         no_response = [r for r in caplog.records if "no response" in r.getMessage() or "no reply" in r.getMessage()]
         if client_only:
             assert remembered == set()  # no routing table lists a client or an inspect run
-            # every RPC of the join was answered: it asked no departed node (how many it sends to
-            # live ones varies with the order answers arrive in: 4 to 9 seen for 4 live nodes)
-            assert timeouts == 0 and no_response == []
+            # RPC counts: none of the join's RPCs went to a departed client or inspect run, and
+            # every one was answered (how many it sends to the live nodes varies with the order
+            # their answers arrive in: 4 to 9 seen for 4 live nodes, first join 4 to 5)
+            assert first_sent <= len(destinations) == sent <= 2 * (first_sent + 1)
+            assert not set(destinations) & left and timeouts == 0 and no_response == []
         else:  # the control: full-node clients stay in routing tables and the join waits on them
-            assert remembered and timeouts > 0 and no_response
+            assert remembered and timeouts > 0 and no_response and set(destinations) & left
     finally:
         newcomer.shutdown()
 
