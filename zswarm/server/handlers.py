@@ -66,8 +66,9 @@ class ServingState:
 
 class ServerRPC:
     def __init__(self, state: ServingState, sessions: ServerSessions, compute: ComputeQueue, transport=None,
-                 connect_back=None):
+                 connect_back=None, push_targets=None):
         self.state = state
+        self.push_targets = push_targets  # push_targets.PushTargets: where steps may be pushed (None: anywhere)
         self.connect_back = connect_back  # reachability.ConnectBack: checks for servers that ask (None: refused)
         self.sessions = sessions
         self.compute = compute
@@ -170,7 +171,7 @@ class ServerRPC:
 
     async def rpc_inference_step(self, request):
         meta = request.meta
-        hops = push_hops(meta)
+        hops = await self._push_hops(meta)
         if "open" in meta:
             # A client that lets servers push to this session names it: see ServerSessions.open.
             chosen = meta_session_id(meta) if meta.get("session_id") is not None else None
@@ -196,8 +197,8 @@ class ServerRPC:
         meta = request.meta
         session_id = meta_session_id(meta)
         position = meta_int(meta, "position")
-        hops = push_hops(meta)
         try:
+            hops = await self._push_hops(meta)
             if "open" in meta:
                 reply = await self._open_and_step(request, session_id=session_id)
             else:
@@ -223,13 +224,21 @@ class ServerRPC:
                                    f"server within {wait:g} s (the previous server did not push it)") from None
         return {}, [output]
 
+    async def _push_hops(self, meta: dict) -> list:
+        """The step's `push` hops, checked before the step runs: a hop this server would not dial
+        fails the request, not the step after it has run."""
+        hops = push_hops(meta)
+        if hops and self.transport is None:
+            raise BadInputError("this server does not push steps on (no transport)")
+        if hops and self.push_targets is not None:
+            await self.push_targets.check(hops[0]["address"])
+        return hops
+
     def _push_on(self, hops: list, meta: dict, output) -> None:
         """Send `output` on to the first of `hops` as its push_step, without waiting for it: the
         client hears of a failure there from its step_result call to that server."""
         if not hops:
             return
-        if self.transport is None:
-            raise BadInputError("this server does not push steps on (no transport)")
         first, rest = hops[0], hops[1:]
         pushed = {"session_id": first["session_id"], "position": meta.get("position"), "tensor_names": ["hidden"],
                   "push": rest}

@@ -35,6 +35,7 @@ from zswarm.models.decode_graph import capture_buckets
 from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error, check_ports_free
 from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
+from zswarm.server.push_targets import PushTargets
 from zswarm.server.reachability import RECHECK_S, ConnectBack, ask_swarm
 from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
@@ -182,7 +183,8 @@ class Server:
             forward_rps=self.rates.forward_rps, adapters=tuple(adapter.name for adapter in self.adapters),
             **{name: getattr(cfg, name) for name in SERVER_LIMITS},
         )
-        rpc = self.rpc_class(self.state, self.sessions, self.compute, self.transport, ConnectBack(self.node))
+        rpc = self.rpc_class(self.state, self.sessions, self.compute, self.transport, ConnectBack(self.node),
+                             PushTargets(self.node, source.model_id, source.num_blocks))
         handlers = rpc.handlers()
         if cfg.metrics_port is not None:
             from zswarm.server.metrics import ServerMetrics  # prometheus_client: only when asked for
