@@ -200,8 +200,11 @@ def test_source_rate_limit_refills_at_its_rate_and_counts_what_it_drops():
 def test_a_request_naming_a_known_id_from_another_address_does_not_move_that_contact(make_swarm):
     a, b = make_swarm(2)
     b_id = b._server.node.id
-    contact = a._server.protocol.router.contact(Node(b_id))
-    assert contact is not None
+    # a adds b once b has answered a's ping back (new contacts are verified first): wait for that
+    deadline = time.monotonic() + 15.0  # a bound, not a measurement
+    while (contact := a._server.protocol.router.contact(Node(b_id))) is None:
+        assert time.monotonic() < deadline, "a never added b as a contact"
+        time.sleep(0.05)
     real = (contact.ip, contact.port)
     host, port = a.address.rsplit(":", 1)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
