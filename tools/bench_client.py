@@ -15,6 +15,11 @@ It starts a real swarm on loopback (a DHT node here, zswarm-server processes) an
 Each server and the local model use --threads torch threads; numbers are medians of --repeats.
 
     python tools/bench_client.py --mode spot-checks --model tiny   # the cost of verification
+    python tools/bench_client.py --mode relays --repeats 5         # client relay vs server push, 2 hops
+
+--mode relays: two servers splitting the blocks; per-token latency of local HF, of the client relaying
+between the servers (relay="client", the default) and of the servers pushing to each other
+(relay="server"), runs interleaved, --repeats of each, and whether each gives local HF's tokens.
 
 --mode spot-checks: two hops, each span held by two replicas; greedy generate with spot checks at
 the default rate (zswarm.defaults.SPOT_CHECK_RATE) against the same with none, runs interleaved,
@@ -246,6 +251,65 @@ def run_spot_checks(args) -> dict:
             "cost_percent": 100 * (checked / plain - 1), "spot_checks": checks, "false_alarms": distrusted}
 
 
+def run_relays(args) -> dict:
+    """Two servers splitting the blocks; local HF, the client relaying (relay="client", the default)
+    and the servers pushing (relay="server"), interleaved run by run."""
+    from zswarm import AutoDistributedModelForCausalLM
+    from zswarm.models import resolve_model
+    from zswarm.models.testing import load_reference_model
+    from zswarm.testing.launch import LocalSwarm
+
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-relays-"))
+    model_ref = prepare_model(args.model, workdir)
+    source = resolve_model(model_ref)
+    prompt = torch.randint(0, int(source.config.vocab_size), (1, args.prompt_len),
+                           generator=torch.Generator().manual_seed(0))
+    local = load_reference_model(str(source.path))
+    swarm = LocalSwarm(model_ref, source.model_id, source.num_blocks, workdir / "swarm")
+    runs: dict[str, list] = {"local HF": [], "client relay": [], "push": []}
+    tokens = {}
+    try:
+        for i, (a, b) in enumerate(even_spans(source.num_blocks, 2)):
+            swarm.start(f"s{i}", a, b, threads=args.threads)
+        swarm.wait_online()
+        models = {"local HF": local}
+        for name, relay in (("client relay", "client"), ("push", "server")):
+            models[name] = AutoDistributedModelForCausalLM.from_pretrained(
+                model_ref, initial_peers=swarm.initial_peers, wire_dtype=args.wire_dtype, show_route=False, relay=relay)
+        try:
+            for model in models.values():
+                timed_generate(model, prompt, 2)  # warm up
+            for _ in range(args.repeats):  # interleaved: the box's noise falls on all alike
+                for name, model in models.items():
+                    clock = TokenClock()
+                    ids = model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                         do_sample=False, stopping_criteria=StoppingCriteriaList([clock]))
+                    runs[name].append(clock.per_token_ms())
+                    tokens[name] = ids[0, prompt.shape[1]:].tolist()
+        finally:
+            for name, model in models.items():
+                if name != "local HF":
+                    model.close()
+    finally:
+        swarm.close()
+    medians = {name: statistics.median(v) for name, v in runs.items()}
+    return {"mode": "relays", "model": source.model_id, "num_blocks": source.num_blocks, "hops": 2,
+            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": args.threads,
+            "wire_dtype": args.wire_dtype, "repeats": args.repeats, "per_token_ms": medians, "runs_ms": runs,
+            "over_local": {name: m / medians["local HF"] for name, m in medians.items()},
+            "same_tokens_as_local": {name: t == tokens["local HF"] for name, t in tokens.items()}}
+
+
+def print_relays(result: dict) -> None:
+    print(f"model {result['model']} ({result['num_blocks']} blocks), 2 servers, prompt {result['prompt_len']}, "
+          f"{result['new_tokens']} new tokens, {result['threads']} thread(s) per process, wire {result['wire_dtype']}, "
+          f"median of {result['repeats']} interleaved runs")
+    print(f"{'way':<14} {'ms/token':>9} {'x local':>8} {'same tokens':>12}")
+    for name, ms in result["per_token_ms"].items():
+        print(f"{name:<14} {ms:>9.2f} {result['over_local'][name]:>8.3f} {str(result['same_tokens_as_local'][name]):>12}")
+
+
 def print_spot_checks(result: dict) -> None:
     print(f"model {result['model']} ({result['num_blocks']} blocks), 2 hops x 2 replicas, prompt "
           f"{result['prompt_len']}, {result['new_tokens']} new tokens, {result['threads']} thread(s), wire "
@@ -290,14 +354,18 @@ def main(argv=None) -> int:
     parser.add_argument("--wire-dtype", default="auto", choices=("auto", "float16", "bfloat16", "float32"))
     parser.add_argument("--kill-at", type=int, default=8, help="token at which the recovery run kills a server")
     parser.add_argument("--json", help="write the results as JSON to this path")
-    parser.add_argument("--mode", default="hops", choices=("hops", "spot-checks"),
-                        help="hops: the runs above; spot-checks: the cost of verification (see above)")
+    parser.add_argument("--mode", default="hops", choices=("hops", "spot-checks", "relays"),
+                        help="hops: the runs above; spot-checks: the cost of verification; relays: client relay "
+                             "vs server push over 2 hops (see above)")
     args = parser.parse_args(argv)
     if args.new_tokens < 2 or args.kill_at >= args.new_tokens:
         parser.error("need --new-tokens >= 2 and --kill-at < --new-tokens")
     if args.mode == "spot-checks":
         result = run_spot_checks(args)
         print_spot_checks(result)
+    elif args.mode == "relays":
+        result = run_relays(args)
+        print_relays(result)
     else:
         result = run(args)
         print_table(result)
