@@ -67,3 +67,26 @@ def test_liars_are_caught_banned_reported_and_tokens_equal_local_hf(lying_swarm,
         assert torch.equal(again, llama_reference.generate(PROMPT, max_new_tokens=8))
     finally:
         model.close()
+
+
+def test_a_forward_through_a_liar_is_caught_and_the_logits_equal_local_hf(lying_swarm, tiny_llama_dir,
+                                                                           llama_reference):
+    """model(input_ids) with every forward call spot-checked: the perturbing liar on 3:6 (which
+    the reply check cannot see) is outvoted by its two honest replicas, distrusted and reported,
+    and the forward runs again around it; the nan liar fails its reply check."""
+    peer = {name: server.peer_id for name, server in lying_swarm.servers.items()}
+    model = AutoDistributedModelForCausalLM.from_pretrained(
+        str(tiny_llama_dir), initial_peers=lying_swarm.initial_peers, spot_check_rate=1.0, **CLIENT)
+    try:
+        manager = model.swarm.manager
+        with torch.no_grad():
+            expected = llama_reference(PROMPT).logits
+            for _ in range(4):  # routes pick among replicas: the liar is met as route server or as checker
+                assert torch.allclose(model(PROMPT).logits, expected, atol=1e-4, rtol=0)
+        # (with spot_check_rate=0 the same forwards leave the perturbing liar undetected)
+        assert peer["perturb"] in manager.distrusted and model.blocks.checks.checks >= 4
+        (report,) = [r for r in manager.reports.reports if r.peer_id == peer["perturb"]]
+        assert report.verdict == "outvoted" and set(report.witnesses) <= {peer["b"], peer["c"]}
+        assert not {peer["a"], peer["b"], peer["c"]} & set(manager.distrusted)  # no false alarm
+    finally:
+        model.close()

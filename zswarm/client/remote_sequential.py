@@ -27,6 +27,7 @@ from wire.codec import to_wire_dtype
 from zswarm.blocks import format_blocks
 from zswarm.client.failures import RetryBudget, ServerUnavailable, SpanFailed, is_server_fault
 from zswarm.client.swarm import SwarmConnection
+from zswarm.client.forward_checks import ForwardChecks
 from zswarm.client.verification import check_gradient, check_reply
 from zswarm.errors import ImplausibleReplyError, NoRouteError
 from zswarm.routing import RouteSpan
@@ -46,6 +47,7 @@ class RemoteSequential(nn.Module):
         # The routes the row groups of the last forward took (a retried group adds its new one),
         # for tools and tests.
         self.last_routes: list[list[RouteSpan]] = []
+        self.checks = ForwardChecks(swarm.manager, swarm.config.spot_check_rate, wire_dtype)  # forward_checks.py
 
     def forward(self, hidden: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """`hidden`: [batch, seq, hidden_size] -> the same shape after blocks [start, end);
@@ -139,17 +141,25 @@ class RemoteSequential(nn.Module):
         if prompts is not None:
             names.append("prompts"), tensors.append(prompts)
         expected = [hidden.shape] + ([prompts.shape] if prompts is not None and grad is not None else [])
-        try:
-            reply = await manager.call(manager.address(span.peer_id), method,
-                                       manager.request_meta(start=span.start, end=span.end, tensor_names=names),
-                                       tensors, timeout=self.swarm.config.request_timeout)
+        meta = manager.request_meta(start=span.start, end=span.end, tensor_names=names)
+
+        async def call_on(peer_id: str):
+            reply = await manager.call(manager.address(peer_id), method, meta, tensors,
+                                       timeout=self.swarm.config.request_timeout)
             got = [t.shape for t in reply.tensors[:len(expected)]]
             if got != expected:
-                raise ImplausibleReplyError(span.peer_id, f"answered {method} with shapes {[tuple(s) for s in got]}, "
+                raise ImplausibleReplyError(peer_id, f"answered {method} with shapes {[tuple(s) for s in got]}, "
                                             f"expected {[tuple(s) for s in expected]}", blocks=(span.start, span.end))
             if grad is None:
-                check_reply(hidden, reply.tensors[0], peer_id=span.peer_id, start=span.start, end=span.end)
-            else:
+                check_reply(hidden, reply.tensors[0], peer_id=peer_id, start=span.start, end=span.end)
+            return reply
+
+        try:
+            reply = await call_on(span.peer_id)
+            if grad is None and self.checks.due():
+                await self.checks.check(span.peer_id, span.start, span.end, reply.tensors[0],
+                                        lambda peer: _first_tensor(call_on(peer)))
+            if grad is not None:
                 for tensor, shape in zip(reply.tensors, expected):
                     check_gradient(tensor, shape, peer_id=span.peer_id, start=span.start, end=span.end)
         except Exception as exc:
@@ -158,6 +168,10 @@ class RemoteSequential(nn.Module):
             raise
         manager.on_success(span.peer_id)
         return [t.to(self.wire_dtype) for t in reply.tensors[:len(expected)]]
+
+
+async def _first_tensor(reply) -> torch.Tensor:
+    return (await reply).tensors[0]
 
 
 def check_prompts(prompts: torch.Tensor, num_blocks: int, hidden: torch.Tensor) -> None:

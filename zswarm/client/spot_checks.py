@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from zswarm.blocks import format_blocks
-from zswarm.client.verification import LieReport, relative_errors, tolerance
+from zswarm.client.verification import LieReport, peer_tolerance, relative_errors, tiebreak, usable_replica
 from zswarm.errors import RetractedResultsError, WrongResultsError, describe_error
 
 if TYPE_CHECKING:
@@ -119,13 +119,7 @@ class SpotChecks:
         return peer_id not in manager.distrusted and not manager.bans.is_banned(peer_id)
 
     def _replica(self, start: int, end: int, exclude: set[str]) -> str | None:
-        """A random usable server holding all of blocks [start, end), not in `exclude`."""
-        blocks = self.session.manager.blocks[start:end]
-        holders = set(blocks[0]) if blocks else set()
-        for block in blocks[1:]:
-            holders &= set(block)
-        choices = sorted(p for p in holders - exclude if self._usable(p))
-        return self.rng.choice(choices) if choices else None
+        return usable_replica(self.session.manager, start, end, exclude, self.rng)
 
     def _checker_failed(self, span: "SpanSession", checker: "SpanSession", exc: BaseException) -> None:
         logger.info("spot check of blocks %s on %s failed (%s); the step goes on unchecked",
@@ -189,13 +183,8 @@ class SpotChecks:
             with_claim = (relative_errors(theirs, claimed) <= tol).tolist()
             with_checker = (relative_errors(theirs, mine) <= tol).tolist()
             for producer, claim_ok, checker_ok in zip(producers, with_claim, with_checker):
-                if checker_ok and not claim_ok:
-                    verdicts.setdefault(producer, ("outvoted", {checker.peer_id, third}))
-                elif claim_ok and not checker_ok:
-                    verdicts.setdefault(checker.peer_id, ("outvoted", {producer, third}))
-                else:
-                    verdicts.setdefault(producer, ("no_majority", {checker.peer_id, third}))
-                    verdicts.setdefault(checker.peer_id, ("no_majority", {producer, third}))
+                for peer, found in tiebreak(producer, checker.peer_id, third, claim_ok, checker_ok).items():
+                    verdicts.setdefault(peer, found)
         else:  # no one to break the tie: trust neither side
             verdicts = {peer: ("no_majority", {checker.peer_id}) for peer in accused}
             verdicts[checker.peer_id] = ("no_majority", set(accused))
@@ -228,17 +217,7 @@ class SpotChecks:
         return out if replayed is None else torch.cat([replayed, out], dim=1)
 
     def _tolerance(self, *peers: str) -> float:
-        manager = self.session.manager
-        dtypes, quants = [self.session.wire_dtype], []
-        for peer in peers:
-            try:
-                record = manager.record(peer)
-            except KeyError:  # distrusted meanwhile: its record is gone; assume the loosest dtype
-                dtypes.append("bfloat16")
-                continue
-            dtypes.append(record.dtype)
-            quants.append(record.quant)
-        return tolerance(dtypes, quants)
+        return peer_tolerance(self.session.manager, self.session.wire_dtype, *peers)
 
     # ---- the session's own changes ---------------------------------------------------------------
     def rollback(self, position: int) -> None:

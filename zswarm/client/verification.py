@@ -70,3 +70,40 @@ def tolerance(dtypes, quants=()) -> float:
     if any(q not in ("none", "") for q in quants):
         return QUANTIZED_TOLERANCE
     return max(TOLERANCE.get(str(d).replace("torch.", ""), TOLERANCE["bfloat16"]) for d in dtypes)
+
+
+def usable_replica(manager, start: int, end: int, exclude: set, rng) -> str | None:
+    """A random server of `manager`'s view holding all of blocks [start, end), neither distrusted
+    nor banned, not in `exclude` (the replica a check or a tiebreak asks)."""
+    blocks = manager.blocks[start:end]
+    holders = set(blocks[0]) if blocks else set()
+    for block in blocks[1:]:
+        holders &= set(block)
+    choices = sorted(p for p in holders - exclude
+                     if p not in manager.distrusted and not manager.bans.is_banned(p))
+    return rng.choice(choices) if choices else None
+
+
+def tiebreak(producer: str, checker: str, third: str, claim_ok: bool, checker_ok: bool) -> dict:
+    """Who lied about one disputed output, by a third server's opinion of it: {peer: (verdict,
+    witnesses)}. The side the third one sides with alone is right; siding with both or neither
+    leaves no majority, and both sides are distrusted."""
+    if checker_ok and not claim_ok:
+        return {producer: ("outvoted", {checker, third})}
+    if claim_ok and not checker_ok:
+        return {checker: ("outvoted", {producer, third})}
+    return {producer: ("no_majority", {checker, third}), checker: ("no_majority", {producer, third})}
+
+
+def peer_tolerance(manager, wire_dtype, *peers: str) -> float:
+    """`tolerance` for outputs of `peers` (their records' dtypes and quantisation) over `wire_dtype`."""
+    dtypes, quants = [wire_dtype], []
+    for peer in peers:
+        try:
+            record = manager.record(peer)
+        except KeyError:  # distrusted meanwhile: its record is gone; assume the loosest dtype
+            dtypes.append("bfloat16")
+            continue
+        dtypes.append(record.dtype)
+        quants.append(record.quant)
+    return tolerance(dtypes, quants)
