@@ -206,19 +206,26 @@ def measure_recovery(swarm, source, model_ref, prompt, args, client_args) -> dic
         model.close()
 
 
-def run_spot_checks(args) -> dict:
-    from zswarm import AutoDistributedModelForCausalLM
-    from zswarm.defaults import SPOT_CHECK_RATE
+def _two_hop_setup(args, prefix: str):
+    """What the two-hop modes share: torch threads, the model, a seeded prompt and a LocalSwarm
+    (not started) in a fresh work dir. Returns (model_ref, source, prompt, swarm)."""
     from zswarm.models import resolve_model
     from zswarm.testing.launch import LocalSwarm
 
     torch.set_num_threads(args.threads)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-spot-checks-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     model_ref = prepare_model(args.model, workdir)
     source = resolve_model(model_ref)
     prompt = torch.randint(0, int(source.config.vocab_size), (1, args.prompt_len),
                            generator=torch.Generator().manual_seed(0))
-    swarm = LocalSwarm(model_ref, source.model_id, source.num_blocks, workdir / "swarm")
+    return model_ref, source, prompt, LocalSwarm(model_ref, source.model_id, source.num_blocks, workdir / "swarm")
+
+
+def run_spot_checks(args) -> dict:
+    from zswarm import AutoDistributedModelForCausalLM
+    from zswarm.defaults import SPOT_CHECK_RATE
+
+    model_ref, source, prompt, swarm = _two_hop_setup(args, "bench-spot-checks-")
     runs: dict[float, list] = {0.0: [], SPOT_CHECK_RATE: []}
     checks = 0
     try:
@@ -255,18 +262,10 @@ def run_relays(args) -> dict:
     """Two servers splitting the blocks; local HF, the client relaying (relay="client", the default)
     and the servers pushing (relay="server"), interleaved run by run."""
     from zswarm import AutoDistributedModelForCausalLM
-    from zswarm.models import resolve_model
     from zswarm.models.testing import load_reference_model
-    from zswarm.testing.launch import LocalSwarm
 
-    torch.set_num_threads(args.threads)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-relays-"))
-    model_ref = prepare_model(args.model, workdir)
-    source = resolve_model(model_ref)
-    prompt = torch.randint(0, int(source.config.vocab_size), (1, args.prompt_len),
-                           generator=torch.Generator().manual_seed(0))
+    model_ref, source, prompt, swarm = _two_hop_setup(args, "bench-relays-")
     local = load_reference_model(str(source.path))
-    swarm = LocalSwarm(model_ref, source.model_id, source.num_blocks, workdir / "swarm")
     runs: dict[str, list] = {"local HF": [], "client relay": [], "push": []}
     tokens = {}
     try:

@@ -38,7 +38,7 @@ def test_first_server_has_nobody_to_ask_and_the_second_is_found_reachable(spawn_
 
 def _reachability_line(server) -> str:
     return next(line for line in server.log_text().splitlines()
-                if "zswarm.server.server" in line and "reachab" in line)
+                if "zswarm.server.reachability" in line and "reachab" in line)
 
 
 def _free_port() -> int:

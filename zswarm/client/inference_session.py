@@ -306,8 +306,7 @@ class InferenceSession:
         meta = self.manager.request_meta(session_id=first.session_id, position=position, tensor_names=["hidden"],
                                          push=hops)
         if first.session_id is None:
-            meta["open"] = self._open_meta(first)
-            meta["session_id"] = secrets.token_hex(16)  # as in _send: a later reroute may push to it
+            self._open_with(meta, first)
         slow = n > 1 or any(span.session_id is None for span in spans)
         timeout = self.config.request_timeout if slow else self.config.step_timeout
         calls = [self.manager.call(first.address, "inference_step", meta, [hidden], timeout=timeout)]
@@ -377,12 +376,7 @@ class InferenceSession:
                                          tensor_names=["hidden"])
         opening = span.session_id is None
         if opening:  # the server opens the session with this step: one round trip, not two
-            meta["open"] = self._open_meta(span)
-            if self.config.relay == "server":
-                # Named by us, the session is stepped by whoever holds its id: the previous
-                # server pushes to it once the route is whole again (a server-named one is bound
-                # to our connection and refuses pushes).
-                meta["session_id"] = secrets.token_hex(16)
+            self._open_with(meta, span)
         tensors = [inputs]
         if span.pending_hypo_ids is not None:
             meta["tensor_names"].append("hypo_ids")
@@ -402,6 +396,14 @@ class InferenceSession:
         span.pending_hypo_ids = None
         span.position += inputs.shape[1]
         return out
+
+    def _open_with(self, meta: dict, span: SpanSession) -> None:
+        """Make the step of `meta` open `span`'s server session. With relay="server" we name it:
+        a session we named is stepped by whoever holds its id, so the previous server can push
+        to it (one the server names is bound to our connection and refuses pushes)."""
+        meta["open"] = self._open_meta(span)
+        if self.config.relay == "server":
+            meta["session_id"] = secrets.token_hex(16)
 
     def _open_meta(self, span: SpanSession) -> dict:
         """open_session's fields for `span`, sent as the `open` of its first inference_step."""

@@ -46,6 +46,10 @@ def uptime_s(row: ServerRow, taken_at: float) -> float | None:
     return max(0.0, taken_at - row.started_at)
 
 
+def _uptime_text(seconds: float | None) -> str:
+    return MISSING if seconds is None else fmt_uptime(seconds)
+
+
 # (heading, cell text of a row given the report's time): one list both the HTML table and its tests read.
 SERVER_COLUMNS = [
     ("name", lambda r, t: r.public_name or short_id(r.peer_id)),
@@ -59,7 +63,7 @@ SERVER_COLUMNS = [
     ("adapters", lambda r, t: ", ".join(r.adapters) or "none"),
     ("cache left (tokens)", lambda r, t: f"{r.cache_tokens_left:,}"),
     ("RTT", lambda r, t: fmt_ms(r.rtt) if r.rtt is not None else MISSING),
-    ("uptime", lambda r, t: MISSING if uptime_s(r, t) is None else fmt_uptime(uptime_s(r, t))),
+    ("uptime", lambda r, t: _uptime_text(uptime_s(r, t))),
 ]
 
 _STYLE = """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -28,9 +27,10 @@ from zswarm.server.batching import DecodeBatcher, DecodeStep, prepare_session
 from zswarm.server.compute import ComputeClosed, ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ServerConfig
 from zswarm.server.push import PushRendezvous
+from zswarm.server.push_targets import push_hops
 from zswarm.server.sessions import ServerSession, ServerSessions
 from zswarm.server.validation import block_range, check_batch, check_hidden, check_hypo_ids, check_prompts, \
-    check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_str, named_tensors
+    check_same, check_tokens, meta_float, meta_int, meta_left_pad, meta_session_id, meta_str, named_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -377,34 +377,6 @@ class ServerRPC:
         grads = await self._run(backward, priorities.BACKWARD)
         s.stats["backward"] += 1
         return {}, grads
-
-
-MAX_PUSH_HOPS = 64
-SESSION_ID = re.compile(r"[0-9A-Za-z_-]{8,64}")
-
-
-def meta_session_id(meta: dict) -> str:
-    value = meta.get("session_id")
-    if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
-        raise BadInputError("meta field 'session_id' must be 8 to 64 letters, digits, '-' or '_'")
-    return value
-
-
-def push_hops(meta: dict) -> list:
-    """The servers a step goes on to (`push`): [{address, session_id, open?}, ...], checked."""
-    hops = meta.get("push")
-    if hops is None:
-        return []
-    if not isinstance(hops, list) or len(hops) > MAX_PUSH_HOPS:
-        raise BadInputError(f"meta field 'push' must be a list of at most {MAX_PUSH_HOPS} hops")
-    for hop in hops:
-        if not isinstance(hop, dict) or not isinstance(hop.get("address"), str) \
-                or not hop["address"].startswith("tcp://") or len(hop["address"]) > 256:
-            raise BadInputError("each hop of 'push' must be a map with a tcp:// 'address'")
-        meta_session_id(hop)
-        if "open" in hop and not isinstance(hop["open"], dict):
-            raise BadInputError("a hop's 'open' must be a map of open_session's fields")
-    return hops
 
 
 def _to_span(t: Optional[torch.Tensor], span) -> Optional[torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Where a server may push a step: only to servers announced for its model in the DHT.
+"""Where a server may push a step: the `push` hops a step names, checked (`push_hops`), and
+only to servers announced for its model in the DHT (`PushTargets`).
 
 A step's `push` hops come from the client. Followed blindly, they would let anyone make a server
 dial any host and port and send it data (a bounce towards third parties), and open one socket per
@@ -16,12 +17,33 @@ import time
 
 from zswarm.errors import BadInputError
 from zswarm.records import afetch_block_servers
+from zswarm.server.validation import meta_session_id
 from zswarm.swarm_info import ServerState
 
 logger = logging.getLogger(__name__)
 
 TTL_S = 60.0  # the endpoints read are trusted this long
 MIN_REFRESH_S = 2.0  # a hop naming an unknown endpoint reads the DHT at most this often
+
+
+MAX_PUSH_HOPS = 64
+
+
+def push_hops(meta: dict) -> list:
+    """The servers a step goes on to (`push`): [{address, session_id, open?}, ...], checked."""
+    hops = meta.get("push")
+    if hops is None:
+        return []
+    if not isinstance(hops, list) or len(hops) > MAX_PUSH_HOPS:
+        raise BadInputError(f"meta field 'push' must be a list of at most {MAX_PUSH_HOPS} hops")
+    for hop in hops:
+        if not isinstance(hop, dict) or not isinstance(hop.get("address"), str) \
+                or not hop["address"].startswith("tcp://") or len(hop["address"]) > 256:
+            raise BadInputError("each hop of 'push' must be a map with a tcp:// 'address'")
+        meta_session_id(hop)
+        if "open" in hop and not isinstance(hop["open"], dict):
+            raise BadInputError("a hop's 'open' must be a map of open_session's fields")
+    return hops
 
 
 class PushTargets:

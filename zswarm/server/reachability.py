@@ -20,13 +20,15 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Awaitable, Callable, Optional
 
 from wire import ZmqTransport
 from wire.endpoint import split_endpoint
 from wire.errors import BadAddress
-from zswarm.errors import BadInputError, ClientLimitError
+from zswarm.errors import BadInputError, ClientLimitError, ConfigError
+from zswarm.probe import ping_rtt
 from zswarm.records import afetch_block_servers
+from zswarm.server.config import parse_host_port
 from zswarm.swarm_info import ServerState
 
 logger = logging.getLogger(__name__)
@@ -57,8 +59,8 @@ class Reachability:
 
     def line(self, rpc_endpoint: str, dht_address: str) -> str:
         """The one log line that says what was found and what to do."""
-        rpc_host, rpc_port = _host_port(split_endpoint(rpc_endpoint)[0].removeprefix("tcp://"))
-        dht_port = dht_address.rsplit(":", 1)[-1]
+        rpc_host, rpc_port = parse_host_port(split_endpoint(rpc_endpoint)[0].removeprefix("tcp://"))
+        dht_port = parse_host_port(dht_address)[1]
         if not self.helper:
             return "reachability not checked: no other server in the swarm to ask yet"
         who = f"checked by {self.helper[:12]} in {self.seconds:.1f} s"
@@ -75,11 +77,6 @@ class Reachability:
                 f"Open TCP {rpc_port} (and UDP {dht_port}) in the firewall or forward them on the router, and set "
                 f"--public-host to the address others reach this machine at. Not announcing; asking again every "
                 f"{RECHECK_S:.0f} s")
-
-
-def _host_port(text: str) -> tuple[str, str]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), port
 
 
 def _same_ip(a: str, b: str) -> bool:
@@ -104,14 +101,12 @@ class ConnectBack:
             raise BadInputError("check_reachable takes 'rpc' (tcp://HOST:PORT[#curve=KEY]) and 'dht' (HOST:PORT)")
         try:
             tcp, _ = split_endpoint(rpc)
-        except BadAddress as exc:
-            raise BadInputError(str(exc)) from None
-        if not tcp.startswith("tcp://"):
-            raise BadInputError("'rpc' must be a tcp:// endpoint")
-        rpc_host, rpc_port = _host_port(tcp.removeprefix("tcp://"))
-        dht_host, dht_port = _host_port(dht)
-        if not (rpc_port.isdigit() and dht_port.isdigit() and 0 < int(rpc_port) < 65536 and 0 < int(dht_port) < 65536):
-            raise BadInputError("'rpc' and 'dht' must name ports 1..65535")
+            if not tcp.startswith("tcp://"):
+                raise BadInputError("'rpc' must be a tcp:// endpoint")
+            rpc_host, _ = parse_host_port(tcp.removeprefix("tcp://"))
+            dht_host, dht_port = parse_host_port(dht)
+        except (BadAddress, ConfigError) as exc:
+            raise BadInputError(f"check_reachable: {exc}") from None
         if not observed_ip:
             raise BadInputError("cannot tell where this request came from, so cannot connect back")
         if not (_same_ip(rpc_host, observed_ip) and _same_ip(dht_host, observed_ip)):
@@ -127,7 +122,7 @@ class ConnectBack:
         self._running.add(observed_ip)
         try:
             (rpc_ok, rpc_error), (dht_ok, dht_error) = await asyncio.gather(
-                self._rpc(rpc), self._dht(dht_host, int(dht_port)))
+                self._rpc(rpc), self._dht(dht_host, dht_port))
         finally:
             self._running.discard(observed_ip)
         return {"observed_ip": observed_ip, "rpc": rpc_ok, "rpc_error": rpc_error, "dht": dht_ok,
@@ -137,7 +132,7 @@ class ConnectBack:
         # a transport of its own, closed after: no socket keeps dialling an address that never answers
         transport = ZmqTransport(insecure_plaintext=True)  # a ping carries nothing secret
         try:
-            await transport.call(endpoint, "ping", timeout=LEG_TIMEOUT_S)
+            await ping_rtt(transport, endpoint, timeout=LEG_TIMEOUT_S)
             return True, ""
         except Exception as exc:  # any failure to answer is the finding, not an error of ours
             return False, f"no answer to a ping within {LEG_TIMEOUT_S:g} s ({type(exc).__name__})"
@@ -186,3 +181,32 @@ async def ask_swarm(node, transport, model_id: str, num_blocks: int, my_peer_id:
                             dht_error=str(meta.get("dht_error", "")), seconds=seconds)
     return Reachability(asked[0].peer_id, None, None, rpc_error="no server answered the check: " + "; ".join(failures),
                         seconds=time.monotonic() - began)
+
+
+class AnnounceWhenReachable:
+    """A server's standing with the swarm: asked before it announces; while the swarm cannot
+    reach it, the announcer's records are withheld and the swarm is asked again every RECHECK_S,
+    then `announce_now` runs."""
+
+    def __init__(self, ask: Callable[[], Awaitable[Reachability]], announcer, rpc_endpoint: str, dht_address: str):
+        self.ask, self.announcer = ask, announcer
+        self.rpc_endpoint, self.dht_address = rpc_endpoint, dht_address
+
+    async def check(self) -> bool:
+        """Ask once and log what was found; True when the server may announce itself."""
+        found = await self.ask()
+        line = found.line(self.rpc_endpoint, self.dht_address)
+        if found.announce:
+            (logger.info if found.rpc or not found.helper else logger.warning)(line)
+            self.announcer.withheld = None
+        else:
+            logger.error(line)
+            self.announcer.withheld = "the swarm cannot reach this server"
+        return found.announce
+
+    async def until_reachable(self, announce_now: Callable[[], Awaitable]) -> None:
+        """After a check found the server unreachable: ask every RECHECK_S until it is reachable."""
+        await asyncio.sleep(RECHECK_S)
+        while not await self.check():
+            await asyncio.sleep(RECHECK_S)
+        await announce_now()

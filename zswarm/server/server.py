@@ -36,7 +36,7 @@ from zswarm.server.addresses import WILDCARD_HOSTS, announced_host, bind_error, 
 from zswarm.server.adapters import attach_adapters, open_adapters
 from zswarm.server.announcer import Announcer
 from zswarm.server.push_targets import PushTargets
-from zswarm.server.reachability import RECHECK_S, ConnectBack, ask_swarm
+from zswarm.server.reachability import AnnounceWhenReachable, ConnectBack, ask_swarm
 from zswarm.server.cache_budget import CacheBudget
 from zswarm.server.compute import ComputeQueue
 from zswarm.server.config import SERVER_LIMITS, ConfigError, ServerConfig
@@ -80,7 +80,6 @@ class Server:
         self.dht_address = ""  # HOST:PORT others give as --initial-peers to join through this server
         self.started_at = time.time()  # announced, for the uptime zswarm-inspect shows
         self.metrics = None  # ServerMetrics with --metrics-port
-        self.reachability = None  # reachability.Reachability: what the swarm found at the last check
         self.metrics_address = ""
         self._tasks: list[asyncio.Task] = []
         self._stop = asyncio.Event()
@@ -212,7 +211,13 @@ class Server:
         self.announcer = Announcer(self.node, self.transport, self._record, num_blocks=source.num_blocks,
                                    ttl=cfg.record_ttl, period=cfg.update_period)
         if cfg.reachability_check:
-            await self._check_reachable()
+            reachability = AnnounceWhenReachable(
+                lambda: ask_swarm(self.node, self.transport, source.model_id, source.num_blocks, self.node.peer_id,
+                                  self.endpoint, self.dht_address),
+                self.announcer, self.endpoint, self.dht_address)
+            if not await reachability.check():
+                self._spawn(reachability.until_reachable(lambda: self.announcer.announce(
+                    ServerState.ONLINE if self.state.span is not None else ServerState.JOINING)), "reachability re-check")
         await self.announcer.announce(ServerState.JOINING)
 
         self.state.span = await self._load(start, end)
@@ -282,29 +287,6 @@ class Server:
             await self.announcer.announce(ServerState.ONLINE)
             logger.info("moved from blocks %s to %s", format_blocks(old_start, old_end), format_blocks(start, end))
             self._write_ready_file()
-
-    # ---- reachability (reachability.py) -----------------------------------------------------
-    async def _check_reachable(self) -> bool:
-        """Ask the swarm to connect back; while it cannot, announce nothing and ask again later."""
-        found = await ask_swarm(self.node, self.transport, self.state.model_id, self.state.num_blocks,
-                                self.node.peer_id, self.endpoint, self.dht_address)
-        self.reachability = found
-        line = found.line(self.endpoint, self.dht_address)
-        if found.announce:
-            (logger.info if found.rpc or not found.helper else logger.warning)(line)
-            self.announcer.withheld = None
-        else:
-            logger.error(line)
-            if self.announcer.withheld is None:
-                self._spawn(self._recheck_reachable(), "reachability re-check")
-            self.announcer.withheld = "the swarm cannot reach this server"
-        return found.announce
-
-    async def _recheck_reachable(self) -> None:
-        while self.announcer.withheld is not None:
-            await asyncio.sleep(RECHECK_S)
-            if await self._check_reachable():
-                await self.announcer.announce(ServerState.ONLINE if self.state.span is not None else ServerState.JOINING)
 
     # ---- helpers ---------------------------------------------------------------------------
     @property

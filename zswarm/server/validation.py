@@ -7,6 +7,7 @@ Requests are untrusted: meta values may be of any msgpack type, tensors of any d
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -45,6 +46,16 @@ def meta_str(meta: dict, name: str, *, max_len: int = 256) -> Optional[str]:
         return None
     if not isinstance(value, str) or len(value) > max_len:
         raise BadInputError(f"meta field {name!r} must be a string of at most {max_len} characters")
+    return value
+
+
+SESSION_ID = re.compile(r"[0-9A-Za-z_-]{8,64}")
+
+
+def meta_session_id(meta: dict) -> str:
+    value = meta.get("session_id")
+    if not isinstance(value, str) or not SESSION_ID.fullmatch(value):
+        raise BadInputError("meta field 'session_id' must be 8 to 64 letters, digits, '-' or '_'")
     return value
 
 
